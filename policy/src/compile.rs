@@ -384,16 +384,17 @@ pub fn parse_document(json: &str) -> Result<PolicyDocument, Violations> {
     let de = &mut serde_json::Deserializer::from_str(json);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let path = if path == "." || path.is_empty() {
+        let inner = e.into_inner();
+        let syntax = inner.is_syntax() || inner.is_eof();
+        let path = if syntax || path == "." || path.is_empty() {
             "$".to_string()
         } else {
             path
         };
-        let inner = e.into_inner();
-        let reason = if inner.is_syntax() || inner.is_eof() {
+        // serde_json appends " at line L column C"; keep it, it helps in editors.
+        let reason = if syntax {
             format!("invalid JSON: {inner}")
         } else {
-            // serde_json appends " at line L column C"; keep it, it helps in editors.
             inner.to_string()
         };
         Violations(vec![Violation { path, reason }])
@@ -456,13 +457,6 @@ fn compile_document(doc: &PolicyDocument, c: &mut Collector) -> CompiledPolicy {
 
     for (ai, app) in doc.apps.iter().enumerate() {
         let path = format!("apps[{ai}]");
-        let compiled = compile_app(app, ai, &path, &provider_ids, &all_providers, c);
-        if app_index.insert(compiled.id.clone(), ai).is_some() {
-            c.push(
-                format!("{path}.id"),
-                format!("duplicate application id {}", quote(&app.id)),
-            );
-        }
 
         // Routing table, with conflict detection on (host, path prefix).
         let prefixes: Vec<(usize, Vec<&str>)> = app
@@ -518,6 +512,13 @@ fn compile_document(doc: &PolicyDocument, c: &mut Collector) -> CompiledPolicy {
                     );
                 }
             }
+        }
+        let compiled = compile_app(app, ai, &path, &provider_ids, &all_providers, c);
+        if app_index.insert(compiled.id.clone(), ai).is_some() {
+            c.push(
+                format!("{path}.id"),
+                format!("duplicate application id {}", quote(&app.id)),
+            );
         }
         apps.push(compiled);
     }
@@ -822,30 +823,25 @@ fn compile_app(
         );
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut rules: Vec<CompiledRule> = Vec::with_capacity(app.rules.len());
     for (ri, r) in app.rules.iter().enumerate() {
+        let rpath = format!("{path}.rules[{ri}]");
         if names.insert(r.name.as_str(), ri).is_some() {
             c.push(
-                format!("{path}.rules[{ri}].name"),
+                format!("{rpath}.name"),
                 format!("duplicate rule name {}", quote(&r.name)),
             );
         }
+        rules.push(compile_rule(
+            r,
+            ri,
+            &rpath,
+            provider_ids,
+            app_mfa,
+            app.mfa.required,
+            c,
+        ));
     }
-    let mut rules: Vec<CompiledRule> = app
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(ri, r)| {
-            compile_rule(
-                r,
-                ri,
-                &format!("{path}.rules[{ri}]"),
-                provider_ids,
-                app_mfa,
-                app.mfa.required,
-                c,
-            )
-        })
-        .collect();
     // Rollout replacements.
     let mut replaced: HashMap<usize, usize> = HashMap::new();
     for (ri, r) in app.rules.iter().enumerate() {

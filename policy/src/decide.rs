@@ -292,7 +292,7 @@ pub fn decide(
         };
     };
 
-    if !app.identity_providers.iter().any(|p| *p == id.provider) {
+    if !app.identity_providers.contains(&id.provider) {
         return Decision::Deny {
             rule: None,
             reason: DenyReason::IdentityProviderNotAllowed {
