@@ -24,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod catalog;
 pub mod compile;
 pub mod decide;
 pub mod document;
