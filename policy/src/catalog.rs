@@ -426,7 +426,7 @@ pub enum CommandError {
     #[error("no {kind} {id:?}")]
     NotFound {
         /// Object kind.
-        kind: &'static str,
+        kind: String,
         /// Id.
         id: String,
     },
@@ -581,7 +581,7 @@ impl Catalog {
                     .iter()
                     .find(|p| p.version == *to_version)
                     .ok_or_else(|| CommandError::NotFound {
-                        kind: "policy version",
+                        kind: "policy version".into(),
                         id: to_version.to_string(),
                     })?
                     .document_json
@@ -689,7 +689,7 @@ impl Catalog {
                     .devices
                     .get_mut(id)
                     .ok_or_else(|| CommandError::NotFound {
-                        kind: "device",
+                        kind: "device".into(),
                         id: id.clone(),
                     })?;
                 let ok = match (d.state, state) {
@@ -721,7 +721,7 @@ impl Catalog {
                     .devices
                     .get_mut(id)
                     .ok_or_else(|| CommandError::NotFound {
-                        kind: "device",
+                        kind: "device".into(),
                         id: id.clone(),
                     })?;
                 d.posture = posture.clone();
@@ -785,7 +785,7 @@ impl Catalog {
                     .factors
                     .get_mut(id)
                     .ok_or_else(|| CommandError::NotFound {
-                        kind: "factor",
+                        kind: "factor".into(),
                         id: id.clone(),
                     })?;
                 if f.kind != FactorKind::Totp || f.active {
@@ -804,7 +804,7 @@ impl Catalog {
                 self.factors
                     .remove(id)
                     .ok_or_else(|| CommandError::NotFound {
-                        kind: "factor",
+                        kind: "factor".into(),
                         id: id.clone(),
                     })?;
                 self.totp_seeds.remove(id);
@@ -816,7 +816,7 @@ impl Catalog {
                     .factors
                     .get_mut(id)
                     .ok_or_else(|| CommandError::NotFound {
-                        kind: "factor",
+                        kind: "factor".into(),
                         id: id.clone(),
                     })?;
                 if name.trim().is_empty() || name.len() > 64 {
@@ -838,7 +838,7 @@ impl Catalog {
                     .factors
                     .get_mut(id)
                     .ok_or_else(|| CommandError::NotFound {
-                        kind: "factor",
+                        kind: "factor".into(),
                         id: id.clone(),
                     })?;
                 // Authenticators that do not implement counters always send 0.

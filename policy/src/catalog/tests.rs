@@ -166,7 +166,7 @@ fn device_lifecycle() {
         )
         .0,
         Err(CommandError::NotFound {
-            kind: "device",
+            kind: "device".into(),
             id: "nope".into()
         })
     );
