@@ -3,4 +3,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod client;
+pub mod config;
+pub mod controller;
+pub mod convert;
+pub mod identity;
+pub mod pki;
 pub mod raft;
+pub mod seal;
+pub mod server;

@@ -9,7 +9,7 @@
 //! only ever held here as `Sealed` ciphertext, encrypted by the controller before proposing, so
 //! neither the Raft log nor a snapshot holds a secret in the clear.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -249,6 +249,26 @@ pub struct PolicyVersion {
     pub rolled_back_from: Option<u64>,
 }
 
+/// One recorded write, for the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Revision of the write.
+    pub revision: u64,
+    /// When (unix ms).
+    pub at_ms: i64,
+    /// Who.
+    pub actor: Actor,
+    /// Dotted action name, e.g. `policy.apply`.
+    pub action: String,
+    /// What it acted on.
+    pub target: String,
+    /// `ok`, or the refusal.
+    pub result: String,
+}
+
+/// How many audit records the catalog keeps (older ones are dropped first).
+pub const AUDIT_RETENTION: usize = 10_000;
+
 /// Lockout policy (NIST SP 800-63B allows at most 100 consecutive failures).
 pub const MAX_FAILED_ATTEMPTS: u32 = 100;
 
@@ -377,6 +397,15 @@ pub enum Command {
         /// Overlap for the previous key.
         overlap_ms: i64,
     },
+    /// Issue a one-time code that lets a user enroll a first factor.
+    IssueEnrollmentCode {
+        /// The user.
+        user: UserKey,
+        /// SHA-256 of the code, hex.
+        code_sha256: String,
+        /// Expiry (unix ms).
+        expires_at_ms: i64,
+    },
     /// Set a named secret.
     PutSecret {
         /// Name.
@@ -494,6 +523,12 @@ pub struct Catalog {
     pub signing_keys: BTreeMap<String, SigningKeyRecord>,
     /// Named secrets.
     pub secrets: BTreeMap<String, Sealed>,
+    /// Factor enrollment codes by user: (SHA-256 hex, expiry unix ms).
+    #[serde(default)]
+    pub enrollment_codes: BTreeMap<String, (String, i64)>,
+    /// The most recent writes, oldest first (at most `AUDIT_RETENTION`).
+    #[serde(default)]
+    pub audit: VecDeque<AuditRecord>,
 }
 
 fn user_slot(u: &UserKey) -> String {
@@ -538,6 +573,27 @@ impl Catalog {
         let r = self.apply_inner(revision, env, &mut changes);
         if r.is_err() {
             changes.clear();
+        }
+        let quiet = matches!(
+            (&env.command, &r),
+            (Command::CollectGarbage, Ok(Outcome::Collected(0)))
+        );
+        if !quiet {
+            let (action, target) = describe(&env.command, &r);
+            self.audit.push_back(AuditRecord {
+                revision,
+                at_ms: env.at_ms,
+                actor: env.actor.clone(),
+                action: action.into(),
+                target,
+                result: match &r {
+                    Ok(_) => "ok".into(),
+                    Err(e) => e.to_string(),
+                },
+            });
+            while self.audit.len() > AUDIT_RETENTION {
+                self.audit.pop_front();
+            }
         }
         (r, changes)
     }
@@ -891,6 +947,20 @@ impl Catalog {
                 changes.push(Change::SigningKey(kid.clone()));
                 Ok(Outcome::Key(kid))
             }
+            Command::IssueEnrollmentCode {
+                user,
+                code_sha256,
+                expires_at_ms,
+            } => {
+                if code_sha256.len() != 64 || *expires_at_ms <= at {
+                    return Err(CommandError::Invalid(
+                        "an enrollment code needs a SHA-256 hash and a future expiry".into(),
+                    ));
+                }
+                self.enrollment_codes
+                    .insert(user_slot(user), (code_sha256.clone(), *expires_at_ms));
+                Ok(Outcome::Done)
+            }
             Command::PutSecret { name, value } => {
                 if name.is_empty()
                     || !name.bytes().all(|b| {
@@ -962,6 +1032,44 @@ impl Catalog {
         slot.1.locked_until_ms = 0;
         changes.push(Change::Counters(user.clone()));
         slot.1.clone()
+    }
+}
+
+/// The audit action name and target of a command.
+fn describe(c: &Command, r: &Result<Outcome, CommandError>) -> (&'static str, String) {
+    let produced = match r {
+        Ok(Outcome::Policy(v)) => format!("policy v{v}"),
+        Ok(
+            Outcome::Revocation(id) | Outcome::Device(id) | Outcome::Factor(id) | Outcome::Key(id),
+        ) => id.clone(),
+        _ => String::new(),
+    };
+    let user = |u: &UserKey| format!("{}/{}", u.provider, u.subject);
+    match c {
+        Command::ApplyPolicy { .. } => ("policy.apply", produced),
+        Command::RollbackPolicy { to_version, .. } => {
+            ("policy.rollback", format!("to v{to_version}"))
+        }
+        Command::Revoke { target, .. } => ("revocation.create", format!("{target:?}")),
+        Command::CollectGarbage => ("catalog.gc", produced),
+        Command::CreateDevice { serial, .. } => {
+            ("device.create", format!("{produced} serial {serial}"))
+        }
+        Command::SetDeviceState { id, state } => ("device.state", format!("{id} -> {state:?}")),
+        Command::RecordPosture { id, .. } => ("device.posture", id.clone()),
+        Command::AddFactor { user: u, kind, .. } => {
+            ("factor.add", format!("{} {kind:?} {produced}", user(u)))
+        }
+        Command::ActivateTotp { id, .. } => ("factor.activate", id.clone()),
+        Command::RemoveFactor { id } => ("factor.remove", id.clone()),
+        Command::RenameFactor { id, .. } => ("factor.rename", id.clone()),
+        Command::RecordTotpUse { user: u, .. } => ("mfa.totp", user(u)),
+        Command::RecordWebauthnUse { id, .. } => ("mfa.webauthn", id.clone()),
+        Command::RecordMfaFailure { user: u } => ("mfa.failure", user(u)),
+        Command::UnlockUser { user: u } => ("user.unlock", user(u)),
+        Command::RotateSigningKey { .. } => ("key.rotate", produced),
+        Command::IssueEnrollmentCode { user: u, .. } => ("factor.enrollment_code", user(u)),
+        Command::PutSecret { name, .. } => ("secret.put", name.clone()),
     }
 }
 

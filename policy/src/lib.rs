@@ -27,6 +27,7 @@
 pub mod catalog;
 pub mod compile;
 pub mod decide;
+pub mod diff;
 pub mod document;
 pub mod duration;
 pub mod iptable;

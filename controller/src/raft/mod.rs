@@ -8,8 +8,11 @@
 //! `snapshot_every` entries, so that replay is bounded.
 
 pub mod log_store;
+pub mod network;
+pub mod service;
 pub mod state_machine;
 pub mod types;
+pub mod wire;
 
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;

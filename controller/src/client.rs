@@ -1,0 +1,115 @@
+//! An admin API client that follows the leader: it tries each configured server and, when a
+//! follower answers `UNAVAILABLE` with a `LeaderHint`, retries at the leader. Used by
+//! `palisadectl`, the chaos harness and the tests.
+
+use std::time::Duration;
+
+use palisade_proto::v1 as pb;
+use prost::Message;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Status};
+
+/// Credentials and servers.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    servers: Vec<String>,
+    tls: ClientTlsConfig,
+    timeout: Duration,
+}
+
+/// The leader hint in a status, if any.
+pub fn leader_hint(s: &Status) -> Option<pb::LeaderHint> {
+    if s.code() != Code::Unavailable || s.details().is_empty() {
+        return None;
+    }
+    pb::LeaderHint::decode(s.details())
+        .ok()
+        .filter(|h| !h.leader_admin_addr.is_empty())
+}
+
+/// The validation failure in a status, if any.
+pub fn validation_failure(s: &Status) -> Option<pb::ValidationFailure> {
+    if s.code() != Code::InvalidArgument || s.details().is_empty() {
+        return None;
+    }
+    pb::ValidationFailure::decode(s.details()).ok()
+}
+
+impl AdminClient {
+    /// A client presenting `cert`/`key` (PEM) and trusting `ca` (PEM).
+    pub fn new(servers: Vec<String>, cert_pem: &str, key_pem: &str, ca_pem: &str) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = ClientTlsConfig::new()
+            .identity(Identity::from_pem(cert_pem, key_pem))
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .domain_name("localhost");
+        Self {
+            servers,
+            tls,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Sets the per-call timeout.
+    pub fn with_timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// The configured servers.
+    pub fn servers(&self) -> &[String] {
+        &self.servers
+    }
+
+    /// A channel to one server.
+    pub async fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let ep = Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(|e| Status::invalid_argument(format!("server address {addr:?}: {e}")))?
+            .tls_config(self.tls.clone())
+            .map_err(|e| Status::invalid_argument(format!("TLS: {e}")))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(self.timeout);
+        ep.connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot reach {addr}: {e}")))
+    }
+
+    /// Runs `call` against the servers in order, following leader hints (at most 3 hops), and
+    /// returns the first answer that is not "unreachable" or "not the leader".
+    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let mut queue: Vec<String> = self.servers.clone();
+        let mut last = Status::unavailable("no server configured");
+        let mut hops = 0;
+        let mut i = 0;
+        while i < queue.len() {
+            let addr = queue[i].clone();
+            i += 1;
+            let ch = match self.channel(&addr).await {
+                Ok(ch) => ch,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            match call(ch).await {
+                Ok(v) => return Ok(v),
+                Err(s) => {
+                    if let Some(h) = leader_hint(&s)
+                        && hops < 3
+                    {
+                        hops += 1;
+                        queue.insert(i, h.leader_admin_addr);
+                    } else if s.code() != Code::Unavailable {
+                        return Err(s);
+                    }
+                    last = s;
+                }
+            }
+        }
+        Err(last)
+    }
+}

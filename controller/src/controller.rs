@@ -1,0 +1,290 @@
+//! The controller core: one Raft member, its write path (followers forward to the leader), its
+//! read path (linearizable unless a local read is asked for) and the error mapping to gRPC
+//! statuses. The gRPC services in `admin` and `raft::service` are thin layers over this.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::ReadPolicy;
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
+use palisade_policy::catalog::{Actor, Command, CommandError, Envelope, Outcome};
+use palisade_proto::v1 as pb;
+use palisade_proto::v1::raft_transport_client::RaftTransportClient;
+use prost::Message;
+use tonic::transport::{ClientTlsConfig, Endpoint};
+use tonic::{Code, Status};
+
+use crate::raft::state_machine::StateHandle;
+use crate::raft::{Member, Request, Response, StateMachine, TypeConfig};
+use crate::seal::DataKey;
+
+/// The Raft handle.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
+/// Wall-clock now, unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// An acknowledged write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// The revision (log index).
+    pub revision: u64,
+    /// What the command produced.
+    pub outcome: Outcome,
+    /// When the leader stamped it.
+    pub at_ms: i64,
+}
+
+impl Written {
+    /// As the wire `WriteResult`.
+    pub fn to_pb(&self) -> pb::WriteResult {
+        pb::WriteResult {
+            revision: self.revision,
+            committed_at: Some(ts(self.at_ms)),
+        }
+    }
+}
+
+/// A protobuf timestamp from unix milliseconds.
+pub fn ts(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// One controller.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    /// This member's id.
+    pub id: u64,
+    /// The Raft handle.
+    pub raft: Raft,
+    /// Read access to the applied state.
+    pub state: StateHandle,
+    /// The data key for secrets.
+    pub key: Arc<DataKey>,
+    /// TLS for calls to other members.
+    pub client_tls: ClientTlsConfig,
+    /// Largest policy document accepted.
+    pub max_document_bytes: usize,
+}
+
+/// Maps a command's refusal to a status; messages are written for operators.
+pub fn command_status(e: CommandError) -> Status {
+    match &e {
+        CommandError::InvalidPolicy(v) => {
+            let failure = pb::ValidationFailure {
+                violations: v
+                    .iter()
+                    .map(|line| {
+                        let (path, reason) = line.split_once(": ").unwrap_or(("$", line));
+                        pb::FieldViolation {
+                            path: path.into(),
+                            reason: reason.into(),
+                        }
+                    })
+                    .collect(),
+            };
+            Status::with_details(
+                Code::InvalidArgument,
+                e.to_string(),
+                failure.encode_to_vec().into(),
+            )
+        }
+        CommandError::VersionConflict { .. } => Status::failed_precondition(e.to_string()),
+        CommandError::NotFound { .. } => Status::not_found(e.to_string()),
+        CommandError::TotpReplayed | CommandError::CounterRegressed => {
+            Status::failed_precondition(e.to_string())
+        }
+        CommandError::Invalid(_) => Status::invalid_argument(e.to_string()),
+    }
+}
+
+/// `UNAVAILABLE` with a `LeaderHint` so clients can retry at the leader.
+pub fn unavailable_with_leader(msg: &str, leader: Option<(u64, &Member)>) -> Status {
+    let hint = pb::LeaderHint {
+        leader_id: leader.map(|(id, _)| id).unwrap_or(0),
+        leader_admin_addr: leader
+            .map(|(_, m)| m.admin_addr.clone())
+            .unwrap_or_default(),
+    };
+    let text = match leader {
+        Some((id, m)) => format!("{msg}; the leader is node {id} at {}", m.admin_addr),
+        None => format!("{msg}; no leader is known yet, retry shortly"),
+    };
+    Status::with_details(Code::Unavailable, text, hint.encode_to_vec().into())
+}
+
+impl Controller {
+    /// The leader's id and member record, if known.
+    pub fn leader(&self) -> Option<(u64, Member)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let id = m.current_leader?;
+        let member = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, member))
+    }
+
+    /// Proposes a command as `actor` and waits until it is committed and applied. A follower
+    /// forwards it to the leader.
+    pub async fn write(&self, actor: Actor, command: Command) -> Result<Written, Status> {
+        self.write_inner(actor, command, true).await
+    }
+
+    pub(crate) async fn write_inner(
+        &self,
+        actor: Actor,
+        command: Command,
+        may_forward: bool,
+    ) -> Result<Written, Status> {
+        let at_ms = now_ms();
+        let env = Envelope {
+            actor: actor.clone(),
+            at_ms,
+            command: command.clone(),
+        };
+        let timer = std::time::Instant::now();
+        match self.raft.client_write(Request(env)).await {
+            Ok(resp) => {
+                metrics::histogram!("palisade_controller_write_seconds")
+                    .record(timer.elapsed().as_secs_f64());
+                let revision = resp.log_id.index;
+                match resp.data {
+                    Response::Applied(Ok(outcome)) => Ok(Written {
+                        revision,
+                        outcome,
+                        at_ms,
+                    }),
+                    Response::Applied(Err(e)) => Err(command_status(e)),
+                    Response::Empty => Ok(Written {
+                        revision,
+                        outcome: Outcome::Done,
+                        at_ms,
+                    }),
+                }
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let leader = f.leader_id.zip(f.leader_node);
+                match leader {
+                    Some((id, node)) if may_forward && id != self.id => {
+                        self.forward(&node, actor, command).await
+                    }
+                    Some((id, node)) => Err(unavailable_with_leader(
+                        "this member is not the leader",
+                        Some((id, &node)),
+                    )),
+                    None => Err(unavailable_with_leader("no leader", None)),
+                }
+            }
+            Err(RaftError::APIError(e)) => Err(Status::failed_precondition(e.to_string())),
+            Err(RaftError::Fatal(e)) => {
+                tracing::error!(error = %e, "raft is shut down");
+                Err(Status::unavailable("this member is shutting down"))
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: &Member,
+        actor: Actor,
+        command: Command,
+    ) -> Result<Written, Status> {
+        let ep = Endpoint::from_shared(format!("https://{}", leader.raft_addr))
+            .and_then(|e| e.tls_config(self.client_tls.clone()))
+            .map_err(|e| Status::internal(format!("leader address: {e}")))?;
+        let channel = ep
+            .connect()
+            .await
+            .map_err(|_| unavailable_with_leader("the leader is unreachable", None))?;
+        let mut client = RaftTransportClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024);
+        let req = pb::ForwardWriteRequest {
+            command: serde_json::to_vec(&command).map_err(|e| Status::internal(e.to_string()))?,
+            actor: Some(pb::Actor {
+                subject: actor.subject,
+                kind: actor_kind(&actor.kind) as i32,
+                role: 0,
+                origin: format!("forwarded by controller {}", self.id),
+            }),
+        };
+        let resp = client.forward_write(req).await?.into_inner();
+        let write = resp.write.unwrap_or_default();
+        let outcome: Outcome =
+            serde_json::from_slice(&resp.response).map_err(|e| Status::internal(e.to_string()))?;
+        let at_ms = write
+            .committed_at
+            .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+            .unwrap_or(0);
+        Ok(Written {
+            revision: write.revision,
+            outcome,
+            at_ms,
+        })
+    }
+
+    /// Waits until this member can serve a linearizable read (read index confirmed by a quorum
+    /// and applied locally). A follower answers `UNAVAILABLE` with the leader's address.
+    pub async fn linearizable(&self) -> Result<(), Status> {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(()),
+            Err(e) => match e.forward_to_leader() {
+                Some(f) => {
+                    let leader = f.leader_id.zip(f.leader_node.clone());
+                    Err(unavailable_with_leader(
+                        "linearizable reads are served by the leader",
+                        leader.as_ref().map(|(i, m)| (*i, m)),
+                    ))
+                }
+                None => Err(Status::unavailable(format!(
+                    "cannot confirm leadership: {e}"
+                ))),
+            },
+        }
+    }
+
+    /// Prepares a read at the requested consistency; returns how it was served.
+    pub async fn read_info(&self, consistency: i32) -> Result<pb::ReadInfo, Status> {
+        let local = consistency == pb::ReadConsistency::Local as i32;
+        if !local {
+            self.linearizable().await?;
+        }
+        Ok(pb::ReadInfo {
+            revision: self.state.read(|s| s.revision()),
+            local,
+            served_by: self.id,
+        })
+    }
+}
+
+/// The wire actor kind for a catalog actor kind.
+pub fn actor_kind(kind: &str) -> pb::ActorKind {
+    match kind {
+        "admin" => pb::ActorKind::Admin,
+        "edge" => pb::ActorKind::Edge,
+        "user" => pb::ActorKind::User,
+        _ => pb::ActorKind::System,
+    }
+}
+
+/// A catalog actor from the wire (for forwarded writes).
+pub fn actor_from_pb(a: Option<pb::Actor>) -> Actor {
+    let a = a.unwrap_or_default();
+    let kind = match pb::ActorKind::try_from(a.kind).unwrap_or(pb::ActorKind::System) {
+        pb::ActorKind::Admin => "admin",
+        pb::ActorKind::Edge => "edge",
+        pb::ActorKind::User => "user",
+        _ => "system",
+    };
+    Actor {
+        subject: a.subject,
+        kind: kind.into(),
+    }
+}

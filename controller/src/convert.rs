@@ -1,0 +1,213 @@
+//! Conversions from the catalog's domain types to the wire types of the admin API. Secret
+//! material is never copied into admin responses.
+
+use palisade_policy::catalog as cat;
+use palisade_proto::v1 as pb;
+
+use crate::controller::ts;
+
+/// A wire actor.
+pub fn actor(a: &cat::Actor) -> pb::Actor {
+    pb::Actor {
+        subject: a.subject.clone(),
+        kind: crate::controller::actor_kind(&a.kind) as i32,
+        role: 0,
+        origin: String::new(),
+    }
+}
+
+/// A policy version; `with_document` false leaves the document out.
+pub fn policy_version(p: &cat::PolicyVersion, with_document: bool) -> pb::PolicyVersion {
+    pb::PolicyVersion {
+        version: p.version,
+        revision: p.revision,
+        author: Some(actor(&p.author)),
+        applied_at: Some(ts(p.applied_at_ms)),
+        comment: p.comment.clone(),
+        document_json: if with_document {
+            p.document_json.clone()
+        } else {
+            String::new()
+        },
+        digest: p.digest.clone(),
+        rolled_back_from: p.rolled_back_from.unwrap_or(0),
+    }
+}
+
+/// A revocation target.
+pub fn target(t: &cat::RevocationTarget) -> pb::RevocationTarget {
+    use pb::revocation_target::Target as T;
+    let t = match t {
+        cat::RevocationTarget::Session(s) => T::SessionId(s.clone()),
+        cat::RevocationTarget::User {
+            user,
+            issued_before,
+        } => T::User(pb::UserRevocation {
+            subject: user.subject.clone(),
+            identity_provider: user.provider.clone(),
+            issued_before: Some(ts(issued_before.saturating_mul(1000))),
+        }),
+        cat::RevocationTarget::Device(d) => T::DeviceId(d.clone()),
+        cat::RevocationTarget::Factor(f) => T::FactorId(f.clone()),
+        cat::RevocationTarget::TunnelSession(s) => T::TunnelSessionId(s.clone()),
+    };
+    pb::RevocationTarget { target: Some(t) }
+}
+
+/// A revocation target from the wire, validated.
+pub fn target_from_pb(t: Option<pb::RevocationTarget>) -> Result<cat::RevocationTarget, String> {
+    use pb::revocation_target::Target as T;
+    let t = t
+        .and_then(|t| t.target)
+        .ok_or("target is required (session, user, device, factor or tunnel session)")?;
+    let nonempty = |s: String, what: &str| {
+        if s.trim().is_empty() {
+            Err(format!("{what} must not be empty"))
+        } else {
+            Ok(s)
+        }
+    };
+    Ok(match t {
+        T::SessionId(s) => cat::RevocationTarget::Session(nonempty(s, "session id")?),
+        T::DeviceId(s) => cat::RevocationTarget::Device(nonempty(s, "device id")?),
+        T::FactorId(s) => cat::RevocationTarget::Factor(nonempty(s, "factor id")?),
+        T::TunnelSessionId(s) => {
+            cat::RevocationTarget::TunnelSession(nonempty(s, "tunnel session id")?)
+        }
+        T::User(u) => cat::RevocationTarget::User {
+            user: cat::UserKey {
+                provider: nonempty(u.identity_provider, "identity provider")?,
+                subject: nonempty(u.subject, "subject")?,
+            },
+            issued_before: u
+                .issued_before
+                .map(|t| t.seconds)
+                .ok_or("user revocations need issued_before")?,
+        },
+    })
+}
+
+/// A revocation.
+pub fn revocation(r: &cat::Revocation) -> pb::Revocation {
+    pb::Revocation {
+        id: r.id.clone(),
+        target: Some(target(&r.target)),
+        reason: r.reason.clone(),
+        actor: Some(actor(&r.actor)),
+        created_at: Some(ts(r.created_at_ms)),
+        expires_at: Some(ts(r.expires_at_ms)),
+        revision: r.revision,
+    }
+}
+
+/// A device state on the wire.
+pub fn device_state(s: cat::DeviceState) -> pb::DeviceState {
+    match s {
+        cat::DeviceState::Pending => pb::DeviceState::Pending,
+        cat::DeviceState::Enrolled => pb::DeviceState::Enrolled,
+        cat::DeviceState::Wiped => pb::DeviceState::Wiped,
+        cat::DeviceState::Revoked => pb::DeviceState::Revoked,
+    }
+}
+
+fn os_to_pb(os: &str) -> pb::OsFamily {
+    match os {
+        "macos" => pb::OsFamily::Macos,
+        "windows" => pb::OsFamily::Windows,
+        "linux" => pb::OsFamily::Linux,
+        "ios" => pb::OsFamily::Ios,
+        "android" => pb::OsFamily::Android,
+        "chromeos" => pb::OsFamily::Chromeos,
+        _ => pb::OsFamily::Unspecified,
+    }
+}
+
+/// The catalog's name of a wire OS family.
+pub fn os_from_pb(os: i32) -> String {
+    match pb::OsFamily::try_from(os).unwrap_or(pb::OsFamily::Unspecified) {
+        pb::OsFamily::Macos => "macos",
+        pb::OsFamily::Windows => "windows",
+        pb::OsFamily::Linux => "linux",
+        pb::OsFamily::Ios => "ios",
+        pb::OsFamily::Android => "android",
+        pb::OsFamily::Chromeos => "chromeos",
+        pb::OsFamily::Unspecified => "",
+    }
+    .to_string()
+}
+
+/// A device.
+pub fn device(d: &cat::DeviceRecord) -> pb::Device {
+    pb::Device {
+        id: d.id.clone(),
+        owner: d.owner.clone(),
+        serial: d.serial.clone(),
+        display_name: d.display_name.clone(),
+        state: device_state(d.state) as i32,
+        posture: Some(pb::DevicePosture {
+            os: os_to_pb(&d.posture.os) as i32,
+            os_version: d.posture.os_version.clone(),
+            client_version: d.posture.client_version.clone(),
+            mandatory_auth: d.posture.mandatory_auth,
+            disk_encrypted: d.posture.disk_encrypted,
+            reported_at: (d.posture.reported_at_ms > 0).then(|| ts(d.posture.reported_at_ms)),
+            ..Default::default()
+        }),
+        groups: d.groups.clone(),
+        enrolled_at: None,
+        certificate_fingerprint: String::new(),
+        revision: d.revision,
+    }
+}
+
+/// A factor (public part only).
+pub fn factor(f: &cat::FactorRecord) -> pb::Factor {
+    let kind = match f.kind {
+        cat::FactorKind::Totp => pb::FactorKind::Totp,
+        cat::FactorKind::SecurityKey => pb::FactorKind::SecurityKey,
+        cat::FactorKind::Platform => pb::FactorKind::Platform,
+    };
+    pb::Factor {
+        id: f.id.clone(),
+        subject: f.user.subject.clone(),
+        identity_provider: f.user.provider.clone(),
+        kind: kind as i32,
+        name: f.name.clone(),
+        created_at: Some(ts(f.created_at_ms)),
+        last_used_at: None,
+        webauthn: (f.kind != cat::FactorKind::Totp).then(|| pb::WebauthnCredential {
+            credential_id: f.credential_id.as_bytes().to_vec(),
+            credential_json: f.credential_json.clone(),
+            sign_count: f.sign_count,
+            user_verified: f.kind == cat::FactorKind::Platform,
+            aaguid: String::new(),
+        }),
+        revision: f.revision,
+    }
+}
+
+/// Counters.
+pub fn counters(user: &cat::UserKey, c: &cat::Counters) -> pb::UserCounters {
+    pb::UserCounters {
+        subject: user.subject.clone(),
+        identity_provider: user.provider.clone(),
+        totp_last_step: c.totp_last_step,
+        failed_attempts: c.failed_attempts,
+        locked_until: (c.locked_until_ms > 0)
+            .then(|| ts(c.locked_until_ms.min(253_402_300_799_000))),
+    }
+}
+
+/// An audit record.
+pub fn audit(a: &cat::AuditRecord) -> pb::AuditEvent {
+    pb::AuditEvent {
+        id: format!("w-{}", a.revision),
+        time: Some(ts(a.at_ms)),
+        actor: Some(actor(&a.actor)),
+        action: a.action.clone(),
+        target: a.target.clone(),
+        result: a.result.clone(),
+        revision: a.revision,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,184 @@
+//! A development PKI: one CA, and certificates for controllers, edges and admins whose
+//! identities are SAN URIs (`urn:palisade:controller:<id>`, `urn:palisade:edge:<id>`,
+//! `urn:palisade:admin:<role>`). `palisadectl pki init` writes one for a local cluster; tests
+//! make one in a temporary directory. Production deployments bring certificates from their own
+//! CA with the same SAN URIs.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+use crate::identity::Role;
+
+/// A certificate and its key, PEM.
+#[derive(Clone)]
+pub struct CertPair {
+    /// Certificate chain, PEM (leaf only; the CA is distributed separately).
+    pub cert_pem: String,
+    /// Private key, PKCS#8 PEM.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertPair { .. }")
+    }
+}
+
+/// An in-memory CA that issues Palisade identities.
+pub struct DevCa {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for DevCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DevCa { .. }")
+    }
+}
+
+/// The kinds of identity a certificate can carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// A controller (Raft node id).
+    Controller(u64),
+    /// An edge (edge id).
+    Edge(String),
+    /// An operator with a role.
+    Admin {
+        /// Common name (recorded as the actor).
+        name: String,
+        /// Role.
+        role: Role,
+    },
+}
+
+impl DevCa {
+    /// Creates a new CA.
+    pub fn new() -> anyhow::Result<Self> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Palisade development CA");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            ca_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Issues a certificate for `subject`, valid as both TLS server (for `localhost` and
+    /// 127.0.0.1) and client.
+    pub fn issue(&self, subject: &Subject) -> anyhow::Result<CertPair> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        let (cn, uri) = match subject {
+            Subject::Controller(id) => (
+                format!("controller-{id}"),
+                format!("urn:palisade:controller:{id}"),
+            ),
+            Subject::Edge(id) => (format!("edge-{id}"), format!("urn:palisade:edge:{id}")),
+            Subject::Admin { name, role } => (
+                name.clone(),
+                format!("urn:palisade:admin:{}", role.as_str()),
+            ),
+        };
+        params
+            .subject_alt_names
+            .push(SanType::URI(uri.as_str().try_into()?));
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(CertPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// Paths of one identity's files in a PKI directory.
+#[derive(Debug, Clone)]
+pub struct IdentityFiles {
+    /// Certificate.
+    pub cert: PathBuf,
+    /// Key.
+    pub key: PathBuf,
+}
+
+/// Writes a CA, `controllers` controller identities, `edges` edge identities, admin identities
+/// for every role and a data key into `dir`. Keys are written with mode 0600.
+pub fn init_dir(dir: &Path, controllers: &[u64], edges: &[String]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let ca = DevCa::new()?;
+    write(dir, "ca.pem", &ca.ca_pem, false)?;
+    let mut subjects: Vec<(String, Subject)> = controllers
+        .iter()
+        .map(|id| (format!("controller-{id}"), Subject::Controller(*id)))
+        .collect();
+    subjects.extend(
+        edges
+            .iter()
+            .map(|e| (format!("edge-{e}"), Subject::Edge(e.clone()))),
+    );
+    for role in [Role::Viewer, Role::Operator, Role::Admin] {
+        subjects.push((
+            format!("admin-{}", role.as_str()),
+            Subject::Admin {
+                name: format!("{}@local", role.as_str()),
+                role,
+            },
+        ));
+    }
+    for (name, subject) in subjects {
+        let pair = ca.issue(&subject)?;
+        write(dir, &format!("{name}.pem"), &pair.cert_pem, false)?;
+        write(dir, &format!("{name}.key"), &pair.key_pem, true)?;
+    }
+    write(
+        dir,
+        "data.key",
+        &(crate::seal::DataKey::generate_hex()? + "\n"),
+        true,
+    )?;
+    Ok(())
+}
+
+/// The files for an identity written by `init_dir`.
+pub fn files(dir: &Path, name: &str) -> IdentityFiles {
+    IdentityFiles {
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}.key")),
+    }
+}
+
+fn write(dir: &Path, name: &str, contents: &str, secret: bool) -> anyhow::Result<()> {
+    let path = dir.join(name);
+    std::fs::write(&path, contents)?;
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
