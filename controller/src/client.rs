@@ -2,6 +2,8 @@
 //! follower answers `UNAVAILABLE` with a `LeaderHint`, retries at the leader. Used by
 //! `palisadectl`, the chaos harness and the tests.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use palisade_proto::v1 as pb;
@@ -15,6 +17,8 @@ pub struct AdminClient {
     servers: Vec<String>,
     tls: ClientTlsConfig,
     timeout: Duration,
+    /// Open channels by address; a channel multiplexes calls over one HTTP/2 connection.
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 /// The leader hint in a status, if any.
@@ -47,6 +51,7 @@ impl AdminClient {
             servers,
             tls,
             timeout: Duration::from_secs(30),
+            channels: Arc::default(),
         }
     }
 
@@ -61,17 +66,38 @@ impl AdminClient {
         &self.servers
     }
 
-    /// A channel to one server.
+    /// A channel to one server, reused across calls.
     pub async fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        if let Some(ch) = self
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(addr)
+        {
+            return Ok(ch.clone());
+        }
         let ep = Endpoint::from_shared(format!("https://{addr}"))
             .map_err(|e| Status::invalid_argument(format!("server address {addr:?}: {e}")))?
             .tls_config(self.tls.clone())
             .map_err(|e| Status::invalid_argument(format!("TLS: {e}")))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(self.timeout);
-        ep.connect()
+        let ch = ep
+            .connect()
             .await
-            .map_err(|e| Status::unavailable(format!("cannot reach {addr}: {e}")))
+            .map_err(|e| Status::unavailable(format!("cannot reach {addr}: {e}")))?;
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    fn forget(&self, addr: &str) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(addr);
     }
 
     /// Runs `call` against the servers in order, following leader hints (at most 3 hops), and
@@ -105,6 +131,9 @@ impl AdminClient {
                         queue.insert(i, h.leader_admin_addr);
                     } else if s.code() != Code::Unavailable {
                         return Err(s);
+                    } else {
+                        // The connection may be dead (member killed): reconnect next time.
+                        self.forget(&addr);
                     }
                     last = s;
                 }

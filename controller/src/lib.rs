@@ -11,5 +11,6 @@ pub mod convert;
 pub mod identity;
 pub mod pki;
 pub mod raft;
+pub mod rpc_metrics;
 pub mod seal;
 pub mod server;

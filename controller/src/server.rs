@@ -178,6 +178,7 @@ pub async fn start(cfg: Config, members: Vec<InitialMember>) -> anyhow::Result<R
         .tls_config(server_tls)?
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .layer(crate::rpc_metrics::RpcMetricsLayer)
         .add_service(
             pb::raft_transport_server::RaftTransportServer::new(RaftService::new(
                 controller.clone(),

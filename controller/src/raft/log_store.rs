@@ -155,6 +155,7 @@ impl RaftLogStorage<C> for LogStore {
             .into_iter()
             .map(|e| encode(&e).map(|b| (e.log_id.index, b)))
             .collect::<io::Result<_>>()?;
+        let started = std::time::Instant::now();
         let res = self
             .write(move |txn| {
                 let mut t = txn.open_table(LOGS).map_err(io_err)?;
@@ -164,6 +165,7 @@ impl RaftLogStorage<C> for LogStore {
                 Ok(())
             })
             .await;
+        metrics::histogram!("palisade_raft_append_seconds").record(started.elapsed().as_secs_f64());
         match res {
             Ok(()) => {
                 callback.io_completed(Ok(()));

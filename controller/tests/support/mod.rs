@@ -45,6 +45,7 @@ fn free_port() -> u16 {
 pub struct Member {
     pub id: u64,
     pub port: u16,
+    pub metrics_port: u16,
     pub child: Option<Child>,
     pub log: PathBuf,
 }
@@ -53,6 +54,17 @@ impl Member {
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+}
+
+/// GETs a plain-HTTP URL path from a local port (for `/metrics`).
+pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
 }
 
 /// Options for a cluster.
@@ -103,6 +115,7 @@ impl Cluster {
                     Member {
                         id: *id,
                         port: free_port(),
+                        metrics_port: free_port(),
                         child: None,
                         log: dir.path().join(format!("n{id}.log")),
                     },
@@ -171,6 +184,8 @@ impl Cluster {
             .arg("1200")
             .arg("--heartbeat-ms")
             .arg("100")
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{}", m.metrics_port))
             .env("PALISADE_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log);
