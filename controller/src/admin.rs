@@ -226,8 +226,20 @@ impl Admin {
                 } else {
                     "learner".into()
                 },
-                matched_index: 0,
-                reachable: true,
+                // Known on the leader only: how far each member has replicated.
+                matched_index: if *id == self.ctl.id {
+                    m.last_log_index.unwrap_or(0)
+                } else {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).copied().flatten())
+                        .map(|l| l.index)
+                        .unwrap_or(0)
+                },
+                reachable: *id == self.ctl.id
+                    || m.replication
+                        .as_ref()
+                        .is_some_and(|r| r.get(id).is_some_and(|l| l.is_some())),
             })
             .collect()
     }

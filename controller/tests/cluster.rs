@@ -78,6 +78,15 @@ async fn writes_are_accepted_on_any_member_and_a_restarted_member_catches_up() {
     let commit = c.status(leader).await.expect("status").commit_index;
     c.spawn(3);
     c.wait_applied(3, commit, T).await;
+    let leader_status = c.status(leader).await.expect("leader status");
+    for m in &leader_status.members {
+        assert!(
+            m.matched_index >= commit,
+            "the leader reports member {} replicated to {} (commit {commit})",
+            m.id,
+            m.matched_index
+        );
+    }
     let on_3 = Cluster::revoked_sessions(&c.client_for(3), true)
         .await
         .expect("local read on member 3");

@@ -996,21 +996,24 @@ async fn run(cli: Cli) -> Result<(String, Value), Failure> {
                 r.snapshot_index
             );
             for m in &r.members {
+                let matched = if r.state == "leader" {
+                    format!("  replicated to {}", m.matched_index)
+                } else {
+                    String::new()
+                };
+                let leader = if m.id == r.leader_id {
+                    "  (leader)"
+                } else {
+                    ""
+                };
                 text.push_str(&format!(
-                    "  {:<4} {:<8} {}{}\n",
-                    m.id,
-                    m.role,
-                    m.raft_addr,
-                    if m.id == r.leader_id {
-                        "  (leader)"
-                    } else {
-                        ""
-                    }
+                    "  {:<4} {:<8} {}{matched}{leader}\n",
+                    m.id, m.role, m.raft_addr
                 ));
             }
             (
                 text,
-                json!({"node_id": r.node_id, "state": r.state, "leader_id": r.leader_id, "term": r.term, "commit_index": r.commit_index, "applied_revision": r.applied_revision, "snapshot_index": r.snapshot_index, "members": r.members.iter().map(|m| json!({"id": m.id, "role": m.role, "addr": m.raft_addr})).collect::<Vec<_>>()}),
+                json!({"node_id": r.node_id, "state": r.state, "leader_id": r.leader_id, "term": r.term, "commit_index": r.commit_index, "applied_revision": r.applied_revision, "snapshot_index": r.snapshot_index, "members": r.members.iter().map(|m| json!({"id": m.id, "role": m.role, "addr": m.raft_addr, "matched_index": m.matched_index, "reachable": m.reachable})).collect::<Vec<_>>()}),
             )
         }
         Cmd::Members { cmd } => {
