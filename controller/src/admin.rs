@@ -1149,9 +1149,24 @@ impl pb::cluster_service_server::ClusterService for Admin {
         req: Request<pb::GetPropagationStatusRequest>,
     ) -> Result<Response<pb::GetPropagationStatusResponse>, Status> {
         require_role(&req, Role::Viewer)?;
-        Err(Status::unimplemented(
-            "edge propagation status needs the edge sync service, which is not built yet (issue 4)",
-        ))
+        let selector = req.into_inner().selector.unwrap_or_default();
+        let edges: Vec<pb::EdgeStatus> = self
+            .ctl
+            .cluster_edges()
+            .await
+            .into_iter()
+            .filter(|e| selects(&selector, e))
+            .collect();
+        let m = self.ctl.raft.metrics().borrow_watched().clone();
+        let commit_revision = m
+            .cluster_committed
+            .or(m.local_committed)
+            .map(|l| l.index)
+            .unwrap_or(0);
+        Ok(Response::new(pb::GetPropagationStatusResponse {
+            commit_revision,
+            edges,
+        }))
     }
 
     async fn wait_for_revision(
@@ -1159,10 +1174,48 @@ impl pb::cluster_service_server::ClusterService for Admin {
         req: Request<pb::WaitForRevisionRequest>,
     ) -> Result<Response<pb::WaitForRevisionResponse>, Status> {
         require_role(&req, Role::Viewer)?;
-        Err(Status::unimplemented(
-            "waiting for edges needs the edge sync service, which is not built yet (issue 4)",
-        ))
+        let r = req.into_inner();
+        if r.revision == 0 {
+            return Err(Status::invalid_argument("revision is required"));
+        }
+        let timeout = duration(r.timeout)?
+            .unwrap_or(Duration::from_secs(10))
+            .min(Duration::from_secs(300));
+        let scope = r.scope.unwrap_or_default();
+        let started = std::time::Instant::now();
+        loop {
+            let edges: Vec<pb::EdgeStatus> = self
+                .ctl
+                .cluster_edges()
+                .await
+                .into_iter()
+                .filter(|e| selects(&scope, e))
+                .collect();
+            let (applied, pending): (Vec<pb::EdgeStatus>, Vec<pb::EdgeStatus>) = edges
+                .into_iter()
+                .partition(|e| e.applied_revision >= r.revision);
+            let waited = started.elapsed();
+            if pending.is_empty() || waited >= timeout {
+                return Ok(Response::new(pb::WaitForRevisionResponse {
+                    complete: pending.is_empty(),
+                    applied: applied.into_iter().map(|e| e.id).collect(),
+                    pending,
+                    waited: Some(prost_types::Duration {
+                        seconds: waited.as_secs() as i64,
+                        nanos: waited.subsec_nanos() as i32,
+                    }),
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
+}
+
+/// Whether an edge matches a label selector (every label present with exactly that value).
+fn selects(sel: &pb::LabelSelector, e: &pb::EdgeStatus) -> bool {
+    sel.match_labels
+        .iter()
+        .all(|(k, v)| e.labels.get(k) == Some(v))
 }
 
 #[tonic::async_trait]

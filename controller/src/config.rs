@@ -82,6 +82,16 @@ pub struct Config {
     #[arg(long, env = "PALISADE_LOGS_TO_KEEP", default_value_t = 1_000)]
     pub logs_to_keep: u64,
 
+    /// Interval of heartbeats on edge subscriptions, milliseconds. Edges measure staleness
+    /// from them.
+    #[arg(long, env = "PALISADE_SYNC_HEARTBEAT_MS", default_value_t = 500)]
+    pub sync_heartbeat_ms: u64,
+
+    /// Recent entries kept in memory so a reconnecting edge resumes with deltas; an edge further
+    /// behind gets a snapshot.
+    #[arg(long, env = "PALISADE_SYNC_RESUME_WINDOW", default_value_t = 10_000)]
+    pub sync_resume_window: usize,
+
     /// Largest policy document accepted by the admin API, bytes.
     #[arg(long, env = "PALISADE_MAX_DOCUMENT_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_document_bytes: usize,
@@ -124,6 +134,9 @@ impl Config {
                 "--heartbeat-ms must be positive and at most a third of --election-timeout-min-ms"
                     .into(),
             );
+        }
+        if self.sync_heartbeat_ms == 0 || self.sync_heartbeat_ms > 60_000 {
+            errs.push("--sync-heartbeat-ms must be between 1 and 60000".into());
         }
         if self.snapshot_every == 0 {
             errs.push("--snapshot-every must be positive".into());

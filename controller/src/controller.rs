@@ -74,6 +74,8 @@ pub struct Controller {
     pub client_tls: ClientTlsConfig,
     /// Largest policy document accepted.
     pub max_document_bytes: usize,
+    /// The edges subscribed to this member.
+    pub edges: Arc<crate::sync::EdgeRegistry>,
 }
 
 /// Maps a command's refusal to a status; messages are written for operators.
@@ -248,6 +250,71 @@ impl Controller {
                 ))),
             },
         }
+    }
+
+    /// Every edge known to the cluster: this member's subscribers and every other member's,
+    /// merged by the most recent report. Members that do not answer within a second are
+    /// skipped.
+    pub async fn cluster_edges(&self) -> Vec<pb::EdgeStatus> {
+        let mut all: std::collections::HashMap<String, pb::EdgeStatus> = self
+            .edges
+            .list()
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
+        let members: Vec<(u64, Member)> = {
+            let m = self.raft.metrics().borrow_watched().clone();
+            m.membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.id)
+                .map(|(id, n)| (*id, n.clone()))
+                .collect()
+        };
+        let calls = members.into_iter().map(|(_, member)| {
+            let tls = self.client_tls.clone();
+            async move {
+                let ep = Endpoint::from_shared(format!("https://{}", member.raft_addr))
+                    .ok()?
+                    .tls_config(tls)
+                    .ok()?
+                    .connect_timeout(std::time::Duration::from_secs(1))
+                    .timeout(std::time::Duration::from_secs(1));
+                let ch = ep.connect().await.ok()?;
+                RaftTransportClient::new(ch)
+                    .list_local_edges(pb::ListLocalEdgesRequest {})
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner().edges)
+            }
+        });
+        for edges in futures::future::join_all(calls).await.into_iter().flatten() {
+            for e in edges {
+                let newer = all.get(&e.id).is_none_or(|cur| {
+                    e.last_seen.as_ref().map(|t| (t.seconds, t.nanos))
+                        > cur.last_seen.as_ref().map(|t| (t.seconds, t.nanos))
+                });
+                if newer {
+                    all.insert(e.id.clone(), e);
+                }
+            }
+        }
+        let commit = {
+            let m = self.raft.metrics().borrow_watched().clone();
+            m.cluster_committed
+                .or(m.local_committed)
+                .map(|l| l.index)
+                .unwrap_or(0)
+        };
+        let mut out: Vec<pb::EdgeStatus> = all
+            .into_values()
+            .map(|mut e| {
+                e.lag = commit.saturating_sub(e.applied_revision);
+                e
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
     }
 
     /// Prepares a read at the requested consistency; returns how it was served.

@@ -14,3 +14,4 @@ pub mod raft;
 pub mod rpc_metrics;
 pub mod seal;
 pub mod server;
+pub mod sync;

@@ -86,7 +86,7 @@ pub async fn start(cfg: Config, members: Vec<InitialMember>) -> anyhow::Result<R
     let db = open_db(&cfg.data_dir.join("raft.redb"))
         .with_context(|| format!("opening {}", cfg.data_dir.display()))?;
     let log = LogStore::new(db.clone())?;
-    let sm = StateMachine::new(db)?;
+    let sm = StateMachine::new(db)?.with_resume_window(cfg.sync_resume_window);
     let state = sm.handle();
     let raft_config = Arc::new(
         cfg.raft_config()
@@ -109,6 +109,7 @@ pub async fn start(cfg: Config, members: Vec<InitialMember>) -> anyhow::Result<R
         key,
         client_tls,
         max_document_bytes: cfg.max_document_bytes,
+        edges: Arc::default(),
     };
 
     // Bind before bootstrapping so peers can reach us as soon as we are a member.
@@ -205,6 +206,15 @@ pub async fn start(cfg: Config, members: Vec<InitialMember>) -> anyhow::Result<R
             admin.clone(),
         ))
         .add_service(pb::audit_service_server::AuditServiceServer::new(admin))
+        .add_service(
+            pb::edge_sync_server::EdgeSyncServer::new(crate::sync::SyncService::new(
+                controller.clone(),
+                controller.edges.clone(),
+                Duration::from_millis(cfg.sync_heartbeat_ms),
+                shutdown_rx.clone(),
+            ))
+            .max_encoding_message_size(64 * 1024 * 1024),
+        )
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

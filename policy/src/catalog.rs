@@ -502,6 +502,31 @@ pub enum Change {
     Secret(String),
 }
 
+/// A change with the object as it is right after the change, for edge deltas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Resolved {
+    /// The new current policy version.
+    Policy(PolicyVersion),
+    /// A revocation added.
+    RevocationAdded(Revocation),
+    /// A revocation removed (id).
+    RevocationRemoved(String),
+    /// A device as it is now.
+    Device(DeviceRecord),
+    /// A factor as it is now.
+    Factor(FactorRecord),
+    /// A factor removed (id).
+    FactorRemoved(String),
+    /// A user's counters as they are now.
+    Counters(UserKey, Counters),
+    /// A signing key as it is now.
+    SigningKey(SigningKeyRecord),
+    /// A signing key removed (kid).
+    SigningKeyRemoved(String),
+    /// A secret as it is now (sealed).
+    Secret(String, Sealed),
+}
+
 /// The catalog.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Catalog {
@@ -552,6 +577,45 @@ impl Catalog {
     /// The current policy version.
     pub fn current_policy(&self) -> Option<&PolicyVersion> {
         self.policy_history.last()
+    }
+
+    /// Resolves changes into the objects they produced (objects that no longer exist are
+    /// reported as removals).
+    pub fn resolve(&self, changes: &[Change]) -> Vec<Resolved> {
+        changes
+            .iter()
+            .map(|c| match c {
+                Change::Policy(v) => match self.policy_history.iter().find(|p| p.version == *v) {
+                    Some(p) => Resolved::Policy(p.clone()),
+                    None => Resolved::RevocationRemoved(String::new()),
+                },
+                Change::RevocationAdded(id) => match self.revocations.get(id) {
+                    Some(r) => Resolved::RevocationAdded(r.clone()),
+                    None => Resolved::RevocationRemoved(id.clone()),
+                },
+                Change::RevocationRemoved(id) => Resolved::RevocationRemoved(id.clone()),
+                Change::Device(id) => match self.devices.get(id) {
+                    Some(d) => Resolved::Device(d.clone()),
+                    None => Resolved::RevocationRemoved(String::new()),
+                },
+                Change::Factor(id) => match self.factors.get(id) {
+                    Some(f) => Resolved::Factor(f.clone()),
+                    None => Resolved::FactorRemoved(id.clone()),
+                },
+                Change::FactorRemoved(id) => Resolved::FactorRemoved(id.clone()),
+                Change::Counters(u) => Resolved::Counters(u.clone(), self.counters(u)),
+                Change::SigningKey(kid) => match self.signing_keys.get(kid) {
+                    Some(k) => Resolved::SigningKey(k.clone()),
+                    None => Resolved::SigningKeyRemoved(kid.clone()),
+                },
+                Change::SigningKeyRemoved(kid) => Resolved::SigningKeyRemoved(kid.clone()),
+                Change::Secret(name) => match self.secrets.get(name) {
+                    Some(v) => Resolved::Secret(name.clone(), v.clone()),
+                    None => Resolved::RevocationRemoved(String::new()),
+                },
+            })
+            .filter(|r| !matches!(r, Resolved::RevocationRemoved(id) if id.is_empty()))
+            .collect()
     }
 
     /// A user's counters (default when none recorded).

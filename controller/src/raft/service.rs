@@ -103,6 +103,16 @@ impl RaftTransport for RaftService {
         }))
     }
 
+    async fn list_local_edges(
+        &self,
+        req: Request<pb::ListLocalEdgesRequest>,
+    ) -> Result<Response<pb::ListLocalEdgesResponse>, Status> {
+        require_controller(&req)?;
+        Ok(Response::new(pb::ListLocalEdgesResponse {
+            edges: self.ctl.edges.list(),
+        }))
+    }
+
     async fn forward_write(
         &self,
         req: Request<pb::ForwardWriteRequest>,

@@ -4,6 +4,7 @@
 //! Snapshots are serialized states stored in the same redb file and sent to lagging members;
 //! they hold secrets only as `Sealed` ciphertext, exactly like the log.
 
+use std::collections::VecDeque;
 use std::io::{self, Cursor};
 use std::sync::{Arc, RwLock};
 
@@ -11,7 +12,7 @@ use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, RaftTypeConfig};
-use palisade_policy::catalog::{Catalog, Change};
+use palisade_policy::catalog::{Catalog, Resolved};
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
@@ -43,24 +44,40 @@ impl Applied {
     }
 }
 
+/// One applied entry as edges see it: the objects it changed, captured when it was applied.
+#[derive(Debug, Clone)]
+pub struct DeltaEntry {
+    /// Its revision (log index).
+    pub revision: u64,
+    /// The revision applied before it.
+    pub prev_revision: u64,
+    /// When its leader stamped it (unix ms); 0 for blank and membership entries.
+    pub at_ms: i64,
+    /// The changed objects (empty for blank, membership and refused entries).
+    pub items: Vec<Resolved>,
+}
+
 /// What the state machine announces after applying.
 #[derive(Debug, Clone)]
 pub enum AppliedEvent {
-    /// One entry applied (possibly with no catalog change: blank, membership, or a refused
-    /// command).
-    Entry {
-        /// Its revision.
-        revision: u64,
-        /// When its leader stamped it (unix ms), 0 for blank and membership entries.
-        at_ms: i64,
-        /// Catalog changes.
-        changes: Vec<Change>,
-    },
+    /// One entry applied.
+    Entry(Arc<DeltaEntry>),
     /// A snapshot replaced the whole state.
     Snapshot {
         /// Its revision.
         revision: u64,
     },
+}
+
+/// How many recent entries are kept for edges resuming without a snapshot.
+pub const DEFAULT_RESUME_WINDOW: usize = 10_000;
+
+#[derive(Debug, Default)]
+struct Shared {
+    applied: Applied,
+    /// The most recent entries, contiguous, oldest first.
+    ring: VecDeque<Arc<DeltaEntry>>,
+    ring_capacity: usize,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -72,7 +89,7 @@ struct StoredSnapshot {
 /// Read access to the applied state, shared with the admin API and the edge sync server.
 #[derive(Debug, Clone)]
 pub struct StateHandle {
-    state: Arc<RwLock<Applied>>,
+    state: Arc<RwLock<Shared>>,
     applied: watch::Receiver<u64>,
     events: broadcast::Sender<AppliedEvent>,
 }
@@ -81,7 +98,17 @@ impl StateHandle {
     /// Runs `f` with the applied state.
     pub fn read<T>(&self, f: impl FnOnce(&Applied) -> T) -> T {
         let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
-        f(&guard)
+        f(&guard.applied)
+    }
+
+    /// Runs `f` with the applied state and the recent entries (contiguous, oldest first, the
+    /// last one being the applied revision), consistently.
+    pub fn read_with_recent<T>(
+        &self,
+        f: impl FnOnce(&Applied, &VecDeque<Arc<DeltaEntry>>) -> T,
+    ) -> T {
+        let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
+        f(&guard.applied, &guard.ring)
     }
 
     /// A receiver of the applied revision.
@@ -99,7 +126,7 @@ impl StateHandle {
 #[derive(Debug)]
 pub struct StateMachine {
     db: Arc<Database>,
-    state: Arc<RwLock<Applied>>,
+    state: Arc<RwLock<Shared>>,
     applied_tx: watch::Sender<u64>,
     events: broadcast::Sender<AppliedEvent>,
 }
@@ -116,12 +143,26 @@ impl StateMachine {
         };
         let (applied_tx, _) = watch::channel(restored.revision());
         let (events, _) = broadcast::channel(4096);
+        let shared = Shared {
+            applied: restored,
+            ring: VecDeque::new(),
+            ring_capacity: DEFAULT_RESUME_WINDOW,
+        };
         Ok(Self {
             db,
-            state: Arc::new(RwLock::new(restored)),
+            state: Arc::new(RwLock::new(shared)),
             applied_tx,
             events,
         })
+    }
+
+    /// Sets how many recent entries are kept for edges resuming without a snapshot.
+    pub fn with_resume_window(self, entries: usize) -> Self {
+        self.state
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .ring_capacity = entries.max(1);
+        self
     }
 
     /// A read handle to the applied state.
@@ -167,7 +208,7 @@ fn decode_state(data: &[u8]) -> io::Result<Applied> {
 #[derive(Debug)]
 pub struct SnapshotBuilder {
     db: Arc<Database>,
-    state: Arc<RwLock<Applied>>,
+    state: Arc<RwLock<Shared>>,
 }
 
 impl RaftSnapshotBuilder<C> for SnapshotBuilder {
@@ -175,8 +216,9 @@ impl RaftSnapshotBuilder<C> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Cursor<Vec<u8>>>, io::Error> {
         let (data, meta) = {
-            let s = self.state.read().unwrap_or_else(|p| p.into_inner());
-            let data = serde_json::to_vec(&*s).map_err(io_err)?;
+            let g = self.state.read().unwrap_or_else(|p| p.into_inner());
+            let s = &g.applied;
+            let data = serde_json::to_vec(s).map_err(io_err)?;
             let meta = SnapshotMetaOf::<C> {
                 last_log_id: s.last_applied,
                 last_membership: s.last_membership.clone(),
@@ -207,7 +249,7 @@ impl RaftStateMachine<C> for StateMachine {
         &mut self,
     ) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), io::Error> {
         let s = self.state.read().unwrap_or_else(|p| p.into_inner());
-        Ok((s.last_applied, s.last_membership.clone()))
+        Ok((s.applied.last_applied, s.applied.last_membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -217,41 +259,45 @@ impl RaftStateMachine<C> for StateMachine {
         while let Some((entry, responder)) = entries.try_next().await? {
             let revision = entry.log_id.index;
             let (response, event) = {
-                let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+                let mut g = self.state.write().unwrap_or_else(|p| p.into_inner());
+                let shared = &mut *g;
+                let s = &mut shared.applied;
+                let prev_revision = s.revision();
                 s.last_applied = Some(entry.log_id);
-                match entry.payload {
-                    EntryPayload::Blank => (
-                        Response::Empty,
-                        AppliedEvent::Entry {
-                            revision,
-                            at_ms: 0,
-                            changes: Vec::new(),
-                        },
-                    ),
+                let (response, at_ms, items) = match entry.payload {
+                    EntryPayload::Blank => (Response::Empty, 0, Vec::new()),
                     EntryPayload::Normal(Request(env)) => {
                         let (result, changes) = s.catalog.apply(revision, &env);
                         s.last_applied_at_ms = env.at_ms;
                         (
                             Response::Applied(result),
-                            AppliedEvent::Entry {
-                                revision,
-                                at_ms: env.at_ms,
-                                changes,
-                            },
+                            env.at_ms,
+                            s.catalog.resolve(&changes),
                         )
                     }
                     EntryPayload::Membership(m) => {
                         s.last_membership = StoredMembershipOf::<C>::new(Some(entry.log_id), m);
-                        (
-                            Response::Empty,
-                            AppliedEvent::Entry {
-                                revision,
-                                at_ms: 0,
-                                changes: Vec::new(),
-                            },
-                        )
+                        (Response::Empty, 0, Vec::new())
                     }
+                };
+                let delta = Arc::new(DeltaEntry {
+                    revision,
+                    prev_revision,
+                    at_ms,
+                    items,
+                });
+                if shared
+                    .ring
+                    .back()
+                    .is_some_and(|b| b.revision != prev_revision)
+                {
+                    shared.ring.clear();
                 }
+                shared.ring.push_back(delta.clone());
+                while shared.ring.len() > shared.ring_capacity {
+                    shared.ring.pop_front();
+                }
+                (response, AppliedEvent::Entry(delta))
             };
             // No receiver is fine: nobody is subscribed yet.
             let _ = self.events.send(event);
@@ -289,7 +335,11 @@ impl RaftStateMachine<C> for StateMachine {
             .await
             .map_err(io_err)??;
         let revision = restored.revision();
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = restored;
+        {
+            let mut g = self.state.write().unwrap_or_else(|p| p.into_inner());
+            g.applied = restored;
+            g.ring.clear();
+        }
         let _ = self.events.send(AppliedEvent::Snapshot { revision });
         self.applied_tx.send_replace(revision);
         Ok(())

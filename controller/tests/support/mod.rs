@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod edge;
 pub mod linearizability;
 
 use std::collections::BTreeMap;
@@ -70,6 +71,7 @@ pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
 /// Options for a cluster.
 #[derive(Debug, Clone)]
 pub struct Options {
+    pub resume_window: usize,
     pub snapshot_every: u64,
     pub logs_to_keep: u64,
     pub max_document_bytes: usize,
@@ -78,6 +80,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            resume_window: 10_000,
             snapshot_every: 10_000,
             logs_to_keep: 1_000,
             max_document_bytes: 1024 * 1024,
@@ -105,8 +108,12 @@ impl Cluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
         let ids: Vec<u64> = (1..=voters + spares).collect();
-        palisade_controller::pki::init_dir(&dir.path().join("pki"), &ids, &["edge-1".to_string()])
-            .expect("pki");
+        palisade_controller::pki::init_dir(
+            &dir.path().join("pki"),
+            &ids,
+            &(1..=6).map(|i| format!("e{i}")).collect::<Vec<_>>(),
+        )
+        .expect("pki");
         let members = ids
             .iter()
             .map(|id| {
@@ -184,6 +191,10 @@ impl Cluster {
             .arg("1200")
             .arg("--heartbeat-ms")
             .arg("100")
+            .arg("--sync-resume-window")
+            .arg(self.opts.resume_window.to_string())
+            .arg("--sync-heartbeat-ms")
+            .arg("200")
             .arg("--metrics-listen")
             .arg(format!("127.0.0.1:{}", m.metrics_port))
             .env("PALISADE_LOG", "info,openraft=warn")
@@ -251,6 +262,11 @@ impl Cluster {
     /// An admin client talking to one member only.
     pub fn client_for(&self, id: u64) -> AdminClient {
         self.admin("admin", vec![self.members[&id].addr()])
+    }
+
+    /// Addresses of all members, in id order.
+    pub fn addrs(&self) -> Vec<String> {
+        self.members.values().map(|m| m.addr()).collect()
     }
 
     /// A client with another role.

@@ -1,0 +1,449 @@
+//! The edge sync service: how every controller, leader or follower, pushes the catalog to edges.
+//!
+//! A subscription gets a snapshot when the edge is new or too far behind (older than the
+//! resume window, or after a compaction replaced this member's state), then every applied
+//! entry as a delta in revision order (entries with no catalog change too, so edges can verify
+//! continuity), with heartbeats in between carrying the cluster's commit revision. A slow edge
+//! never slows the others: its subscription lags on the shared broadcast, drops what it missed
+//! and is sent a fresh snapshot. A member that has lost its leader ends its subscriptions, so
+//! edges fail over to a member that is still part of the majority.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use openraft::async_runtime::WatchReceiver;
+use palisade_policy::catalog::Resolved;
+use palisade_proto::v1 as pb;
+use palisade_proto::v1::edge_sync_server::EdgeSync;
+use tokio::sync::{broadcast, mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::controller::{Controller, now_ms, ts};
+use crate::convert;
+use crate::identity::require_edge;
+use crate::raft::state_machine::{Applied, AppliedEvent, DeltaEntry};
+
+/// Snapshot entries per chunk.
+const CHUNK: usize = 1000;
+/// How long a member may go without a leader before it ends its subscriptions.
+const LEADERLESS_LIMIT: Duration = Duration::from_secs(3);
+
+/// What one controller knows of the edges subscribed to it.
+#[derive(Debug, Default)]
+pub struct EdgeRegistry {
+    edges: Mutex<HashMap<String, pb::EdgeStatus>>,
+}
+
+impl EdgeRegistry {
+    fn update(&self, id: &str, f: impl FnOnce(&mut pb::EdgeStatus)) {
+        let mut edges = self.edges.lock().unwrap_or_else(|p| p.into_inner());
+        let e = edges
+            .entry(id.to_string())
+            .or_insert_with(|| pb::EdgeStatus {
+                id: id.to_string(),
+                ..Default::default()
+            });
+        f(e);
+    }
+
+    /// Every edge this member has heard from.
+    pub fn list(&self) -> Vec<pb::EdgeStatus> {
+        self.edges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct SyncService {
+    ctl: Controller,
+    registry: Arc<EdgeRegistry>,
+    heartbeat: Duration,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl SyncService {
+    /// Serves edge subscriptions from `ctl`'s applied state.
+    pub fn new(
+        ctl: Controller,
+        registry: Arc<EdgeRegistry>,
+        heartbeat: Duration,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            ctl,
+            registry,
+            heartbeat,
+            shutdown,
+        }
+    }
+}
+
+fn sealed_key(
+    ctl: &Controller,
+    purpose: &str,
+    sealed: &palisade_policy::catalog::Sealed,
+) -> Option<Vec<u8>> {
+    match ctl.key.open(purpose, &sealed.0) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(error = %e, purpose, "cannot open a sealed value for edges; is every controller using the same data key?");
+            None
+        }
+    }
+}
+
+fn signing_key(
+    ctl: &Controller,
+    k: &palisade_policy::catalog::SigningKeyRecord,
+) -> Option<pb::SigningKey> {
+    Some(pb::SigningKey {
+        kid: k.kid.clone(),
+        algorithm: "HS256".into(),
+        secret: sealed_key(ctl, "signing-key", &k.secret)?,
+        state: if k.active {
+            pb::SigningKeyState::Active as i32
+        } else {
+            pb::SigningKeyState::VerifyOnly as i32
+        },
+        created_at: Some(ts(k.created_at_ms)),
+        retire_at: (k.retire_at_ms > 0).then(|| ts(k.retire_at_ms)),
+    })
+}
+
+/// The whole catalog as edges see it (never TOTP seeds).
+pub fn snapshot_entries(ctl: &Controller, s: &Applied) -> Vec<pb::CatalogEntry> {
+    use pb::catalog_entry::Entry as E;
+    let c = &s.catalog;
+    let mut out = Vec::with_capacity(1 + c.revocations.len() + c.devices.len() + c.factors.len());
+    if let Some(p) = c.current_policy() {
+        out.push(E::Policy(convert::policy_version(p, true)));
+    }
+    out.extend(
+        c.revocations
+            .values()
+            .map(|r| E::Revocation(convert::revocation(r))),
+    );
+    out.extend(c.devices.values().map(|d| E::Device(convert::device(d))));
+    out.extend(
+        c.factors
+            .values()
+            .filter(|f| f.active)
+            .map(|f| E::Factor(convert::factor(f))),
+    );
+    out.extend(
+        c.signing_keys
+            .values()
+            .filter_map(|k| signing_key(ctl, k))
+            .map(E::SigningKey),
+    );
+    out.extend(c.secrets.iter().filter_map(|(name, v)| {
+        Some(E::Secret(pb::Secret {
+            name: name.clone(),
+            value: sealed_key(ctl, "secret", v)?,
+            updated_at: None,
+        }))
+    }));
+    out.extend(
+        c.counters
+            .values()
+            .map(|(u, k)| E::Counters(convert::counters(u, k))),
+    );
+    out.into_iter()
+        .map(|e| pb::CatalogEntry { entry: Some(e) })
+        .collect()
+}
+
+/// One applied entry as a wire delta.
+pub fn delta(ctl: &Controller, d: &DeltaEntry) -> pb::CatalogDelta {
+    use pb::catalog_change::Change as C;
+    let changes = d
+        .items
+        .iter()
+        .filter_map(|item| {
+            Some(match item {
+                Resolved::Policy(p) => C::PolicyApplied(convert::policy_version(p, true)),
+                Resolved::RevocationAdded(r) => C::RevocationAdded(convert::revocation(r)),
+                Resolved::RevocationRemoved(id) => C::RevocationExpired(id.clone()),
+                Resolved::Device(dev) => C::DeviceUpserted(convert::device(dev)),
+                Resolved::Factor(f) if f.active => C::FactorUpserted(convert::factor(f)),
+                Resolved::Factor(_) => return None,
+                Resolved::FactorRemoved(id) => C::FactorRemoved(id.clone()),
+                Resolved::Counters(u, k) => C::CountersUpdated(convert::counters(u, k)),
+                Resolved::SigningKey(k) => C::SigningKeyUpserted(signing_key(ctl, k)?),
+                Resolved::SigningKeyRemoved(kid) => C::SigningKeyRemoved(kid.clone()),
+                Resolved::Secret(name, v) => C::SecretUpserted(pb::Secret {
+                    name: name.clone(),
+                    value: sealed_key(ctl, "secret", v)?,
+                    updated_at: None,
+                }),
+            })
+        })
+        .map(|c| pb::CatalogChange { change: Some(c) })
+        .collect();
+    pb::CatalogDelta {
+        revision: d.revision,
+        prev_revision: d.prev_revision,
+        committed_at: (d.at_ms > 0).then(|| ts(d.at_ms)),
+        changes,
+    }
+}
+
+fn event(e: pb::sync_event::Event) -> Result<pb::SyncEvent, Status> {
+    Ok(pb::SyncEvent { event: Some(e) })
+}
+
+/// Sent (or failed to send): the subscription ends when the edge has gone.
+type Tx = mpsc::Sender<Result<pb::SyncEvent, Status>>;
+
+struct Subscription {
+    ctl: Controller,
+    tx: Tx,
+    edge: String,
+}
+
+impl Subscription {
+    async fn send(&self, e: pb::sync_event::Event) -> Result<(), ()> {
+        self.tx.send(event(e)).await.map_err(|_| ())
+    }
+
+    /// Sends a snapshot of the current state; returns its revision.
+    async fn snapshot(&self, reason: &str) -> Result<u64, ()> {
+        let (revision, at_ms, entries) = self.ctl.state.read(|s| {
+            (
+                s.revision(),
+                s.last_applied_at_ms,
+                snapshot_entries(&self.ctl, s),
+            )
+        });
+        tracing::debug!(edge = %self.edge, revision, reason, entries = entries.len(), "sending snapshot");
+        metrics::counter!("palisade_sync_snapshots_total", "reason" => reason.to_string())
+            .increment(1);
+        let count = entries.len() as u64;
+        self.send(pb::sync_event::Event::SnapshotBegin(pb::SnapshotBegin {
+            revision,
+            reason: reason.into(),
+            entry_count: count,
+        }))
+        .await?;
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            let chunk: Vec<pb::CatalogEntry> = entries.by_ref().take(CHUNK).collect();
+            self.send(pb::sync_event::Event::SnapshotChunk(pb::SnapshotChunk {
+                entries: chunk,
+            }))
+            .await?;
+        }
+        self.send(pb::sync_event::Event::SnapshotEnd(pb::SnapshotEnd {
+            revision,
+            entry_count: count,
+            committed_at: (at_ms > 0).then(|| ts(at_ms)),
+        }))
+        .await?;
+        Ok(revision)
+    }
+
+    fn heartbeat(&self) -> pb::Heartbeat {
+        let m = self.ctl.raft.metrics().borrow_watched().clone();
+        pb::Heartbeat {
+            commit_revision: m
+                .cluster_committed
+                .or(m.local_committed)
+                .map(|l| l.index)
+                .unwrap_or(0),
+            applied_revision: self.ctl.state.read(|s| s.revision()),
+            server_time: Some(ts(now_ms())),
+            served_by: self.ctl.id,
+            leader_id: m.current_leader.unwrap_or(0),
+        }
+    }
+
+    /// Brings the edge from `last` to the current state: nothing, the recent entries it missed,
+    /// or a snapshot. Returns the revision the edge is at afterwards.
+    async fn catch_up(&self, last: u64) -> Result<u64, ()> {
+        let plan = self.ctl.state.read_with_recent(|s, recent| {
+            let current = s.revision();
+            if last >= current && last > 0 {
+                // The edge is level with (or ahead of) this member; deltas after `last` follow.
+                return Ok(last);
+            }
+            let covered = last > 0
+                && recent.front().is_some_and(|f| f.prev_revision <= last)
+                && recent.back().is_some_and(|b| b.revision == current);
+            if covered {
+                Err(Some(
+                    recent
+                        .iter()
+                        .filter(|d| d.revision > last)
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                ))
+            } else {
+                Err(None)
+            }
+        });
+        match plan {
+            Ok(at) => Ok(at),
+            Err(Some(missed)) => {
+                let mut at = last;
+                for d in missed {
+                    self.send(pb::sync_event::Event::Delta(delta(&self.ctl, &d)))
+                        .await?;
+                    at = d.revision;
+                }
+                Ok(at)
+            }
+            Err(None) => {
+                self.snapshot(if last == 0 { "new" } else { "compacted" })
+                    .await
+            }
+        }
+    }
+
+    async fn run(self, last: u64, heartbeat: Duration, mut shutdown: watch::Receiver<bool>) {
+        let mut events = self.ctl.state.subscribe();
+        let Ok(mut sent) = self.catch_up(last).await else {
+            return;
+        };
+        let mut tick = tokio::time::interval(heartbeat);
+        let mut leaderless_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                ev = events.recv() => {
+                    let r = match ev {
+                        Ok(AppliedEvent::Entry(d)) if d.revision <= sent => Ok(sent),
+                        Ok(AppliedEvent::Entry(d)) if d.prev_revision == sent => {
+                            self.send(pb::sync_event::Event::Delta(delta(&self.ctl, &d))).await.map(|_| d.revision)
+                        }
+                        Ok(AppliedEvent::Entry(_)) => self.snapshot("gap").await,
+                        Ok(AppliedEvent::Snapshot { .. }) => self.snapshot("compacted").await,
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::info!(edge = %self.edge, missed = n, "slow edge: sending a fresh snapshot");
+                            self.snapshot("slow_subscriber").await
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    match r {
+                        Ok(at) => sent = at,
+                        Err(()) => return,
+                    }
+                }
+                _ = tick.tick() => {
+                    let hb = self.heartbeat();
+                    if hb.leader_id == 0 {
+                        let since = *leaderless_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > LEADERLESS_LIMIT {
+                            let _ = self.tx.send(Err(Status::unavailable("this controller has lost its leader; subscribe to another member"))).await;
+                            return;
+                        }
+                        continue;
+                    }
+                    leaderless_since = None;
+                    if self.send(pb::sync_event::Event::Heartbeat(hb)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = self.tx.closed() => return,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl EdgeSync for SyncService {
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SyncEvent, Status>> + Send>>;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let edge = require_edge(&req)?;
+        let r = req.into_inner();
+        if !r.edge_id.is_empty() && r.edge_id != edge {
+            return Err(Status::permission_denied(format!(
+                "this certificate belongs to edge {edge:?}, not {:?}",
+                r.edge_id
+            )));
+        }
+        if self
+            .ctl
+            .raft
+            .metrics()
+            .borrow_watched()
+            .current_leader
+            .is_none()
+        {
+            return Err(Status::unavailable(
+                "this controller has no leader; subscribe to another member",
+            ));
+        }
+        let (tx, rx) = mpsc::channel(256);
+        let node = self.ctl.id;
+        self.registry.update(&edge, |e| {
+            e.labels = r.labels.clone();
+            e.connected_to = node;
+            e.last_seen = Some(ts(now_ms()));
+        });
+        metrics::counter!("palisade_sync_subscriptions_total").increment(1);
+        tracing::info!(edge = %edge, last = r.last_applied_revision, "edge subscribed");
+        let sub = Subscription {
+            ctl: self.ctl.clone(),
+            tx,
+            edge,
+        };
+        tokio::spawn(sub.run(
+            r.last_applied_revision,
+            self.heartbeat,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn report(
+        &self,
+        req: Request<Streaming<pb::EdgeReport>>,
+    ) -> Result<Response<pb::ReportSummary>, Status> {
+        let edge = require_edge(&req)?;
+        let mut stream = req.into_inner();
+        let mut received = 0u64;
+        while let Some(report) = stream.next().await {
+            let report = report?;
+            if !report.edge_id.is_empty() && report.edge_id != edge {
+                return Err(Status::permission_denied(
+                    "an edge may only report for itself",
+                ));
+            }
+            received += 1;
+            let node = self.ctl.id;
+            let commit = self.ctl.raft.metrics().borrow_watched().clone();
+            let commit = commit
+                .cluster_committed
+                .or(commit.local_committed)
+                .map(|l| l.index)
+                .unwrap_or(0);
+            self.registry.update(&edge, |e| {
+                if !report.labels.is_empty() {
+                    e.labels = report.labels.clone();
+                }
+                e.applied_revision = report.applied_revision;
+                e.lag = commit.saturating_sub(report.applied_revision);
+                e.last_seen = Some(ts(now_ms()));
+                e.connected_to = node;
+                e.ready = report.health == pb::EdgeHealth::Serving as i32
+                    || report.health == pb::EdgeHealth::Stale as i32;
+                e.staleness = report.staleness;
+            });
+        }
+        Ok(Response::new(pb::ReportSummary { received }))
+    }
+}
