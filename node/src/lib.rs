@@ -1,6 +1,8 @@
-//! One Palisade edge: ingress, sync client and replica, enforcement on every request, login /
-//! MFA / enrollment pages, reverse proxy. See `docs/ARCHITECTURE.md`.
-//!
-//! Not yet built: tracked by issues 4 (sync client), 5 (HTTP edge and SSO) and 6 (MFA).
+//! One Palisade edge: the sync client and replica (built), and — still to come — ingress,
+//! enforcement on every request, login / MFA / enrollment pages and the reverse proxy. See
+//! `docs/ARCHITECTURE.md`.
 
 #![forbid(unsafe_code)]
+
+pub mod replica;
+pub mod sync;

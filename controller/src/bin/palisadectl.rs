@@ -141,6 +141,23 @@ enum Cmd {
     },
     /// Cluster status: members, leader, term, commit and applied indexes.
     Status,
+    /// Edges: the revision each has applied, its lag and when it last reported.
+    Edges {
+        /// Only edges with these labels, `key=value,...`.
+        #[arg(long, short = 'l', value_delimiter = ',')]
+        selector: Vec<String>,
+    },
+    /// Wait until every edge (in scope) enforces a revision.
+    Wait {
+        /// The revision (as printed by a write).
+        revision: u64,
+        /// Only edges with these labels, `key=value,...`.
+        #[arg(long, short = 'l', value_delimiter = ',')]
+        selector: Vec<String>,
+        /// Give up after this long, e.g. `30s`.
+        #[arg(long, default_value = "10s")]
+        timeout: String,
+    },
     /// Change cluster membership.
     Members {
         #[command(subcommand)]
@@ -360,6 +377,21 @@ fn user(s: &str) -> Result<(String, String), Failure> {
         .map(|(p, u)| (p.to_string(), u.to_string()))
         .filter(|(p, u)| !p.is_empty() && !u.is_empty())
         .ok_or_else(|| local(format!("{s:?} is not provider/subject")))
+}
+
+fn selector(labels: &[String]) -> Result<pb::LabelSelector, Failure> {
+    let mut sel = pb::LabelSelector::default();
+    for l in labels {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| local(format!("{l:?} is not key=value")))?;
+        sel.match_labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(sel)
+}
+
+fn edge_json(e: &pb::EdgeStatus) -> Value {
+    json!({"id": e.id, "labels": e.labels, "applied_revision": e.applied_revision, "lag": e.lag, "last_seen": ts(&e.last_seen), "connected_to": e.connected_to, "ready": e.ready})
 }
 
 fn read_file(p: &PathBuf) -> Result<String, Failure> {
@@ -1014,6 +1046,81 @@ async fn run(cli: Cli) -> Result<(String, Value), Failure> {
             (
                 text,
                 json!({"node_id": r.node_id, "state": r.state, "leader_id": r.leader_id, "term": r.term, "commit_index": r.commit_index, "applied_revision": r.applied_revision, "snapshot_index": r.snapshot_index, "members": r.members.iter().map(|m| json!({"id": m.id, "role": m.role, "addr": m.raft_addr, "matched_index": m.matched_index, "reachable": m.reachable})).collect::<Vec<_>>()}),
+            )
+        }
+        Cmd::Edges { selector: labels } => {
+            let sel = selector(&labels)?;
+            let r = call!(
+                c,
+                cluster_service_client::ClusterServiceClient,
+                get_propagation_status,
+                pb::GetPropagationStatusRequest {
+                    selector: Some(sel)
+                }
+            );
+            let mut text = format!(
+                "commit revision {}\n{:<20} {:<10} {:<6} {:<6} {:<12} {}\n",
+                r.commit_revision, "EDGE", "APPLIED", "LAG", "READY", "CONTROLLER", "LAST SEEN"
+            );
+            for e in &r.edges {
+                text.push_str(&format!(
+                    "{:<20} {:<10} {:<6} {:<6} {:<12} {}\n",
+                    e.id,
+                    e.applied_revision,
+                    e.lag,
+                    e.ready,
+                    e.connected_to,
+                    ts(&e.last_seen)
+                ));
+            }
+            (
+                text,
+                json!({"commit_revision": r.commit_revision, "edges": r.edges.iter().map(edge_json).collect::<Vec<_>>()}),
+            )
+        }
+        Cmd::Wait {
+            revision,
+            selector: labels,
+            timeout,
+        } => {
+            let sel = selector(&labels)?;
+            let timeout = duration(&timeout)?;
+            let r = call!(
+                c,
+                cluster_service_client::ClusterServiceClient,
+                wait_for_revision,
+                pb::WaitForRevisionRequest {
+                    revision,
+                    scope: Some(sel),
+                    timeout: Some(timeout)
+                }
+            );
+            let waited = r
+                .waited
+                .map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+                .unwrap_or(0.0);
+            let value = json!({"complete": r.complete, "applied": r.applied, "pending": r.pending.iter().map(edge_json).collect::<Vec<_>>(), "waited_seconds": waited});
+            if !r.complete {
+                let pending = r
+                    .pending
+                    .iter()
+                    .map(|e| format!("{} (at {})", e.id, e.applied_revision))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(Failure {
+                    code: 7,
+                    message: format!(
+                        "revision {revision} is not enforced everywhere after {waited:.3}s; pending: {pending}"
+                    ),
+                    details: vec![],
+                });
+            }
+            (
+                format!(
+                    "revision {revision} is enforced by {} edge(s) ({waited:.3}s)\n",
+                    r.applied.len()
+                ),
+                value,
             )
         }
         Cmd::Members { cmd } => {

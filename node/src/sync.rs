@@ -1,0 +1,366 @@
+//! The edge's sync client: subscribes to a controller, keeps the replica current, reports what
+//! it applied, and fails over with jittered backoff.
+//!
+//! It resumes from its last revision after a reconnect. A delta that breaks continuity or fails
+//! validation is refused: the last good view stays in force, the problem is logged, and the edge
+//! resubscribes asking for a snapshot. It never panics on input from the network.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use palisade_proto::v1 as pb;
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+use crate::replica::{ReplicaError, View};
+
+/// How the edge reaches the controllers.
+#[derive(Clone)]
+pub struct SyncConfig {
+    /// This edge's id (must match its certificate).
+    pub edge_id: String,
+    /// Labels reported to the controllers.
+    pub labels: HashMap<String, String>,
+    /// Controller addresses (`host:port`), tried in turn; a Kubernetes service name works too.
+    pub controllers: Vec<String>,
+    /// Edge certificate, key and CA (PEM).
+    pub cert_pem: String,
+    /// Edge private key (PEM).
+    pub key_pem: String,
+    /// CA certificate (PEM).
+    pub ca_pem: String,
+    /// Name expected in the controllers' certificates.
+    pub server_name: String,
+    /// A stream that is silent for this long is considered dead (a few heartbeats).
+    pub silence_timeout: Duration,
+    /// Start with a random controller (spreads edges over members); otherwise the first.
+    pub randomize_start: bool,
+}
+
+impl std::fmt::Debug for SyncConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncConfig")
+            .field("edge_id", &self.edge_id)
+            .field("controllers", &self.controllers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The replica every request reads: the current view, and how current it is.
+#[derive(Debug, Default)]
+pub struct Replica {
+    view: ArcSwapOption<View>,
+    /// When the edge last knew it had applied everything the cluster had committed.
+    current_at: Mutex<Option<Instant>>,
+    /// Heartbeats not yet caught up with: (commit revision, when received).
+    pending: Mutex<VecDeque<(u64, Instant)>>,
+    /// Deltas refused (discontinuous or invalid).
+    refused: AtomicU64,
+    /// Subscriptions made.
+    subscriptions: AtomicU64,
+}
+
+impl Replica {
+    /// The current view; `None` until the first snapshot (the edge is not ready).
+    pub fn view(&self) -> Option<Arc<View>> {
+        self.view.load_full()
+    }
+
+    /// Whether the edge has a view to enforce.
+    pub fn ready(&self) -> bool {
+        self.view.load().is_some()
+    }
+
+    /// The applied revision (0 before the first snapshot).
+    pub fn revision(&self) -> u64 {
+        self.view.load().as_ref().map(|v| v.revision).unwrap_or(0)
+    }
+
+    /// How old the view is: time since the edge last knew it was current. `Duration::MAX`
+    /// before the first snapshot.
+    pub fn staleness(&self) -> Duration {
+        self.current_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+            .unwrap_or(Duration::MAX)
+    }
+
+    /// Deltas refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Subscriptions made so far (1 + reconnects).
+    pub fn subscriptions(&self) -> u64 {
+        self.subscriptions.load(Ordering::Relaxed)
+    }
+
+    fn install(&self, v: View) {
+        let revision = v.revision;
+        self.view.store(Some(Arc::new(v)));
+        metrics::gauge!("palisade_edge_revision").set(revision as f64);
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut caught_up = None;
+        while pending.front().is_some_and(|(c, _)| *c <= revision) {
+            caught_up = pending.pop_front().map(|(_, t)| t);
+        }
+        if let Some(t) = caught_up {
+            *self.current_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+        }
+    }
+
+    fn heartbeat(&self, commit: u64) {
+        let now = Instant::now();
+        if self.revision() >= commit && self.ready() {
+            *self.current_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        } else {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            p.push_back((commit, now));
+            while p.len() > 64 {
+                p.pop_front();
+            }
+        }
+        let s = self.staleness();
+        metrics::gauge!("palisade_edge_staleness_seconds").set(if s == Duration::MAX {
+            f64::INFINITY
+        } else {
+            s.as_secs_f64()
+        });
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Why a subscription ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error("controller silent for {0:?}")]
+    Silent(Duration),
+    #[error("refused update: {0}")]
+    Refused(ReplicaError),
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// Starts the sync client; it runs until `shutdown` turns true.
+pub fn spawn(
+    cfg: SyncConfig,
+    replica: Arc<Replica>,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(run(cfg, replica, shutdown))
+}
+
+async fn run(cfg: SyncConfig, replica: Arc<Replica>, mut shutdown: watch::Receiver<bool>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = ClientTlsConfig::new()
+        .identity(Identity::from_pem(&cfg.cert_pem, &cfg.key_pem))
+        .ca_certificate(Certificate::from_pem(&cfg.ca_pem))
+        .domain_name(cfg.server_name.clone());
+    let mut next = if cfg.randomize_start {
+        rand::rng().random_range(0..cfg.controllers.len().max(1))
+    } else {
+        0
+    };
+    let mut backoff = Duration::from_millis(50);
+    let mut want_snapshot = false;
+    loop {
+        if *shutdown.borrow() || cfg.controllers.is_empty() {
+            return;
+        }
+        let addr = cfg.controllers[next % cfg.controllers.len()].clone();
+        next += 1;
+        let started = Instant::now();
+        let end = session(&cfg, &tls, &addr, &replica, want_snapshot, &mut shutdown).await;
+        want_snapshot = false;
+        match end {
+            SessionEnd::Shutdown => return,
+            SessionEnd::Refused(e) => {
+                tracing::error!(controller = %addr, error = %e, "refused an update; keeping the last good view and resubscribing for a snapshot");
+                replica.refused.fetch_add(1, Ordering::Relaxed);
+                want_snapshot = true;
+            }
+            other => {
+                tracing::warn!(controller = %addr, reason = %other, "subscription ended; failing over")
+            }
+        }
+        metrics::counter!("palisade_edge_reconnects_total").increment(1);
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(50);
+        }
+        let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(jitter)) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn session(
+    cfg: &SyncConfig,
+    tls: &ClientTlsConfig,
+    addr: &str,
+    replica: &Replica,
+    want_snapshot: bool,
+    shutdown: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let ep = match Endpoint::from_shared(format!("https://{addr}"))
+        .and_then(|e| e.tls_config(tls.clone()))
+    {
+        Ok(e) => e.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true),
+        Err(e) => return SessionEnd::Connect(e.to_string()),
+    };
+    let ch = match ep.connect().await {
+        Ok(ch) => ch,
+        Err(e) => return SessionEnd::Connect(e.to_string()),
+    };
+    let last = if want_snapshot { 0 } else { replica.revision() };
+    let mut client = pb::edge_sync_client::EdgeSyncClient::new(ch.clone())
+        .max_decoding_message_size(256 * 1024 * 1024);
+    let stream = client
+        .subscribe(pb::SubscribeRequest {
+            edge_id: cfg.edge_id.clone(),
+            labels: cfg.labels.clone(),
+            last_applied_revision: last,
+            software_version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .await;
+    let mut stream = match stream {
+        Ok(s) => s.into_inner(),
+        Err(s) => return SessionEnd::Stream(s.message().to_string()),
+    };
+    replica.subscriptions.fetch_add(1, Ordering::Relaxed);
+    let (report_tx, report_rx) = mpsc::channel::<pb::EdgeReport>(16);
+    let mut reporter = pb::edge_sync_client::EdgeSyncClient::new(ch);
+    let report_task = tokio::spawn(async move {
+        reporter
+            .report(tokio_stream::wrappers::ReceiverStream::new(report_rx))
+            .await
+    });
+    let report = |replica: &Replica| {
+        let staleness = replica.staleness();
+        let health = if !replica.ready() {
+            pb::EdgeHealth::NotReady
+        } else {
+            pb::EdgeHealth::Serving
+        };
+        // A full channel only means an older report is still queued; the next one follows.
+        let _ = report_tx.try_send(pb::EdgeReport {
+            edge_id: cfg.edge_id.clone(),
+            labels: cfg.labels.clone(),
+            applied_revision: replica.revision(),
+            health: health as i32,
+            staleness: Some(pb::Staleness {
+                age: (staleness != Duration::MAX).then(|| prost_types::Duration {
+                    seconds: staleness.as_secs() as i64,
+                    nanos: staleness.subsec_nanos() as i32,
+                }),
+                revisions_behind: 0,
+            }),
+            applied_at: None,
+        });
+    };
+    let mut building: Option<(pb::SnapshotBegin, Vec<pb::CatalogEntry>)> = None;
+    let end = loop {
+        let msg = tokio::select! {
+            m = tokio::time::timeout(cfg.silence_timeout, stream.message()) => m,
+            _ = shutdown.changed() => break SessionEnd::Shutdown,
+        };
+        let event = match msg {
+            Err(_) => break SessionEnd::Silent(cfg.silence_timeout),
+            Ok(Err(s)) => break SessionEnd::Stream(s.message().to_string()),
+            Ok(Ok(None)) => break SessionEnd::Stream("closed by the controller".into()),
+            Ok(Ok(Some(e))) => e.event,
+        };
+        match event {
+            Some(pb::sync_event::Event::SnapshotBegin(b)) => building = Some((b, Vec::new())),
+            Some(pb::sync_event::Event::SnapshotChunk(c)) => match building.as_mut() {
+                Some((_, entries)) => entries.extend(c.entries),
+                None => {
+                    break SessionEnd::Refused(ReplicaError::BadSnapshot(
+                        "chunk without a beginning".into(),
+                    ));
+                }
+            },
+            Some(pb::sync_event::Event::SnapshotEnd(e)) => {
+                let Some((begin, entries)) = building.take() else {
+                    break SessionEnd::Refused(ReplicaError::BadSnapshot(
+                        "end without a beginning".into(),
+                    ));
+                };
+                if e.revision != begin.revision || e.entry_count != entries.len() as u64 {
+                    break SessionEnd::Refused(ReplicaError::BadSnapshot(format!(
+                        "end at {} with {} entries, began at {} with {}",
+                        e.revision,
+                        entries.len(),
+                        begin.revision,
+                        begin.entry_count
+                    )));
+                }
+                if begin.revision < replica.revision() && !want_snapshot {
+                    break SessionEnd::Refused(ReplicaError::BadSnapshot(format!(
+                        "snapshot at {} would move the edge back from {}",
+                        begin.revision,
+                        replica.revision()
+                    )));
+                }
+                match View::from_snapshot(begin.revision, entries) {
+                    Ok(v) => {
+                        tracing::info!(revision = v.revision, reason = %begin.reason, revocations = v.revocations.len(), "snapshot installed");
+                        metrics::counter!("palisade_edge_snapshots_total").increment(1);
+                        replica.install(v);
+                        report(replica);
+                    }
+                    Err(e) => break SessionEnd::Refused(e),
+                }
+            }
+            Some(pb::sync_event::Event::Delta(d)) => {
+                let Some(current) = replica.view() else {
+                    break SessionEnd::Refused(ReplicaError::BadSnapshot(
+                        "delta before any snapshot".into(),
+                    ));
+                };
+                match current.apply(&d) {
+                    Ok(v) => {
+                        replica.install(v);
+                        if let Some(t) = d.committed_at {
+                            let ms = now_ms() - (t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+                            metrics::histogram!("palisade_propagation_seconds")
+                                .record(ms.max(0) as f64 / 1000.0);
+                        }
+                        report(replica);
+                    }
+                    Err(e) => break SessionEnd::Refused(e),
+                }
+            }
+            Some(pb::sync_event::Event::Heartbeat(h)) => {
+                replica.heartbeat(h.commit_revision);
+                report(replica);
+            }
+            None => {}
+        }
+    };
+    drop(report_tx);
+    report_task.abort();
+    end
+}
