@@ -4,5 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod ops;
 pub mod replica;
 pub mod sync;

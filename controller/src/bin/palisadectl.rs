@@ -156,7 +156,7 @@ enum Cmd {
         selector: Vec<String>,
         /// Give up after this long, e.g. `30s`.
         #[arg(long, default_value = "10s")]
-        timeout: String,
+        within: String,
     },
     /// Change cluster membership.
     Members {
@@ -1081,10 +1081,10 @@ async fn run(cli: Cli) -> Result<(String, Value), Failure> {
         Cmd::Wait {
             revision,
             selector: labels,
-            timeout,
+            within,
         } => {
             let sel = selector(&labels)?;
-            let timeout = duration(&timeout)?;
+            let within = duration(&within)?;
             let r = call!(
                 c,
                 cluster_service_client::ClusterServiceClient,
@@ -1092,7 +1092,7 @@ async fn run(cli: Cli) -> Result<(String, Value), Failure> {
                 pb::WaitForRevisionRequest {
                     revision,
                     scope: Some(sel),
-                    timeout: Some(timeout)
+                    timeout: Some(within)
                 }
             );
             let waited = r
@@ -1331,5 +1331,16 @@ async fn main() -> ExitCode {
             }
             ExitCode::from(f.code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // Catches clashing argument names and types between global and subcommand flags.
+        super::Cli::command().debug_assert();
     }
 }
