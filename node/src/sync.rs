@@ -52,9 +52,11 @@ impl std::fmt::Debug for SyncConfig {
 }
 
 /// The replica every request reads: the current view, and how current it is.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Replica {
     view: ArcSwapOption<View>,
+    /// Announces every applied revision.
+    applied: watch::Sender<u64>,
     /// When the edge last knew it had applied everything the cluster had committed.
     current_at: Mutex<Option<Instant>>,
     /// Heartbeats not yet caught up with: (commit revision, when received).
@@ -65,7 +67,25 @@ pub struct Replica {
     subscriptions: AtomicU64,
 }
 
+impl Default for Replica {
+    fn default() -> Self {
+        Self {
+            view: ArcSwapOption::default(),
+            applied: watch::channel(0).0,
+            current_at: Mutex::default(),
+            pending: Mutex::default(),
+            refused: AtomicU64::default(),
+            subscriptions: AtomicU64::default(),
+        }
+    }
+}
+
 impl Replica {
+    /// A receiver of the applied revision, for waiting on propagation.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
     /// The current view; `None` until the first snapshot (the edge is not ready).
     pub fn view(&self) -> Option<Arc<View>> {
         self.view.load_full()
@@ -104,6 +124,7 @@ impl Replica {
     fn install(&self, v: View) {
         let revision = v.revision;
         self.view.store(Some(Arc::new(v)));
+        self.applied.send_replace(revision);
         metrics::gauge!("palisade_edge_revision").set(revision as f64);
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let mut caught_up = None;
