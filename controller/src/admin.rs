@@ -930,18 +930,7 @@ impl pb::key_service_server::KeyService for Admin {
             s.catalog
                 .signing_keys
                 .values()
-                .map(|k| pb::SigningKey {
-                    kid: k.kid.clone(),
-                    algorithm: "HS256".into(),
-                    secret: Vec::new(),
-                    state: if k.active {
-                        pb::SigningKeyState::Active as i32
-                    } else {
-                        pb::SigningKeyState::VerifyOnly as i32
-                    },
-                    created_at: Some(ts(k.created_at_ms)),
-                    retire_at: (k.retire_at_ms > 0).then(|| ts(k.retire_at_ms)),
-                })
+                .map(|k| convert::signing_key(k, Vec::new()))
                 .collect()
         });
         Ok(Response::new(pb::ListSigningKeysResponse { keys }))

@@ -110,7 +110,8 @@ pub fn device_state(s: cat::DeviceState) -> pb::DeviceState {
     }
 }
 
-fn os_to_pb(os: &str) -> pb::OsFamily {
+/// The wire OS family of a catalog OS name (`macos`, `linux`, ...).
+pub fn os_to_pb(os: &str) -> pb::OsFamily {
     match os {
         "macos" => pb::OsFamily::Macos,
         "windows" => pb::OsFamily::Windows,
@@ -157,6 +158,23 @@ pub fn device(d: &cat::DeviceRecord) -> pb::Device {
         enrolled_at: None,
         certificate_fingerprint: String::new(),
         revision: d.revision,
+    }
+}
+
+/// A signing key on the wire, with `secret` as given (empty for admin listings, the unsealed
+/// key only on edge streams).
+pub fn signing_key(k: &cat::SigningKeyRecord, secret: Vec<u8>) -> pb::SigningKey {
+    pb::SigningKey {
+        kid: k.kid.clone(),
+        algorithm: "HS256".into(),
+        secret,
+        state: if k.active {
+            pb::SigningKeyState::Active as i32
+        } else {
+            pb::SigningKeyState::VerifyOnly as i32
+        },
+        created_at: Some(ts(k.created_at_ms)),
+        retire_at: (k.retire_at_ms > 0).then(|| ts(k.retire_at_ms)),
     }
 }
 

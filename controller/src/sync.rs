@@ -104,18 +104,10 @@ fn signing_key(
     ctl: &Controller,
     k: &palisade_policy::catalog::SigningKeyRecord,
 ) -> Option<pb::SigningKey> {
-    Some(pb::SigningKey {
-        kid: k.kid.clone(),
-        algorithm: "HS256".into(),
-        secret: sealed_key(ctl, "signing-key", &k.secret)?,
-        state: if k.active {
-            pb::SigningKeyState::Active as i32
-        } else {
-            pb::SigningKeyState::VerifyOnly as i32
-        },
-        created_at: Some(ts(k.created_at_ms)),
-        retire_at: (k.retire_at_ms > 0).then(|| ts(k.retire_at_ms)),
-    })
+    Some(convert::signing_key(
+        k,
+        sealed_key(ctl, "signing-key", &k.secret)?,
+    ))
 }
 
 /// The whole catalog as edges see it (never TOTP seeds).

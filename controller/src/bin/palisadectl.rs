@@ -1257,15 +1257,7 @@ fn sim_request(v: &Value) -> Result<pb::SimulatedRequest, String> {
             "revoked" => pb::DeviceState::Revoked,
             _ => pb::DeviceState::Pending,
         };
-        let os = match g("os").as_str() {
-            "macos" => pb::OsFamily::Macos,
-            "windows" => pb::OsFamily::Windows,
-            "linux" => pb::OsFamily::Linux,
-            "ios" => pb::OsFamily::Ios,
-            "android" => pb::OsFamily::Android,
-            "chromeos" => pb::OsFamily::Chromeos,
-            _ => pb::OsFamily::Unspecified,
-        };
+        let os = palisade_controller::convert::os_to_pb(&g("os"));
         pb::SimulatedDevice {
             id: g("id"),
             state: state as i32,
