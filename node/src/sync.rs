@@ -197,18 +197,32 @@ async fn run(cfg: SyncConfig, replica: Arc<Replica>, mut shutdown: watch::Receiv
         .identity(Identity::from_pem(&cfg.cert_pem, &cfg.key_pem))
         .ca_certificate(Certificate::from_pem(&cfg.ca_pem))
         .domain_name(cfg.server_name.clone());
-    let mut next = if cfg.randomize_start {
-        rand::rng().random_range(0..cfg.controllers.len().max(1))
-    } else {
-        0
-    };
+    let mut targets: Vec<String> = Vec::new();
+    let mut next = 0usize;
     let mut backoff = Duration::from_millis(50);
     let mut want_snapshot = false;
     loop {
         if *shutdown.borrow() || cfg.controllers.is_empty() {
             return;
         }
-        let addr = cfg.controllers[next % cfg.controllers.len()].clone();
+        // Each full rotation resolves the configured names again, so a Kubernetes service name
+        // expands to every controller pod behind it and pods that moved are found.
+        if next >= targets.len() {
+            targets = resolve(&cfg.controllers).await;
+            next = if cfg.randomize_start && targets.len() > 1 {
+                rand::rng().random_range(0..targets.len())
+            } else {
+                0
+            };
+            if targets.is_empty() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            }
+        }
+        let addr = targets[next].clone();
         next += 1;
         let started = Instant::now();
         let end = session(&cfg, &tls, &addr, &replica, want_snapshot, &mut shutdown).await;
@@ -235,6 +249,27 @@ async fn run(cfg: SyncConfig, replica: Arc<Replica>, mut shutdown: watch::Receiv
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Expands each configured `host:port` to every address it resolves to (in order, without
+/// duplicates); an entry that does not resolve is kept as written so its error is reported.
+async fn resolve(configured: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for entry in configured {
+        let resolved: Vec<String> = match tokio::net::lookup_host(entry.as_str()).await {
+            Ok(addrs) => addrs.map(|a| a.to_string()).collect(),
+            Err(e) => {
+                tracing::warn!(controller = %entry, error = %e, "cannot resolve controller address");
+                vec![entry.clone()]
+            }
+        };
+        for a in resolved {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    out
 }
 
 async fn session(
@@ -384,4 +419,29 @@ async fn session(
     drop(report_tx);
     report_task.abort();
     end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve;
+
+    #[tokio::test]
+    async fn names_expand_to_every_address_and_unknown_names_are_kept() {
+        let got = resolve(&[
+            "localhost:7400".to_string(),
+            "127.0.0.1:7400".to_string(),
+            "no-such-host.invalid:7400".to_string(),
+        ])
+        .await;
+        assert!(got.iter().any(|a| a == "127.0.0.1:7400"), "{got:?}");
+        assert_eq!(
+            got.iter().filter(|a| *a == "127.0.0.1:7400").count(),
+            1,
+            "no duplicates: {got:?}"
+        );
+        assert_eq!(
+            got.last().map(String::as_str),
+            Some("no-such-host.invalid:7400")
+        );
+    }
 }

@@ -69,7 +69,7 @@ async fn node_is_ready_only_with_a_snapshot_and_reports_what_it_enforces() {
                 "--edge-id",
                 "edge-a",
                 "--controllers",
-                &format!("127.0.0.1:{ctl_port}"),
+                &format!("localhost:{ctl_port}"),
                 "--labels",
                 "zone=a",
             ])
