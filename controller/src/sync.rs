@@ -25,6 +25,7 @@ use crate::controller::{Controller, now_ms, ts};
 use crate::convert;
 use crate::identity::require_edge;
 use crate::raft::state_machine::{Applied, AppliedEvent, DeltaEntry};
+use crate::seal::DataKey;
 
 /// Snapshot entries per chunk.
 const CHUNK: usize = 1000;
@@ -87,11 +88,11 @@ impl SyncService {
 }
 
 fn sealed_key(
-    ctl: &Controller,
+    key: &DataKey,
     purpose: &str,
     sealed: &palisade_policy::catalog::Sealed,
 ) -> Option<Vec<u8>> {
-    match ctl.key.open(purpose, &sealed.0) {
+    match key.open(purpose, &sealed.0) {
         Ok(v) => Some(v),
         Err(e) => {
             tracing::error!(error = %e, purpose, "cannot open a sealed value for edges; is every controller using the same data key?");
@@ -101,17 +102,17 @@ fn sealed_key(
 }
 
 fn signing_key(
-    ctl: &Controller,
+    key: &DataKey,
     k: &palisade_policy::catalog::SigningKeyRecord,
 ) -> Option<pb::SigningKey> {
     Some(convert::signing_key(
         k,
-        sealed_key(ctl, "signing-key", &k.secret)?,
+        sealed_key(key, "signing-key", &k.secret)?,
     ))
 }
 
 /// The whole catalog as edges see it (never TOTP seeds).
-pub fn snapshot_entries(ctl: &Controller, s: &Applied) -> Vec<pb::CatalogEntry> {
+pub fn snapshot_entries(key: &DataKey, s: &Applied) -> Vec<pb::CatalogEntry> {
     use pb::catalog_entry::Entry as E;
     let c = &s.catalog;
     let mut out = Vec::with_capacity(1 + c.revocations.len() + c.devices.len() + c.factors.len());
@@ -133,13 +134,13 @@ pub fn snapshot_entries(ctl: &Controller, s: &Applied) -> Vec<pb::CatalogEntry> 
     out.extend(
         c.signing_keys
             .values()
-            .filter_map(|k| signing_key(ctl, k))
+            .filter_map(|k| signing_key(key, k))
             .map(E::SigningKey),
     );
     out.extend(c.secrets.iter().filter_map(|(name, v)| {
         Some(E::Secret(pb::Secret {
             name: name.clone(),
-            value: sealed_key(ctl, "secret", v)?,
+            value: sealed_key(key, "secret", v)?,
             updated_at: None,
         }))
     }));
@@ -154,7 +155,7 @@ pub fn snapshot_entries(ctl: &Controller, s: &Applied) -> Vec<pb::CatalogEntry> 
 }
 
 /// One applied entry as a wire delta.
-pub fn delta(ctl: &Controller, d: &DeltaEntry) -> pb::CatalogDelta {
+pub fn delta(key: &DataKey, d: &DeltaEntry) -> pb::CatalogDelta {
     use pb::catalog_change::Change as C;
     let changes = d
         .items
@@ -169,11 +170,11 @@ pub fn delta(ctl: &Controller, d: &DeltaEntry) -> pb::CatalogDelta {
                 Resolved::Factor(_) => return None,
                 Resolved::FactorRemoved(id) => C::FactorRemoved(id.clone()),
                 Resolved::Counters(u, k) => C::CountersUpdated(convert::counters(u, k)),
-                Resolved::SigningKey(k) => C::SigningKeyUpserted(signing_key(ctl, k)?),
+                Resolved::SigningKey(k) => C::SigningKeyUpserted(signing_key(key, k)?),
                 Resolved::SigningKeyRemoved(kid) => C::SigningKeyRemoved(kid.clone()),
                 Resolved::Secret(name, v) => C::SecretUpserted(pb::Secret {
                     name: name.clone(),
-                    value: sealed_key(ctl, "secret", v)?,
+                    value: sealed_key(key, "secret", v)?,
                     updated_at: None,
                 }),
             })
@@ -212,7 +213,7 @@ impl Subscription {
             (
                 s.revision(),
                 s.last_applied_at_ms,
-                snapshot_entries(&self.ctl, s),
+                snapshot_entries(&self.ctl.key, s),
             )
         });
         tracing::debug!(edge = %self.edge, revision, reason, entries = entries.len(), "sending snapshot");
@@ -286,7 +287,7 @@ impl Subscription {
             Err(Some(missed)) => {
                 let mut at = last;
                 for d in missed {
-                    self.send(pb::sync_event::Event::Delta(delta(&self.ctl, &d)))
+                    self.send(pb::sync_event::Event::Delta(delta(&self.ctl.key, &d)))
                         .await?;
                     at = d.revision;
                 }
@@ -312,7 +313,7 @@ impl Subscription {
                     let r = match ev {
                         Ok(AppliedEvent::Entry(d)) if d.revision <= sent => Ok(sent),
                         Ok(AppliedEvent::Entry(d)) if d.prev_revision == sent => {
-                            self.send(pb::sync_event::Event::Delta(delta(&self.ctl, &d))).await.map(|_| d.revision)
+                            self.send(pb::sync_event::Event::Delta(delta(&self.ctl.key, &d))).await.map(|_| d.revision)
                         }
                         Ok(AppliedEvent::Entry(_)) => self.snapshot("gap").await,
                         Ok(AppliedEvent::Snapshot { .. }) => self.snapshot("compacted").await,
