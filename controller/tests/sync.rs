@@ -297,3 +297,96 @@ async fn the_cluster_knows_what_each_edge_enforces_and_can_wait_for_it() {
         .expect_err("admin as edge");
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_raft_snapshot_on_the_edges_controller_forces_an_edge_snapshot() {
+    let mut c = Cluster::start(
+        3,
+        0,
+        Options {
+            snapshot_every: 40,
+            logs_to_keep: 5,
+            ..Options::default()
+        },
+    )
+    .await;
+    let leader = c.wait_leader(T).await;
+    let follower = [1u64, 2, 3]
+        .into_iter()
+        .find(|i| *i != leader)
+        .expect("follower");
+    // This edge only knows the follower.
+    let e = SimEdge::start(&c.pki(), "e1", vec![c.members[&follower].addr()], 0, &[]);
+    let client = c.client_for(leader);
+    Cluster::revoke(&client, "first").await.expect("write");
+    let rev = c.status(leader).await.expect("status").commit_index;
+    converged(&[&e], &["first".to_string()].into(), rev).await;
+    // The follower is away while the log is compacted past it; it comes back through a Raft
+    // snapshot, and the edge's resume point is gone with it.
+    c.kill(follower);
+    let mut want: BTreeSet<String> = ["first".to_string()].into();
+    for i in 0..400 {
+        Cluster::revoke(&client, &format!("c{i}"))
+            .await
+            .expect("write");
+        want.insert(format!("c{i}"));
+    }
+    eventually("a snapshot on the leader", T, || async {
+        c.status(leader)
+            .await
+            .ok()
+            .filter(|s| s.snapshot_index > 300)
+    })
+    .await;
+    c.spawn(follower);
+    let rev = c.status(leader).await.expect("status").commit_index;
+    converged(&[&e], &want, rev).await;
+    let s = e.snapshot();
+    assert!(
+        s.snapshots.iter().skip(1).any(|r| r == "compacted"),
+        "the edge was resynchronized by a snapshot: {:?}",
+        s.snapshots
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edge_restarted_mid_stream_catches_up() {
+    let c = Cluster::start(3, 0, Options::default()).await;
+    let addrs = c.addrs();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let client = c.client();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("r{i}");
+                i += 1;
+                if Cluster::revoke(&client, &id).await.is_ok() {
+                    acked.push(id);
+                }
+            }
+            acked
+        })
+    };
+    let first = SimEdge::start(&c.pki(), "e1", addrs.clone(), 0, &[]);
+    eventually("the edge to apply something", T, || async {
+        (first.snapshot().revision > 5).then_some(())
+    })
+    .await;
+    // Edges keep nothing on disk: a restarted edge starts from a snapshot and follows the stream.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let restarted = SimEdge::start(&c.pki(), "e1", addrs, 1, &[]);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let acked: BTreeSet<String> = writer.await.expect("writer").into_iter().collect();
+    let leader = c.wait_leader(T).await;
+    let rev = c.status(leader).await.expect("status").commit_index;
+    converged(&[&restarted], &acked, rev).await;
+    assert!(
+        restarted.snapshot().deltas > 0,
+        "the restarted edge followed deltas after its snapshot"
+    );
+}

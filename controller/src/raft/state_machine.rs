@@ -340,6 +340,8 @@ impl RaftStateMachine<C> for StateMachine {
             g.applied = restored;
             g.ring.clear();
         }
+        metrics::counter!("palisade_raft_snapshots_installed_total").increment(1);
+        tracing::info!(revision, "installed a snapshot from the leader");
         let _ = self.events.send(AppliedEvent::Snapshot { revision });
         self.applied_tx.send_replace(revision);
         Ok(())
