@@ -556,6 +556,13 @@ pub struct Catalog {
     pub audit: VecDeque<AuditRecord>,
 }
 
+fn not_found(kind: &str, id: impl ToString) -> CommandError {
+    CommandError::NotFound {
+        kind: kind.into(),
+        id: id.to_string(),
+    }
+}
+
 fn user_slot(u: &UserKey) -> String {
     format!("{}\u{0}{}", u.provider, u.subject)
 }
@@ -700,10 +707,7 @@ impl Catalog {
                     .policy_history
                     .iter()
                     .find(|p| p.version == *to_version)
-                    .ok_or_else(|| CommandError::NotFound {
-                        kind: "policy version".into(),
-                        id: to_version.to_string(),
-                    })?
+                    .ok_or_else(|| not_found("policy version", to_version))?
                     .document_json
                     .clone();
                 // A document valid then may not be valid for this build; check again.
@@ -808,10 +812,7 @@ impl Catalog {
                 let d = self
                     .devices
                     .get_mut(id)
-                    .ok_or_else(|| CommandError::NotFound {
-                        kind: "device".into(),
-                        id: id.clone(),
-                    })?;
+                    .ok_or_else(|| not_found("device", id))?;
                 let ok = match (d.state, state) {
                     (DeviceState::Revoked, _) => false,
                     (DeviceState::Pending | DeviceState::Wiped, DeviceState::Enrolled) => true,
@@ -840,10 +841,7 @@ impl Catalog {
                 let d = self
                     .devices
                     .get_mut(id)
-                    .ok_or_else(|| CommandError::NotFound {
-                        kind: "device".into(),
-                        id: id.clone(),
-                    })?;
+                    .ok_or_else(|| not_found("device", id))?;
                 d.posture = posture.clone();
                 d.revision = revision;
                 changes.push(Change::Device(id.clone()));
@@ -904,10 +902,7 @@ impl Catalog {
                 let f = self
                     .factors
                     .get_mut(id)
-                    .ok_or_else(|| CommandError::NotFound {
-                        kind: "factor".into(),
-                        id: id.clone(),
-                    })?;
+                    .ok_or_else(|| not_found("factor", id))?;
                 if f.kind != FactorKind::Totp || f.active {
                     return Err(CommandError::Invalid(
                         "only a pending TOTP factor can be activated".into(),
@@ -923,10 +918,7 @@ impl Catalog {
             Command::RemoveFactor { id } => {
                 self.factors
                     .remove(id)
-                    .ok_or_else(|| CommandError::NotFound {
-                        kind: "factor".into(),
-                        id: id.clone(),
-                    })?;
+                    .ok_or_else(|| not_found("factor", id))?;
                 self.totp_seeds.remove(id);
                 changes.push(Change::FactorRemoved(id.clone()));
                 Ok(Outcome::Done)
@@ -935,10 +927,7 @@ impl Catalog {
                 let f = self
                     .factors
                     .get_mut(id)
-                    .ok_or_else(|| CommandError::NotFound {
-                        kind: "factor".into(),
-                        id: id.clone(),
-                    })?;
+                    .ok_or_else(|| not_found("factor", id))?;
                 if name.trim().is_empty() || name.len() > 64 {
                     return Err(CommandError::Invalid(
                         "a factor name must be 1 to 64 characters".into(),
@@ -957,10 +946,7 @@ impl Catalog {
                 let f = self
                     .factors
                     .get_mut(id)
-                    .ok_or_else(|| CommandError::NotFound {
-                        kind: "factor".into(),
-                        id: id.clone(),
-                    })?;
+                    .ok_or_else(|| not_found("factor", id))?;
                 // Authenticators that do not implement counters always send 0.
                 if (*sign_count != 0 || f.sign_count != 0) && *sign_count <= f.sign_count {
                     return Err(CommandError::CounterRegressed);

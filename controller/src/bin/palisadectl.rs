@@ -337,23 +337,24 @@ fn from_status(s: Status) -> Failure {
         Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => 7,
         _ => 1,
     };
-    let details: Vec<String> = validation_failure(&s)
-        .map(|f| {
-            f.violations
-                .iter()
-                .map(|v| format!("{}: {}", v.path, v.reason))
-                .collect()
-        })
-        .unwrap_or_default();
-    let message = if details.is_empty() {
-        s.message().to_string()
-    } else {
-        format!("the policy document has {} problem(s)", details.len())
-    };
+    if let Some(f) = validation_failure(&s).filter(|f| !f.violations.is_empty()) {
+        return invalid_document(&f.violations);
+    }
     Failure {
         code,
-        message,
-        details,
+        message: s.message().to_string(),
+        details: Vec::new(),
+    }
+}
+
+fn invalid_document(violations: &[pb::FieldViolation]) -> Failure {
+    Failure {
+        code: 3,
+        message: format!("the policy document has {} problem(s)", violations.len()),
+        details: violations
+            .iter()
+            .map(|v| format!("{}: {}", v.path, v.reason))
+            .collect(),
     }
 }
 
@@ -538,15 +539,7 @@ async fn run(cli: Cli) -> Result<(String, Value), Failure> {
                 }
             );
             if !r.violations.is_empty() {
-                return Err(Failure {
-                    code: 3,
-                    message: format!("the policy document has {} problem(s)", r.violations.len()),
-                    details: r
-                        .violations
-                        .iter()
-                        .map(|v| format!("{}: {}", v.path, v.reason))
-                        .collect(),
-                });
+                return Err(invalid_document(&r.violations));
             }
             let d = r.diff.unwrap_or_default();
             (diff_human(&d), diff_json(&d))
@@ -579,15 +572,7 @@ async fn run(cli: Cli) -> Result<(String, Value), Failure> {
                 }
             );
             if !r.violations.is_empty() {
-                return Err(Failure {
-                    code: 3,
-                    message: format!("the policy document has {} problem(s)", r.violations.len()),
-                    details: r
-                        .violations
-                        .iter()
-                        .map(|v| format!("{}: {}", v.path, v.reason))
-                        .collect(),
-                });
+                return Err(invalid_document(&r.violations));
             }
             let mut text = String::new();
             for x in &r.results {
