@@ -9,51 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use palisade_proto::v1 as pb;
-use support::{Cluster, Options, eventually};
+use support::{Cluster, Options, Writers, eventually};
 use tokio::sync::Mutex;
 
 const T: Duration = Duration::from_secs(30);
-
-/// Writers that revoke unique sessions through a leader-following client until stopped, and
-/// remember which writes were acknowledged.
-fn start_writers(
-    cluster: &Cluster,
-    n: usize,
-    stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
-    (0..n)
-        .map(|w| {
-            let client = cluster.client();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut acked = Vec::new();
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let id = format!("w{w}-s{i}");
-                    i += 1;
-                    if Cluster::revoke(&client, &id).await.is_ok() {
-                        acked.push(id);
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-                acked
-            })
-        })
-        .collect()
-}
-
-async fn stop_writers(
-    stop: Arc<AtomicBool>,
-    writers: Vec<tokio::task::JoinHandle<Vec<String>>>,
-) -> Vec<String> {
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for w in writers {
-        all.extend(w.await.expect("writer"));
-    }
-    all
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_are_accepted_on_any_member_and_a_restarted_member_catches_up() {
@@ -100,15 +59,14 @@ async fn writes_are_accepted_on_any_member_and_a_restarted_member_catches_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_leader_during_writes_loses_no_acknowledged_write() {
     let mut c = Cluster::start(3, 0, Options::default()).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = start_writers(&c, 4, stop.clone());
+    let writers = Writers::start(&c, 4, "w");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let leader = c.wait_leader(T).await;
     c.kill(leader);
     tokio::time::sleep(Duration::from_millis(3000)).await;
     c.spawn(leader);
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let acked = stop_writers(stop, writers).await;
+    let acked = writers.stop().await;
     assert!(
         acked.len() > 20,
         "writes continued around the kill: {} acknowledged",
@@ -204,8 +162,7 @@ async fn a_follower_that_was_away_catches_up_by_snapshot_after_compaction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn membership_goes_from_three_to_five_and_back_under_writes() {
     let c = Cluster::start(3, 2, Options::default()).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = start_writers(&c, 2, stop.clone());
+    let writers = Writers::start(&c, 2, "w");
     let admin = c.client();
     let call_cluster = |req: ClusterReq| {
         let admin = admin.clone();
@@ -256,7 +213,7 @@ async fn membership_goes_from_three_to_five_and_back_under_writes() {
             .await
             .expect("remove member");
     }
-    let acked = stop_writers(stop, writers).await;
+    let acked = writers.stop().await;
     let leader = c.wait_leader(T).await;
     let s = c.status(leader).await.expect("status");
     assert_eq!(

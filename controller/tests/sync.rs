@@ -6,13 +6,12 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use palisade_proto::v1 as pb;
 use support::edge::SimEdge;
-use support::{Cluster, Options, eventually};
+use support::{Cluster, Options, Writers, eventually};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -62,28 +61,11 @@ async fn every_change_reaches_every_edge_in_order_across_a_leader_kill() {
     converged(&refs, &want, rev).await;
 
     // Kill the leader while writes stream; edges subscribed to it fail over and resume.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let client = c.client();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let id = format!("during-{i}");
-                i += 1;
-                if Cluster::revoke(&client, &id).await.is_ok() {
-                    acked.push(id);
-                }
-            }
-            acked
-        })
-    };
+    let writer = Writers::start(&c, 1, "during");
     tokio::time::sleep(Duration::from_millis(800)).await;
     c.kill(leader);
     tokio::time::sleep(Duration::from_millis(3000)).await;
-    stop.store(true, Ordering::Relaxed);
-    want.extend(writer.await.expect("writer"));
+    want.extend(writer.stop().await);
     let leader = c.wait_leader(T).await;
     let rev = c.status(leader).await.expect("status").commit_index;
     converged(&refs, &want, rev).await;
@@ -353,23 +335,7 @@ async fn a_raft_snapshot_on_the_edges_controller_forces_an_edge_snapshot() {
 async fn an_edge_restarted_mid_stream_catches_up() {
     let c = Cluster::start(3, 0, Options::default()).await;
     let addrs = c.addrs();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let client = c.client();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let id = format!("r{i}");
-                i += 1;
-                if Cluster::revoke(&client, &id).await.is_ok() {
-                    acked.push(id);
-                }
-            }
-            acked
-        })
-    };
+    let writer = Writers::start(&c, 1, "r");
     let first = SimEdge::start(&c.pki(), "e1", addrs.clone(), 0, &[]);
     eventually("the edge to apply something", T, || async {
         (first.snapshot().revision > 5).then_some(())
@@ -380,8 +346,7 @@ async fn an_edge_restarted_mid_stream_catches_up() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let restarted = SimEdge::start(&c.pki(), "e1", addrs, 1, &[]);
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, Ordering::Relaxed);
-    let acked: BTreeSet<String> = writer.await.expect("writer").into_iter().collect();
+    let acked: BTreeSet<String> = writer.stop().await.into_iter().collect();
     let leader = c.wait_leader(T).await;
     let rev = c.status(leader).await.expect("status").commit_index;
     converged(&[&restarted], &acked, rev).await;

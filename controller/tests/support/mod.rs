@@ -57,6 +57,53 @@ impl Member {
     }
 }
 
+/// Writers that revoke unique sessions through a leader-following client until stopped, and
+/// remember which writes were acknowledged.
+#[derive(Debug)]
+pub struct Writers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Writers {
+    /// Starts `n` writers whose session ids begin with `prefix`.
+    pub fn start(cluster: &Cluster, n: usize, prefix: &str) -> Writers {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..n)
+            .map(|w| {
+                let client = cluster.client();
+                let stop = stop.clone();
+                let prefix = prefix.to_string();
+                tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    let mut i = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let id = format!("{prefix}{w}-{i}");
+                        i += 1;
+                        if Cluster::revoke(&client, &id).await.is_ok() {
+                            acked.push(id);
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        Writers { stop, tasks }
+    }
+
+    /// Stops the writers and returns every acknowledged session id.
+    pub async fn stop(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.expect("writer"));
+        }
+        all
+    }
+}
+
 /// GETs a plain-HTTP URL path from a local port (for `/metrics`).
 pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
