@@ -204,7 +204,7 @@ impl Admin {
         })
     }
 
-    fn default_revocation_ttl(&self) -> Duration {
+    pub(crate) fn default_revocation_ttl(&self) -> Duration {
         self.current_document()
             .and_then(|(_, d)| CompiledPolicy::compile(&d).ok())
             .map(|p| p.longest_session_lifetime())

@@ -118,6 +118,43 @@ impl DevCa {
     }
 }
 
+impl DevCa {
+    /// Issues a public serving certificate (server auth only) for the edge's HTTPS ingress,
+    /// covering `names` (DNS names, `*.` wildcards allowed, or IP addresses).
+    pub fn issue_server(&self, names: &[String]) -> anyhow::Result<CertPair> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        for n in names {
+            match n.parse::<IpAddr>() {
+                Ok(ip) => params.subject_alt_names.push(SanType::IpAddress(ip)),
+                Err(_) => params
+                    .subject_alt_names
+                    .push(SanType::DnsName(n.as_str().try_into()?)),
+            }
+        }
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_else(|| "palisade".into()),
+        );
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(CertPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// Names the development ingress certificate covers: every `*.localhost` name resolves to the
+/// loopback address in browsers and curl, so applications can have real host names locally.
+pub const DEV_INGRESS_NAMES: &[&str] = &["localhost", "*.localhost", "127.0.0.1"];
+
+/// An Ed25519 key (PKCS#8 PEM) for the edges' identity assertions.
+pub fn assertion_key_pem() -> anyhow::Result<String> {
+    Ok(KeyPair::generate_for(&rcgen::PKCS_ED25519)?.serialize_pem())
+}
+
 /// Paths of one identity's files in a PKI directory.
 #[derive(Debug, Clone)]
 pub struct IdentityFiles {
@@ -128,7 +165,8 @@ pub struct IdentityFiles {
 }
 
 /// Writes a CA, `controllers` controller identities, `edges` edge identities, admin identities
-/// for every role and a data key into `dir`. Keys are written with mode 0600.
+/// for every role, a serving certificate for the ingress (`ingress.pem`, for
+/// `DEV_INGRESS_NAMES`), the identity assertion key (`assertion.key`) and a data key into `dir`. Keys are written with mode 0600.
 pub fn init_dir(dir: &Path, controllers: &[u64], edges: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let ca = DevCa::new()?;
@@ -156,6 +194,15 @@ pub fn init_dir(dir: &Path, controllers: &[u64], edges: &[String]) -> anyhow::Re
         write(dir, &format!("{name}.pem"), &pair.cert_pem, false)?;
         write(dir, &format!("{name}.key"), &pair.key_pem, true)?;
     }
+    let ingress = ca.issue_server(
+        &DEV_INGRESS_NAMES
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>(),
+    )?;
+    write(dir, "ingress.pem", &ingress.cert_pem, false)?;
+    write(dir, "ingress.key", &ingress.key_pem, true)?;
+    write(dir, "assertion.key", &assertion_key_pem()?, true)?;
     write(
         dir,
         "data.key",

@@ -195,6 +195,9 @@ pub async fn start(cfg: Config, members: Vec<InitialMember>) -> anyhow::Result<R
         .add_service(pb::revocation_service_server::RevocationServiceServer::new(
             admin.clone(),
         ))
+        .add_service(pb::edge_auth_server::EdgeAuthServer::new(
+            crate::edge_auth::EdgeAuthService::new(controller.clone()),
+        ))
         .add_service(pb::device_service_server::DeviceServiceServer::new(
             admin.clone(),
         ))

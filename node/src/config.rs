@@ -54,6 +54,55 @@ pub struct Config {
     #[arg(long, env = "PALISADE_SILENCE_TIMEOUT_MS", default_value_t = 2000)]
     pub silence_timeout_ms: u64,
 
+    /// HTTPS listener (HTTP/1.1 and HTTP/2).
+    #[arg(long, env = "PALISADE_HTTPS_LISTEN", default_value = "0.0.0.0:8443")]
+    pub https_listen: SocketAddr,
+
+    /// Plain-HTTP listener: redirects to HTTPS and `/healthz` only. `off` disables it.
+    #[arg(long, env = "PALISADE_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: String,
+
+    /// The HTTPS port users reach (behind a load balancer it differs from the listener's);
+    /// redirects from plain HTTP go there. Defaults to the listener's port.
+    #[arg(long, env = "PALISADE_PUBLIC_HTTPS_PORT")]
+    pub public_https_port: Option<u16>,
+
+    /// A serving certificate and its key, `CERT.pem:KEY.pem`; repeat for more. Chosen by SNI
+    /// from each certificate's DNS names; the first is the default.
+    #[arg(
+        long = "cert",
+        env = "PALISADE_CERTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub certs: Vec<crate::tls::CertFiles>,
+
+    /// Ed25519 private key (PKCS#8 PEM) signing the identity assertion sent to upstreams. Give
+    /// every edge the same key. Without it the edge generates one at start (one edge only).
+    #[arg(long, env = "PALISADE_ASSERTION_KEY")]
+    pub assertion_key: Option<PathBuf>,
+
+    /// Extra CA certificates (PEM) trusted for identity providers, besides the system's.
+    #[arg(long, env = "PALISADE_IDP_CA")]
+    pub idp_ca: Option<PathBuf>,
+
+    /// Extra CA certificates (PEM) trusted for `https://` upstreams, besides the system's.
+    #[arg(long, env = "PALISADE_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// Time to wait for an upstream's response headers, milliseconds (then 504).
+    #[arg(long, env = "PALISADE_UPSTREAM_TIMEOUT_MS", default_value_t = 30_000)]
+    pub upstream_timeout_ms: u64,
+
+    /// Largest request head accepted, bytes (then 431).
+    #[arg(long, env = "PALISADE_MAX_HEADER_BYTES", default_value_t = 65_536)]
+    pub max_header_bytes: usize,
+
+    /// Write the bound addresses (JSON) to this file once listening; for tools and tests that
+    /// bind port 0.
+    #[arg(long, env = "PALISADE_ADDRESSES_FILE")]
+    pub addresses_file: Option<PathBuf>,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "PALISADE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -92,6 +141,33 @@ impl Config {
                 errs.push(format!("{flag} {} is not a readable file", path.display()));
             }
         }
+        if self.http_listen != "off" && self.http_listen.parse::<SocketAddr>().is_err() {
+            errs.push("--http-listen must be host:port or off".into());
+        }
+        for c in &self.certs {
+            for p in [&c.cert, &c.key] {
+                if !p.is_file() {
+                    errs.push(format!("--cert: {} is not a readable file", p.display()));
+                }
+            }
+        }
+        for (flag, path) in [
+            ("--assertion-key", &self.assertion_key),
+            ("--idp-ca", &self.idp_ca),
+            ("--upstream-ca", &self.upstream_ca),
+        ] {
+            if let Some(p) = path
+                && !p.is_file()
+            {
+                errs.push(format!("{flag} {} is not a readable file", p.display()));
+            }
+        }
+        if !(100..=600_000).contains(&self.upstream_timeout_ms) {
+            errs.push("--upstream-timeout-ms must be between 100 and 600000".into());
+        }
+        if !(8192..=1_048_576).contains(&self.max_header_bytes) {
+            errs.push("--max-header-bytes must be between 8192 and 1048576".into());
+        }
         if !(100..=60_000).contains(&self.silence_timeout_ms) {
             errs.push("--silence-timeout-ms must be between 100 and 60000".into());
         }
@@ -103,6 +179,11 @@ impl Config {
         } else {
             Err(errs)
         }
+    }
+
+    /// The plain-HTTP listener, unless disabled.
+    pub fn http_listen(&self) -> Option<SocketAddr> {
+        self.http_listen.parse().ok()
     }
 
     /// The silence timeout.

@@ -1,10 +1,20 @@
-//! One Palisade edge: the sync client and replica (built), and — still to come — ingress,
-//! enforcement on every request, login / MFA / enrollment pages and the reverse proxy. See
-//! `docs/ARCHITECTURE.md`.
+//! One Palisade edge: the sync client and replica, the HTTPS ingress, sign-in with OpenID
+//! Connect, enforcement on every request, and the reverse proxy to upstreams. See
+//! `docs/ARCHITECTURE.md` and `docs/edge.md`.
 
 #![forbid(unsafe_code)]
 
+pub mod assertion;
 pub mod config;
+pub mod controllers;
+pub mod cookie;
+pub mod gateway;
+pub mod ingress;
+pub mod oidc;
 pub mod ops;
+pub mod pages;
+pub mod process;
+pub mod proxy;
 pub mod replica;
 pub mod sync;
+pub mod tls;

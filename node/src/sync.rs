@@ -253,7 +253,7 @@ async fn run(cfg: SyncConfig, replica: Arc<Replica>, mut shutdown: watch::Receiv
 
 /// Expands each configured `host:port` to every address it resolves to (in order, without
 /// duplicates); an entry that does not resolve is kept as written so its error is reported.
-async fn resolve(configured: &[String]) -> Vec<String> {
+pub(crate) async fn resolve(configured: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for entry in configured {
         let resolved: Vec<String> = match tokio::net::lookup_host(entry.as_str()).await {

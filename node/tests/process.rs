@@ -82,6 +82,12 @@ async fn node_is_ready_only_with_a_snapshot_and_reports_what_it_enforces() {
                 &p("ca.pem"),
             ])
             .args(["--ops-listen", &format!("127.0.0.1:{ops_port}")])
+            .args(["--https-listen", "127.0.0.1:0", "--http-listen", "off"])
+            .args([
+                "--cert",
+                &format!("{}:{}", p("ingress.pem"), p("ingress.key")),
+            ])
+            .args(["--assertion-key", &p("assertion.key")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -91,6 +91,20 @@ impl KeyRing {
         self.keys.iter().map(|(k, _)| k).find(|k| k.active)
     }
 
+    /// A 32-byte key derived from the key named `kid` (or the active key when `None`) for another
+    /// purpose, as HMAC-SHA256(secret, `label`): sealed state cookies use it, so they rotate with
+    /// the signing keys. Returns the kid used.
+    pub fn derive(&self, kid: Option<&str>, label: &[u8]) -> Option<(String, [u8; 32])> {
+        let (key, mac) = match kid {
+            Some(kid) => self.keys.iter().find(|(k, _)| k.kid == kid)?,
+            None => self.keys.iter().find(|(k, _)| k.active)?,
+        };
+        let mut m = mac.clone();
+        m.update(b"palisade/derive/v1\0");
+        m.update(label);
+        Some((key.kid.clone(), m.finalize().into_bytes().into()))
+    }
+
     fn mac_for(&self, kid: &str) -> Option<&HmacSha256> {
         self.keys.iter().find(|(k, _)| k.kid == kid).map(|(_, m)| m)
     }

@@ -1,0 +1,108 @@
+//! Calls from the edge to the controllers' `EdgeAuth` service, for writes made on behalf of a
+//! user (sign-out now; MFA and self-service later). Any controller accepts them (followers
+//! forward to the leader); the client tries each configured controller in turn and keeps the
+//! channel that worked.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use palisade_proto::v1 as pb;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Client for the controllers' edge-facing write API.
+#[derive(Debug)]
+pub struct ControllerClient {
+    controllers: Vec<String>,
+    tls: ClientTlsConfig,
+    current: Mutex<Option<(String, Channel)>>,
+}
+
+/// Why a write through the controllers failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No controller could be reached.
+    #[error("no controller reachable: {0}")]
+    Unreachable(String),
+    /// A controller answered with an error.
+    #[error("{0}")]
+    Refused(tonic::Status),
+}
+
+impl ControllerClient {
+    /// A client using this edge's certificate.
+    pub fn new(
+        controllers: Vec<String>,
+        cert_pem: &str,
+        key_pem: &str,
+        ca_pem: &str,
+        server_name: &str,
+    ) -> Self {
+        let tls = ClientTlsConfig::new()
+            .identity(Identity::from_pem(cert_pem, key_pem))
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .domain_name(server_name.to_string());
+        Self {
+            controllers,
+            tls,
+            current: Mutex::new(None),
+        }
+    }
+
+    async fn channels(&self) -> Vec<(String, Channel)> {
+        let mut out = Vec::new();
+        if let Some(c) = self.current.lock().ok().and_then(|c| c.clone()) {
+            out.push(c);
+        }
+        for addr in crate::sync::resolve(&self.controllers).await {
+            if out.iter().any(|(a, _)| *a == addr) {
+                continue;
+            }
+            let ep = match Endpoint::from_shared(format!("https://{addr}"))
+                .and_then(|e| e.tls_config(self.tls.clone()))
+            {
+                Ok(e) => e
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(Duration::from_secs(10))
+                    .tcp_nodelay(true),
+                Err(_) => continue,
+            };
+            out.push((addr, ep.connect_lazy()));
+        }
+        out
+    }
+
+    /// Revokes the user's own session (sign-out). Returns the revision of the revocation.
+    pub async fn revoke_own_session(
+        &self,
+        user: pb::UserRef,
+        reason: &str,
+    ) -> Result<u64, CallError> {
+        let target = pb::RevocationTarget {
+            target: Some(pb::revocation_target::Target::SessionId(
+                user.session_id.clone(),
+            )),
+        };
+        let req = pb::RevokeOwnRequest {
+            user: Some(user),
+            target: Some(target),
+            reason: reason.into(),
+        };
+        let mut last = String::from("no controller configured");
+        for (addr, ch) in self.channels().await {
+            let mut c = pb::edge_auth_client::EdgeAuthClient::new(ch.clone());
+            match c.revoke_own(req.clone()).await {
+                Ok(r) => {
+                    if let Ok(mut cur) = self.current.lock() {
+                        *cur = Some((addr, ch));
+                    }
+                    return Ok(r.into_inner().write.map(|w| w.revision).unwrap_or(0));
+                }
+                Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+                    last = format!("{addr}: {}", s.message());
+                }
+                Err(s) => return Err(CallError::Refused(s)),
+            }
+        }
+        Err(CallError::Unreachable(last))
+    }
+}

@@ -1,0 +1,1037 @@
+//! The request path: framing checks → host and normalised path → Palisade's reserved paths →
+//! route to an application → read the session (and the MFA assertion) → revocations →
+//! `decide()` → proxy with the identity assertion, or send to sign-in, or deny with a page that
+//! says why.
+//!
+//! Nothing here keeps per-user state. A session is a token signed with the catalog's keys that
+//! every edge verifies alone; every request is checked against the revocations in the replica, so
+//! a revocation applies to the next request, also on a keep-alive connection already open.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use palisade_policy::decide::{Challenge, Decision, DenyReason};
+use palisade_policy::document::{IdentityProvider, Protocol};
+use palisade_policy::request::{Context, Identity, MfaProof};
+use palisade_policy::token::{SessionClaims, TokenKind};
+use palisade_policy::{CompiledApp, CompiledPolicy};
+use palisade_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+
+use crate::assertion::{AssertionClaims, AssertionSigner};
+use crate::controllers::ControllerClient;
+use crate::cookie;
+use crate::oidc::{Attempt, RelyingParty, random_token};
+use crate::pages;
+use crate::proxy::{Body, Forwarding, Upstreams, full};
+use crate::replica::View;
+use crate::sync::Replica;
+
+/// Palisade's reserved path prefix on every application host.
+pub const RESERVED: &str = "/.palisade/";
+/// Where every edge publishes the identity assertion's public key.
+pub const JWKS_PATH: &str = "/.well-known/palisade/jwks.json";
+/// How long a sign-in attempt may take.
+const LOGIN_TTL_SECS: i64 = 600;
+/// Most claims (in bytes of JSON) carried in a session beyond the standard ones.
+const MAX_EXTRA_CLAIMS: usize = 1024;
+
+/// One edge's request handling.
+pub struct Gateway {
+    edge_id: String,
+    replica: Arc<Replica>,
+    rp: RelyingParty,
+    signer: AssertionSigner,
+    upstreams: Upstreams,
+    controllers: Option<ControllerClient>,
+    consumed: Mutex<HashMap<String, i64>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("edge_id", &self.edge_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The login attempt sealed in a cookie between the redirect to the provider and the callback.
+#[derive(Debug, Serialize, Deserialize)]
+struct LoginState {
+    state: String,
+    nonce: String,
+    verifier: String,
+    idp: String,
+    return_to: String,
+    redirect_uri: String,
+}
+
+/// An authenticated caller, after every check.
+#[derive(Debug)]
+struct Caller {
+    session: SessionClaims,
+    identity: Identity,
+}
+
+fn now_secs() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+/// Reasons a request is refused before any application is involved.
+fn framing_problem(req: &Request<Incoming>) -> Option<&'static str> {
+    let h = req.headers();
+    let cl = h.get_all(header::CONTENT_LENGTH).iter().count();
+    if cl > 1
+        || h.get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains(','))
+    {
+        return Some("the request carries more than one Content-Length");
+    }
+    if h.contains_key(header::TRANSFER_ENCODING) && cl > 0 {
+        return Some("the request carries both Transfer-Encoding and Content-Length");
+    }
+    if h.get_all(header::HOST).iter().count() > 1 {
+        return Some("the request carries more than one Host");
+    }
+    None
+}
+
+/// The authority the client addressed (`host[:port]`) and the lowercase host without port.
+fn authority(req: &Request<Incoming>) -> Option<(String, String)> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str().to_string(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?.to_string(),
+    };
+    let a: http::uri::Authority = raw.parse().ok()?;
+    if a.as_str().contains('@') {
+        return None;
+    }
+    let host = a.host().trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        return None;
+    }
+    Some((a.as_str().to_ascii_lowercase(), host))
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A return path is only ever a local absolute path: never `//evil`, `/\evil` or a URL.
+fn safe_return_to(rd: &str) -> String {
+    let ok = rd.starts_with('/')
+        && !rd.starts_with("//")
+        && !rd.starts_with("/\\")
+        && !rd.chars().any(|c| c.is_control())
+        && rd.len() <= 2048;
+    if ok { rd.to_string() } else { "/".into() }
+}
+
+fn redirect(status: StatusCode, to: &str) -> Response<Body> {
+    let mut r = Response::new(full(""));
+    *r.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn wants_html(req: &Request<Incoming>) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD)
+}
+
+impl Gateway {
+    /// The request handling of one edge. Without `controllers`, sign-out cannot be recorded and
+    /// answers 503.
+    pub fn new(
+        edge_id: String,
+        replica: Arc<Replica>,
+        rp: RelyingParty,
+        signer: AssertionSigner,
+        upstreams: Upstreams,
+        controllers: Option<ControllerClient>,
+    ) -> Self {
+        Self {
+            edge_id,
+            replica,
+            rp,
+            signer,
+            upstreams,
+            controllers,
+            consumed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Handles one request.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let rid = random_token()
+            .map(|t| t[..16].to_string())
+            .unwrap_or_else(|_| "-".into());
+        let method = req.method().clone();
+        let path_for_log = req.uri().path().to_string();
+        let started = std::time::Instant::now();
+        let mut resp = self.route(req, peer, &rid).await;
+        if let Ok(v) = HeaderValue::from_str(&rid) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        metrics::histogram!("palisade_edge_request_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("palisade_edge_requests_total", "status" => resp.status().as_u16().to_string())
+            .increment(1);
+        tracing::debug!(request_id = %rid, %method, path = %path_for_log, status = resp.status().as_u16(), client = %peer.ip(), "request");
+        resp
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr, rid: &str) -> Response<Body> {
+        if let Some(problem) = framing_problem(&req) {
+            tracing::info!(request_id = %rid, client = %peer.ip(), problem, "refused an ambiguous request");
+            let mut r = pages::message(StatusCode::BAD_REQUEST, "Bad request", problem, rid);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+        let Some((authority, host)) = authority(&req) else {
+            return pages::message(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "the request names no valid host",
+                rid,
+            );
+        };
+        let path = match palisade_policy::path::normalize(req.uri().path()) {
+            Ok(p) => p,
+            Err(e) => {
+                return pages::message(
+                    StatusCode::BAD_REQUEST,
+                    "Bad request",
+                    &format!("the request path is refused: {e}"),
+                    rid,
+                );
+            }
+        };
+        if path == JWKS_PATH {
+            let mut r = Response::new(full(self.signer.jwks().to_string()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=300"),
+            );
+            return r;
+        }
+        let Some(view) = self.replica.view() else {
+            return pages::message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Starting up",
+                "this edge has not received its configuration yet; try again in a moment",
+                rid,
+            );
+        };
+        let Some((_, policy)) = view.policy.as_ref() else {
+            return pages::message(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "no application is served at this address",
+                rid,
+            );
+        };
+        let policy = policy.clone();
+        if let Some(rest) = path.strip_prefix(RESERVED) {
+            return match rest {
+                "callback" => {
+                    self.callback(&req, &view, &policy, &authority, &host, rid)
+                        .await
+                }
+                "login" => {
+                    self.login_choice(&req, &view, &policy, &authority, &host, rid)
+                        .await
+                }
+                "logout" => self.logout(&req, &view, &host, rid).await,
+                _ => pages::message(
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    "there is no such Palisade page",
+                    rid,
+                ),
+            };
+        }
+        let Some(app) = policy.route(&host, &path) else {
+            return pages::message(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "no application is served at this address",
+                rid,
+            );
+        };
+        let now = now_secs();
+        let (caller, clear) = self.caller(&req, &view, &host, now);
+        let ctx = Context {
+            source_ip: peer.ip(),
+            protocol: Protocol::Http,
+            view_age: self.replica.staleness(),
+        };
+        let decision = palisade_policy::decide(
+            app,
+            caller.as_ref().map(|c| &c.identity),
+            None,
+            &ctx,
+            jiff::Timestamp::now(),
+        );
+        tracing::debug!(request_id = %rid, app = %app.id, decision = decision.kind(), "decided");
+        let mut resp = match &decision {
+            Decision::Allow { .. } | Decision::Bypass { .. } => {
+                self.forward(req, app, caller.as_ref(), &authority, &path, peer, rid, now)
+                    .await
+            }
+            Decision::Deny { rule, reason } => {
+                tracing::info!(request_id = %rid, app = %app.id, explanation = %decision.explain(), "denied");
+                match reason {
+                    DenyReason::StaleView { .. } => pages::message(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Temporarily unavailable",
+                        &reason.to_string(),
+                        rid,
+                    ),
+                    DenyReason::NoRuleMatched { missing } => pages::denied(
+                        &app.name,
+                        rule.as_ref().map(|r| &*r.name),
+                        "no rule allows this request",
+                        missing,
+                        rid,
+                    ),
+                    other => pages::denied(
+                        &app.name,
+                        rule.as_ref().map(|r| &*r.name),
+                        &other.to_string(),
+                        &[],
+                        rid,
+                    ),
+                }
+            }
+            Decision::Challenge {
+                challenge: Challenge::Login { providers },
+                ..
+            } => {
+                let return_to = match req.uri().query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path.clone(),
+                };
+                self.challenge_login(
+                    &req, &view, &policy, app, providers, &authority, &return_to, rid,
+                )
+                .await
+            }
+            Decision::Challenge {
+                challenge: Challenge::Mfa { methods, .. },
+                rule,
+            } => {
+                let names: Vec<String> = methods.iter().map(|m| m.as_str().to_string()).collect();
+                pages::denied(
+                    &app.name,
+                    rule.as_ref().map(|r| &*r.name),
+                    &format!(
+                        "this application needs a second factor: one of {}",
+                        names.join(", ")
+                    ),
+                    &[],
+                    rid,
+                )
+            }
+        };
+        if clear {
+            resp.headers_mut()
+                .append(header::SET_COOKIE, cookie::clear(cookie::SESSION));
+        }
+        resp
+    }
+
+    /// Reads and checks the session and MFA cookies. Returns the caller (if any) and whether a
+    /// session cookie was present but unusable (so the response clears it).
+    fn caller(
+        &self,
+        req: &Request<Incoming>,
+        view: &View,
+        host: &str,
+        now: i64,
+    ) -> (Option<Caller>, bool) {
+        let Some(token) = cookie::get(req.headers(), cookie::SESSION) else {
+            return (None, false);
+        };
+        let session = match view.keyring.verify_session(token, now) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "session cookie refused");
+                return (None, true);
+            }
+        };
+        if session.aud != host {
+            tracing::debug!("session cookie issued for another host");
+            return (None, true);
+        }
+        if view
+            .revocations
+            .session_revoked(&session.sid, &session.idp, &session.sub, session.iat)
+        {
+            tracing::debug!("session revoked");
+            return (None, true);
+        }
+        let mfa = cookie::get(req.headers(), cookie::MFA)
+            .and_then(|t| view.keyring.verify_mfa(t, &session.sid, now).ok())
+            .filter(|m| !view.revocations.factor_revoked(&m.factor_id) && m.sub == session.sub)
+            .and_then(|m| {
+                Some(MfaProof {
+                    method: m.method,
+                    factor_id: m.factor_id,
+                    authenticated_at: jiff::Timestamp::from_second(m.auth_time).ok()?,
+                })
+            });
+        let identity = Identity {
+            provider: session.idp.clone(),
+            subject: session.sub.clone(),
+            email: session.email.clone(),
+            groups: session.groups.clone(),
+            claims: session.claims.clone(),
+            mfa,
+        };
+        (Some(Caller { session, identity }), false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        app: &CompiledApp,
+        caller: Option<&Caller>,
+        authority: &str,
+        path: &str,
+        peer: SocketAddr,
+        rid: &str,
+        now: i64,
+    ) -> Response<Body> {
+        let mut identity = Vec::new();
+        let mut refresh = None;
+        if let Some(c) = caller {
+            let claims = AssertionClaims {
+                iss: crate::assertion::ISSUER.into(),
+                aud: app.id.to_string(),
+                sub: c.session.sub.clone(),
+                idp: c.session.idp.clone(),
+                email: c.session.email.clone(),
+                name: c.session.name.clone(),
+                groups: c.session.groups.clone(),
+                amr: c
+                    .identity
+                    .mfa
+                    .as_ref()
+                    .map(|m| m.method.as_str().to_string()),
+                jti: rid.to_string(),
+                iat: now,
+                exp: now + crate::assertion::LIFETIME_SECS,
+            };
+            match self.signer.sign(&claims) {
+                Ok(jwt) => push_header(&mut identity, "x-palisade-assertion", &jwt),
+                Err(e) => {
+                    tracing::error!(request_id = %rid, error = %e, "could not sign the identity assertion");
+                    return pages::message(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Error",
+                        "the edge could not vouch for your identity",
+                        rid,
+                    );
+                }
+            }
+            push_header(&mut identity, "x-palisade-user", &c.session.sub);
+            push_header(
+                &mut identity,
+                "x-palisade-identity-provider",
+                &c.session.idp,
+            );
+            if !c.session.email.is_empty() {
+                push_header(&mut identity, "x-palisade-email", &c.session.email);
+            }
+            if !c.session.groups.is_empty() {
+                push_header(
+                    &mut identity,
+                    "x-palisade-groups",
+                    &c.session.groups.join(","),
+                );
+            }
+            if c.session.should_refresh(now) {
+                refresh = Some(c.session.clone());
+            }
+        }
+        let path_and_query = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        let fwd = Forwarding {
+            client_ip: peer.ip(),
+            authority: authority.to_string(),
+            path_and_query,
+            identity,
+            request_id: rid.to_string(),
+            max_body: app.max_body_bytes,
+        };
+        let watch = caller.map(|c| (c.session.clone(), self.replica.clone()));
+        let result = self
+            .upstreams
+            .forward(&app.upstreams, req, fwd, move |client, upstream| {
+                tokio::spawn(splice_while_valid(client, upstream, watch));
+            })
+            .await;
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(request_id = %rid, app = %app.id, error = %e.detail, status = e.status.as_u16(), "upstream request failed");
+                return pages::message(e.status, "Upstream error", e.public, rid);
+            }
+        };
+        if let Some(mut s) = refresh
+            && let Some(v) = self.replica.view()
+        {
+            s.last_active = now;
+            if let Ok(tok) = v.keyring.sign(TokenKind::Session, &s) {
+                resp.headers_mut().append(
+                    header::SET_COOKIE,
+                    cookie::set(cookie::SESSION, &tok, s.exp - now),
+                );
+            }
+        }
+        resp
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn challenge_login(
+        &self,
+        req: &Request<Incoming>,
+        view: &View,
+        policy: &CompiledPolicy,
+        app: &CompiledApp,
+        providers: &[String],
+        authority: &str,
+        return_to: &str,
+        rid: &str,
+    ) -> Response<Body> {
+        if !wants_html(req) {
+            return pages::message(
+                StatusCode::UNAUTHORIZED,
+                "Sign-in required",
+                "this request needs a signed-in session",
+                rid,
+            );
+        }
+        let known: Vec<&IdentityProvider> = providers
+            .iter()
+            .filter_map(|p| policy.identity_provider(p))
+            .collect();
+        match known.as_slice() {
+            [] => pages::message(
+                StatusCode::FORBIDDEN,
+                "No sign-in available",
+                "this application names no identity provider",
+                rid,
+            ),
+            [one] => self.start_login(view, one, authority, return_to, rid).await,
+            many => {
+                let list: Vec<(String, String)> = many
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.id.clone(),
+                            p.display_name.clone().unwrap_or_else(|| p.id.clone()),
+                        )
+                    })
+                    .collect();
+                pages::choose_provider(&app.name, &list, return_to, rid)
+            }
+        }
+    }
+
+    async fn login_choice(
+        &self,
+        req: &Request<Incoming>,
+        view: &View,
+        policy: &CompiledPolicy,
+        authority: &str,
+        host: &str,
+        rid: &str,
+    ) -> Response<Body> {
+        let q = req.uri().query();
+        let return_to = safe_return_to(&query_param(q, "rd").unwrap_or_else(|| "/".into()));
+        let idp = query_param(q, "idp").unwrap_or_default();
+        let rd_path = return_to.split('?').next().unwrap_or("/");
+        let allowed = policy.route(host, rd_path).is_some_and(|a| {
+            a.identity_providers.is_empty() || a.identity_providers.contains(&idp)
+        });
+        match policy.identity_provider(&idp) {
+            Some(p) if allowed => self.start_login(view, p, authority, &return_to, rid).await,
+            _ => pages::message(
+                StatusCode::BAD_REQUEST,
+                "Sign-in not possible",
+                "this application does not accept that identity provider",
+                rid,
+            ),
+        }
+    }
+
+    async fn start_login(
+        &self,
+        view: &View,
+        p: &IdentityProvider,
+        authority: &str,
+        return_to: &str,
+        rid: &str,
+    ) -> Response<Body> {
+        let attempt = match Attempt::new() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(request_id = %rid, error = %e, "no randomness");
+                return pages::message(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Error",
+                    "sign-in could not start",
+                    rid,
+                );
+            }
+        };
+        let redirect_uri = format!("https://{authority}{RESERVED}callback");
+        let url = match self.rp.authorization_url(p, &redirect_uri, &attempt).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(request_id = %rid, provider = %p.id, error = %e, "identity provider unavailable");
+                return pages::message(
+                    StatusCode::BAD_GATEWAY,
+                    "Sign-in unavailable",
+                    "the identity provider could not be reached; try again shortly",
+                    rid,
+                );
+            }
+        };
+        let state = LoginState {
+            state: attempt.state.clone(),
+            nonce: attempt.nonce,
+            verifier: attempt.verifier,
+            idp: p.id.clone(),
+            return_to: return_to.to_string(),
+            redirect_uri,
+        };
+        let sealed = match cookie::seal(&view.keyring, "login", &state, now_secs() + LOGIN_TTL_SECS)
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(request_id = %rid, error = %e, "cannot seal the login state");
+                return pages::message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Sign-in unavailable",
+                    "this edge cannot start a sign-in yet",
+                    rid,
+                );
+            }
+        };
+        let mut r = redirect(StatusCode::FOUND, &url);
+        r.headers_mut().append(
+            header::SET_COOKIE,
+            cookie::set(&login_cookie_name(&attempt.state), &sealed, LOGIN_TTL_SECS),
+        );
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn callback(
+        &self,
+        req: &Request<Incoming>,
+        view: &View,
+        policy: &CompiledPolicy,
+        _authority: &str,
+        host: &str,
+        rid: &str,
+    ) -> Response<Body> {
+        let q = req.uri().query();
+        let fail =
+            |status: StatusCode, text: &str| pages::message(status, "Sign-in failed", text, rid);
+        if let Some(err) = query_param(q, "error") {
+            let err: String = err
+                .chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(64)
+                .collect();
+            tracing::info!(request_id = %rid, error = %err, "the identity provider refused the sign-in");
+            return fail(
+                StatusCode::UNAUTHORIZED,
+                &format!("the identity provider refused the sign-in ({err})"),
+            );
+        }
+        let Some(state) = query_param(q, "state").filter(|s| !s.is_empty()) else {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "the sign-in response has no state; start again from the application",
+            );
+        };
+        let Some(code) = query_param(q, "code").filter(|s| !s.is_empty()) else {
+            return fail(StatusCode::BAD_REQUEST, "the sign-in response has no code");
+        };
+        let cookie_name = login_cookie_name(&state);
+        let Some(sealed) = cookie::get(req.headers(), &cookie_name) else {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "this sign-in attempt is unknown here or has expired; start again from the application",
+            );
+        };
+        let now = now_secs();
+        let login: LoginState = match cookie::open(&view.keyring, "login", sealed, now) {
+            Ok(l) => l,
+            Err(e) => return fail(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+        if !bool::from(login.state.as_bytes().ct_eq(state.as_bytes())) {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "the sign-in response does not belong to this attempt",
+            );
+        }
+        if !self.consume(&login.state, now + LOGIN_TTL_SECS, now) {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "this sign-in response was already used",
+            );
+        }
+        let Some(p) = policy.identity_provider(&login.idp) else {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "the identity provider of this attempt no longer exists",
+            );
+        };
+        if let Some(iss) = query_param(q, "iss")
+            && iss != p.issuer
+        {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "the sign-in response comes from another issuer",
+            );
+        }
+        let Some(secret) = view.secrets.get(&p.client_secret_ref) else {
+            tracing::error!(request_id = %rid, provider = %p.id, secret = %p.client_secret_ref, "the client secret is not in the catalog (palisadectl secrets put)");
+            return fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sign-in is not configured completely; tell your administrator",
+            );
+        };
+        let secret = String::from_utf8_lossy(secret);
+        let signed_in = match self
+            .rp
+            .exchange(
+                p,
+                &secret,
+                &login.redirect_uri,
+                &code,
+                &login.verifier,
+                &login.nonce,
+            )
+            .await
+        {
+            Ok(s) => s,
+            Err(crate::oidc::ProviderError::IdToken(e)) => {
+                tracing::warn!(request_id = %rid, provider = %p.id, error = %e, "ID token refused");
+                return fail(StatusCode::UNAUTHORIZED, &e.to_string());
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %rid, provider = %p.id, error = %e, "code exchange failed");
+                return fail(
+                    StatusCode::BAD_GATEWAY,
+                    "the identity provider did not confirm the sign-in",
+                );
+            }
+        };
+        let rd_path = login.return_to.split('?').next().unwrap_or("/");
+        let (lifetime, idle) = policy
+            .route(host, rd_path)
+            .map(|a| (a.session_lifetime, a.idle_timeout))
+            .unwrap_or((Duration::from_secs(8 * 3600), Duration::from_secs(3600)));
+        let session = match session_claims(
+            p,
+            &signed_in.subject,
+            &signed_in.claims,
+            host,
+            now,
+            lifetime,
+            idle,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(request_id = %rid, error = %e, "no randomness");
+                return fail(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the session could not be created",
+                );
+            }
+        };
+        let token = match view.keyring.sign(TokenKind::Session, &session) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(request_id = %rid, error = %e, "cannot sign sessions");
+                return fail(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this edge cannot create sessions yet",
+                );
+            }
+        };
+        tracing::info!(request_id = %rid, provider = %p.id, subject = %session.sub, "signed in");
+        let mut r = redirect(StatusCode::SEE_OTHER, &safe_return_to(&login.return_to));
+        let h = r.headers_mut();
+        h.append(
+            header::SET_COOKIE,
+            cookie::set(cookie::SESSION, &token, session.exp - now),
+        );
+        h.append(header::SET_COOKIE, cookie::clear(&cookie_name));
+        h.append(header::SET_COOKIE, cookie::clear(cookie::MFA));
+        r
+    }
+
+    async fn logout(
+        &self,
+        req: &Request<Incoming>,
+        view: &View,
+        host: &str,
+        rid: &str,
+    ) -> Response<Body> {
+        let now = now_secs();
+        let (caller, _) = self.caller(req, view, host, now);
+        let mut r = match caller {
+            None => pages::message(StatusCode::OK, "Signed out", "you are signed out", rid),
+            Some(c) => {
+                let Some(ctl) = &self.controllers else {
+                    return pages::message(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Sign-out failed",
+                        "this edge cannot reach the controllers",
+                        rid,
+                    );
+                };
+                let user = pb::UserRef {
+                    identity_provider: c.session.idp.clone(),
+                    subject: c.session.sub.clone(),
+                    session_id: c.session.sid.clone(),
+                };
+                match ctl.revoke_own_session(user, "signed out").await {
+                    Ok(revision) => {
+                        // Answer once this edge enforces it too, so "signed out" is true here.
+                        let mut w = self.replica.watch();
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            w.wait_for(|r| *r >= revision),
+                        )
+                        .await;
+                        tracing::info!(request_id = %rid, subject = %c.session.sub, revision, "signed out");
+                        pages::message(
+                            StatusCode::OK,
+                            "Signed out",
+                            "you are signed out everywhere this session was used",
+                            rid,
+                        )
+                    }
+                    Err(e) => {
+                        tracing::warn!(request_id = %rid, error = %e, "sign-out could not be recorded");
+                        return pages::message(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "Sign-out failed",
+                            "the sign-out could not be recorded; try again",
+                            rid,
+                        );
+                    }
+                }
+            }
+        };
+        r.headers_mut()
+            .append(header::SET_COOKIE, cookie::clear(cookie::SESSION));
+        r.headers_mut()
+            .append(header::SET_COOKIE, cookie::clear(cookie::MFA));
+        r
+    }
+
+    /// Marks a login state as used; false when it already was (a replayed callback).
+    fn consume(&self, state: &str, until: i64, now: i64) -> bool {
+        let Ok(mut m) = self.consumed.lock() else {
+            return false;
+        };
+        if m.len() > 10_000 {
+            m.retain(|_, exp| *exp > now);
+        }
+        m.insert(state.to_string(), until).is_none()
+    }
+}
+
+fn login_cookie_name(state: &str) -> String {
+    let short: String = state
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(12)
+        .collect();
+    format!("{}{short}", cookie::LOGIN_PREFIX)
+}
+
+fn push_header(out: &mut Vec<(HeaderName, HeaderValue)>, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        out.push((HeaderName::from_static(name), v));
+    }
+}
+
+fn claim_strings(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Builds the session from the provider's claims, as the provider's claim mapping says.
+fn session_claims(
+    p: &IdentityProvider,
+    subject: &str,
+    claims: &serde_json::Map<String, Value>,
+    host: &str,
+    now: i64,
+    lifetime: Duration,
+    idle: Duration,
+) -> Result<SessionClaims, crate::oidc::ProviderError> {
+    let first = |name: &str| {
+        claim_strings(claims.get(name))
+            .into_iter()
+            .next()
+            .unwrap_or_default()
+    };
+    const SKIP: &[&str] = &[
+        "iss",
+        "aud",
+        "exp",
+        "iat",
+        "nbf",
+        "nonce",
+        "at_hash",
+        "c_hash",
+        "auth_time",
+        "sid",
+        "azp",
+        "jti",
+        "sub",
+        "acr",
+        "amr",
+    ];
+    let mut extra = std::collections::BTreeMap::new();
+    let mut size = 0;
+    for (k, v) in claims {
+        if SKIP.contains(&k.as_str())
+            || *k == p.claims.email
+            || *k == p.claims.groups
+            || *k == p.claims.name
+        {
+            continue;
+        }
+        let vals = claim_strings(Some(v));
+        let cost = k.len() + vals.iter().map(|s| s.len() + 3).sum::<usize>();
+        if vals.is_empty() || size + cost > MAX_EXTRA_CLAIMS {
+            continue;
+        }
+        size += cost;
+        extra.insert(k.clone(), vals);
+    }
+    Ok(SessionClaims {
+        sid: random_token()?,
+        idp: p.id.clone(),
+        sub: subject.to_string(),
+        email: first(&p.claims.email).to_ascii_lowercase(),
+        name: first(&p.claims.name),
+        groups: claim_strings(claims.get(&p.claims.groups)),
+        claims: extra,
+        aud: host.to_string(),
+        iat: now,
+        exp: now + lifetime.as_secs() as i64,
+        last_active: now,
+        idle_secs: idle.as_secs() as i64,
+    })
+}
+
+/// Splices an upgraded (WebSocket) connection, and cuts it when the session behind it is
+/// revoked or expires.
+async fn splice_while_valid(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    watch: Option<(SessionClaims, Arc<Replica>)>,
+) {
+    let Some((s, replica)) = watch else {
+        crate::proxy::splice(client, upstream).await;
+        return;
+    };
+    let mut applied = replica.watch();
+    let still_valid = |replica: &Replica| {
+        let now = now_secs();
+        replica.view().is_some_and(|v| {
+            now < s.exp && !v.revocations.session_revoked(&s.sid, &s.idp, &s.sub, s.iat)
+        })
+    };
+    let splice = crate::proxy::splice(client, upstream);
+    tokio::pin!(splice);
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = &mut splice => return,
+            changed = applied.changed() => {
+                if changed.is_err() || !still_valid(&replica) {
+                    tracing::info!(subject = %s.sub, "closing an upgraded connection: its session ended");
+                    return;
+                }
+            }
+            _ = tick.tick() => {
+                if !still_valid(&replica) {
+                    tracing::info!(subject = %s.sub, "closing an upgraded connection: its session ended");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_paths_stay_local() {
+        assert_eq!(safe_return_to("/a?b=1"), "/a?b=1");
+        for bad in [
+            "//evil.test/x",
+            "/\\evil.test",
+            "https://evil.test",
+            "",
+            "x",
+            "/a\r\nSet-Cookie: x",
+        ] {
+            assert_eq!(safe_return_to(bad), "/", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn login_cookie_names_are_tokens() {
+        let n = login_cookie_name("ab-_c.D9xyz0123456789");
+        assert_eq!(n, "__Host-palisade-login-abcD9xyz0123");
+    }
+}
