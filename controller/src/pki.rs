@@ -146,9 +146,10 @@ impl DevCa {
     }
 }
 
-/// Names the development ingress certificate covers: every `*.localhost` name resolves to the
-/// loopback address in browsers and curl, so applications can have real host names locally.
-pub const DEV_INGRESS_NAMES: &[&str] = &["localhost", "*.localhost", "127.0.0.1"];
+/// Names the development ingress certificate covers. Every `*.localhost` name resolves to the
+/// loopback address in browsers and curl, so applications get real host names locally; the
+/// wildcard sits one level below `localhost` because clients refuse `*.localhost` itself.
+pub const DEV_INGRESS_NAMES: &[&str] = &["localhost", "*.palisade.localhost", "127.0.0.1"];
 
 /// An Ed25519 key (PKCS#8 PEM) for the edges' identity assertions.
 pub fn assertion_key_pem() -> anyhow::Result<String> {

@@ -1,0 +1,205 @@
+//! `palisade-chaos up`: a complete local cluster for development and demos — 3 controllers,
+//! 2 edges, the sample upstream, and the development identity provider (local use only) — with an
+//! example policy applied. It prints what to open and what to try, and stops everything on
+//! Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::cluster::{ClusterSpec, LocalCluster};
+use crate::devidp::{self, DevIdp};
+use crate::upstream::Upstream;
+
+/// Options of `up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Controllers.
+    pub controllers: u64,
+    /// Edges.
+    pub edges: usize,
+    /// Keep state here instead of a temporary directory (kept after exit).
+    pub dir: Option<PathBuf>,
+    /// HTTPS ports of the edges (0 = any free port).
+    pub https_ports: Vec<u16>,
+}
+
+/// The client secret's name in the catalog.
+pub const SECRET_NAME: &str = "dev-oidc";
+/// The identity provider id in the example policy.
+pub const IDP_ID: &str = "dev";
+
+/// The example policy: a sample app for everyone at example.com, an admin console for the
+/// `admins` group that fails closed when the edge is stale, and a public status page.
+pub fn example_policy(issuer: &str, client_id: &str, upstream: SocketAddr) -> serde_json::Value {
+    let up = format!("http://{upstream}");
+    json!({
+        "schema_version": 1,
+        "identity_providers": [{
+            "id": IDP_ID,
+            "display_name": "Development sign-in (local use only)",
+            "issuer": issuer,
+            "client_id": client_id,
+            "client_secret_ref": SECRET_NAME,
+            "claims": {"email": "email", "groups": "groups", "name": "name"}
+        }],
+        "apps": [
+            {
+                "id": "hello",
+                "name": "Hello (sample application)",
+                "hosts": ["hello.palisade.localhost"],
+                "upstreams": [up],
+                "session": {"lifetime": "8h", "idle_timeout": "1h"},
+                "mfa": {"required": false},
+                "rules": [
+                    {"name": "example-staff", "decision": "allow", "include": [{"email_domain": "example.com"}]}
+                ]
+            },
+            {
+                "id": "admin",
+                "name": "Admin console (sample)",
+                "hosts": ["admin.palisade.localhost"],
+                "upstreams": [up],
+                "session": {"lifetime": "1h", "idle_timeout": "15m"},
+                "mfa": {"required": false},
+                "staleness": {"mode": "fail_closed", "max_staleness": "30s"},
+                "max_body_bytes": 1048576,
+                "rules": [
+                    {"name": "admins-only", "decision": "allow", "include": [{"group": "admins"}]}
+                ]
+            },
+            {
+                "id": "status",
+                "name": "Public status page (sample)",
+                "hosts": ["status.palisade.localhost"],
+                "upstreams": [up],
+                "mfa": {"required": false},
+                "rules": [
+                    {"name": "public", "decision": "bypass", "include": [{"everyone": true}]}
+                ]
+            }
+        ]
+    })
+}
+
+/// Runs the local cluster until Ctrl-C. `host` is the binary that runs the process roles.
+pub async fn up(opts: UpOptions, host: PathBuf) -> anyhow::Result<()> {
+    let (dir, _tmp) = match &opts.dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("palisade-local-")
+                .tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    println!(
+        "Starting {} controllers and {} edges in {} ...",
+        opts.controllers,
+        opts.edges,
+        dir.display()
+    );
+    let mut spec = ClusterSpec::new(opts.controllers, opts.edges, host, dir.clone());
+    spec.edge_https_ports = opts.https_ports.clone();
+    let cluster = LocalCluster::start(spec).await?;
+    let edge1 = cluster.edges[0].https();
+    let ca = cluster.pki_file("ca.pem")?;
+    let upstream = Upstream::start(
+        "127.0.0.1:0".parse()?,
+        format!(
+            "https://localhost:{}/.well-known/palisade/jwks.json",
+            edge1.port()
+        ),
+        Some(&ca),
+        None,
+    )
+    .await?;
+    let idp = DevIdp::start("127.0.0.1:0".parse()?, "palisade-local").await?;
+    cluster
+        .put_secret(SECRET_NAME, idp.client_secret.as_bytes())
+        .await?;
+    let policy = example_policy(&idp.issuer, &idp.client_id, upstream.addr);
+    let revision = cluster
+        .apply_policy(
+            &serde_json::to_string_pretty(&policy)?,
+            "palisade-chaos up: example policy",
+        )
+        .await?;
+    std::fs::write(
+        dir.join("policy.json"),
+        serde_json::to_string_pretty(&policy)?,
+    )?;
+    cluster
+        .wait_edges(revision, Duration::from_secs(20))
+        .await
+        .context("waiting for the edges to apply the example policy")?;
+    print_guide(&cluster, &idp, &upstream, &dir);
+    tokio::signal::ctrl_c().await?;
+    println!("\nStopping ...");
+    drop(cluster);
+    Ok(())
+}
+
+fn print_guide(c: &LocalCluster, idp: &DevIdp, upstream: &Upstream, dir: &std::path::Path) {
+    let pki = c.pki();
+    let servers = c.controller_addrs().join(",");
+    let mut s = String::new();
+    s.push_str("\nPalisade is running.\n\n");
+    for e in &c.edges {
+        let p = e.https().port();
+        s.push_str(&format!(
+            "  {:<8} https://hello.palisade.localhost:{p}/   https://admin.palisade.localhost:{p}/   https://status.palisade.localhost:{p}/\n",
+            e.id
+        ));
+    }
+    s.push_str(&format!(
+        "\n  Controllers      {servers}\n  Sample upstream  http://{}\n  Identity provider {} (development only: never use it in production)\n",
+        upstream.addr, idp.issuer
+    ));
+    s.push_str(&format!("  Files            {}\n", dir.display()));
+    s.push_str("\nUsers (password for all: ");
+    s.push_str(devidp::PASSWORD);
+    s.push_str(")\n");
+    for u in devidp::USERS {
+        s.push_str(&format!(
+            "  {:<6} {:<24} groups: {}\n",
+            u.login,
+            u.email,
+            u.groups.join(", ")
+        ));
+    }
+    let p1 = c.edges[0].https().port();
+    let ca = pki.join("ca.pem");
+    let cert = pki.join("admin-admin.pem");
+    let key = pki.join("admin-admin.key");
+    s.push_str(&format!(
+        r#"
+The edges' certificate comes from a development CA: accept the browser warning, or trust
+  {ca}
+
+Try:
+  1. Open https://hello.palisade.localhost:{p1}/ and sign in as alice: the sample app shows the
+     identity headers and the verified assertion. bob gets in too; carol (partner.example) is
+     denied, and the page names the rule.
+  2. https://admin.palisade.localhost:{p1}/ admits alice (group admins) and denies bob.
+  3. Revoke alice everywhere, then reload the page on either edge:
+
+       export PALISADE_SERVER={servers}
+       export PALISADE_CERT={cert} PALISADE_KEY={key} PALISADE_CA={ca}
+       cargo run -q -p palisade-controller --bin palisadectl -- revoke user {IDP_ID}/alice --reason demo
+       cargo run -q -p palisade-controller --bin palisadectl -- edges
+
+  4. Sign out at https://hello.palisade.localhost:{p1}/.palisade/logout (a revocation too).
+  5. From a terminal: curl --cacert {ca} -i https://status.palisade.localhost:{p1}/
+
+Ctrl-C stops everything.
+"#,
+        ca = ca.display(),
+        cert = cert.display(),
+        key = key.display(),
+    ));
+    println!("{s}");
+}
