@@ -183,6 +183,7 @@ impl LocalCluster {
             c.spawn_controller(id)?;
         }
         c.wait_leader(Duration::from_secs(30)).await?;
+        c.wait_signing_key(Duration::from_secs(30)).await?;
         for i in 0..c.edges.len() {
             c.spawn_edge(i).await?;
         }
@@ -357,6 +358,35 @@ impl LocalCluster {
             if Instant::now() > deadline {
                 bail!(
                     "no leader within {timeout:?}; logs are in {}",
+                    self.dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the catalog holds a session signing key (the leader creates the first one
+    /// right after the cluster forms); edges cannot sign anyone in before.
+    pub async fn wait_signing_key(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let admin = self.admin()?;
+        loop {
+            let r = admin
+                .call(|ch| async move {
+                    pb::key_service_client::KeyServiceClient::new(ch)
+                        .list_signing_keys(pb::ListSigningKeysRequest {})
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await;
+            if let Ok(r) = r
+                && !r.keys.is_empty()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no signing key within {timeout:?}; logs are in {}",
                     self.dir.display()
                 );
             }

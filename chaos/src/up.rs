@@ -44,6 +44,7 @@ pub fn example_policy(issuer: &str, client_id: &str, upstream: SocketAddr) -> se
             "issuer": issuer,
             "client_id": client_id,
             "client_secret_ref": SECRET_NAME,
+            "scopes": ["openid", "email", "profile", "groups"],
             "claims": {"email": "email", "groups": "groups", "name": "name"}
         }],
         "apps": [

@@ -241,14 +241,14 @@ pub async fn start(cfg: Config, members: Vec<InitialMember>) -> anyhow::Result<R
     })
 }
 
-/// On the leader: create the first signing key, and garbage-collect expired revocations and
-/// retired keys once a minute.
+/// On the leader: create the first signing key as soon as there is none (checked twice a second,
+/// a cheap read), and garbage-collect expired revocations and retired keys once a minute.
 async fn housekeeping(ctl: Controller, mut stop: watch::Receiver<bool>) {
     let system = Actor {
         subject: format!("controller-{}", ctl.id),
         kind: "system".into(),
     };
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last_gc = 0i64;
     loop {
         tokio::select! {

@@ -1,0 +1,551 @@
+//! The end-to-end stack: 3 controller processes and 2 edge processes (real binaries, via the
+//! `palisade-e2e-host` host binary), the sample upstream verifying identity assertions against
+//! an edge's JWKS, the certified `oidc-provider` from npm as the identity provider, and a
+//! deliberately malicious provider that returns whatever ID token a test forges.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use palisade_chaos::cluster::{ClusterSpec, LocalCluster};
+use palisade_chaos::upstream::Upstream;
+use serde_json::{Value, json};
+
+pub const APP_HOST: &str = "app.palisade.localhost";
+pub const FORGED_HOST: &str = "forged.palisade.localhost";
+pub const CLIENT_ID: &str = "palisade-e2e";
+pub const CLIENT_SECRET: &str = "e2e-client-secret-not-for-production";
+
+/// The `oidc-provider` process.
+pub struct OidcPeer {
+    child: Child,
+    pub issuer: String,
+}
+
+impl Drop for OidcPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl OidcPeer {
+    pub fn start(redirect_uris: &[String], log: &Path) -> OidcPeer {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/oidc-provider");
+        assert!(
+            dir.join("node_modules/oidc-provider").is_dir(),
+            "oidc-provider is not installed: run `npm ci` in {} (bash .ci/run does)",
+            dir.display()
+        );
+        let mut child = Command::new("node")
+            .arg("server.mjs")
+            .current_dir(&dir)
+            .env("CLIENT_ID", CLIENT_ID)
+            .env("CLIENT_SECRET", CLIENT_SECRET)
+            .env("REDIRECT_URIS", redirect_uris.join(","))
+            .env("PORT", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("node");
+        let mut line = String::new();
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        out.read_line(&mut line).expect("oidc-provider output");
+        // keep draining, so the provider never writes into a closed pipe
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            panic!(
+                "oidc-provider did not start: {line:?}; see {}",
+                log.display()
+            )
+        });
+        OidcPeer {
+            child,
+            issuer: v["issuer"].as_str().expect("issuer").to_string(),
+        }
+    }
+}
+
+/// A provider that serves discovery, its JWKS and a token endpoint answering with the ID token
+/// the test put there.
+pub struct ForgingIdp {
+    pub issuer: String,
+    pub next: Arc<Mutex<String>>,
+    pub private_pem: String,
+    pub public_pem: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ForgingIdp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name),
+    )
+    .expect("fixture")
+}
+
+impl ForgingIdp {
+    pub async fn start() -> ForgingIdp {
+        let private_pem = fixture("fake-idp-rsa.key");
+        let public_pem = fixture("fake-idp-rsa.pub.pem");
+        let key = rsa_key(&private_pem);
+        let mut jwk =
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::RS256)
+                .expect("jwk");
+        jwk.common.key_id = Some("rsa-1".into());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let issuer = format!("http://{}", listener.local_addr().expect("addr"));
+        let next = Arc::new(Mutex::new(String::new()));
+        let (iss, n) = (issuer.clone(), next.clone());
+        let jwks = json!({"keys": [jwk]}).to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (iss, n, jwks) = (iss.clone(), n.clone(), jwks.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                        let body = match req.uri().path() {
+                            "/.well-known/openid-configuration" => json!({
+                                "issuer": iss,
+                                "authorization_endpoint": format!("{iss}/authorize"),
+                                "token_endpoint": format!("{iss}/token"),
+                                "jwks_uri": format!("{iss}/jwks"),
+                            })
+                            .to_string(),
+                            "/jwks" => jwks.clone(),
+                            "/token" => json!({
+                                "access_token": "at",
+                                "token_type": "Bearer",
+                                "id_token": *n.lock().expect("lock"),
+                            })
+                            .to_string(),
+                            _ => "{}".into(),
+                        };
+                        async move {
+                            Ok::<_, Infallible>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(body)))
+                                    .expect("response"),
+                            )
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        ForgingIdp {
+            issuer,
+            next,
+            private_pem,
+            public_pem,
+            task,
+        }
+    }
+
+    /// The ID token the next code exchange returns.
+    pub fn will_return(&self, token: String) {
+        *self.next.lock().expect("lock") = token;
+    }
+
+    /// RS256 with the provider's real key.
+    pub fn sign(&self, claims: &Value) -> String {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        h.kid = Some("rsa-1".into());
+        jsonwebtoken::encode(&h, claims, &rsa_key(&self.private_pem)).expect("sign")
+    }
+}
+
+fn rsa_key(pem: &str) -> jsonwebtoken::EncodingKey {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).expect("pem");
+    jsonwebtoken::EncodingKey::from_rsa_der(der.secret_der())
+}
+
+/// Everything running.
+pub struct Stack {
+    pub cluster: LocalCluster,
+    pub upstream: Upstream,
+    pub idp: OidcPeer,
+    pub forging: ForgingIdp,
+    pub ca: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn policy(real: &str, forged: &str, upstream: SocketAddr) -> Value {
+    let up = format!("http://{upstream}");
+    json!({
+        "schema_version": 1,
+        "identity_providers": [
+            {"id": "real", "issuer": real, "client_id": CLIENT_ID, "client_secret_ref": "real-oidc",
+             "scopes": ["openid", "email", "profile", "groups"],
+             "claims": {"email": "email", "groups": "groups", "name": "name"}},
+            {"id": "forged", "issuer": forged, "client_id": CLIENT_ID, "client_secret_ref": "forged-oidc"}
+        ],
+        "apps": [
+            {"id": "app", "name": "E2E application", "hosts": [APP_HOST], "upstreams": [up],
+             "identity_providers": ["real"], "mfa": {"required": false},
+             "session": {"lifetime": "1h", "idle_timeout": "30m"},
+             "max_body_bytes": 1048576,
+             "rules": [{"name": "example-staff", "decision": "allow", "include": [{"email_domain": "example.com"}]}]},
+            {"id": "app-admin", "name": "E2E admin area", "hosts": [APP_HOST], "path_prefixes": ["/admin"],
+             "upstreams": [up], "identity_providers": ["real"], "mfa": {"required": false},
+             "rules": [{"name": "admins-only", "decision": "allow", "include": [{"group": "admins"}]}]},
+            {"id": "forged", "name": "Forged-token target", "hosts": [FORGED_HOST], "upstreams": [up],
+             "identity_providers": ["forged"], "mfa": {"required": false},
+             "rules": [{"name": "anyone", "decision": "allow", "include": [{"everyone": true}]}]}
+        ]
+    })
+}
+
+impl Drop for Stack {
+    /// On a failing test, shows the tail of every process log (the directory goes away).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut logs: Vec<_> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        logs.retain(|p| p.extension().is_some_and(|x| x == "log"));
+        logs.sort();
+        for p in logs {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("----- {} (last 30 lines)", p.display());
+            for l in &lines[lines.len().saturating_sub(30)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = ClusterSpec::new(
+            3,
+            2,
+            env!("CARGO_BIN_EXE_palisade-e2e-host").into(),
+            dir.path().to_path_buf(),
+        );
+        let cluster = LocalCluster::start(spec).await.expect("cluster");
+        let ca = cluster.pki_file("ca.pem").expect("ca");
+        let upstream = Upstream::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            format!(
+                "https://localhost:{}/.well-known/palisade/jwks.json",
+                cluster.edges[0].https().port()
+            ),
+            Some(&ca),
+            None,
+        )
+        .await
+        .expect("upstream");
+        let redirects: Vec<String> = cluster
+            .edges
+            .iter()
+            .map(|e| format!("https://{APP_HOST}:{}/.palisade/callback", e.https().port()))
+            .collect();
+        let idp = OidcPeer::start(&redirects, &dir.path().join("oidc-provider.log"));
+        let forging = ForgingIdp::start().await;
+        cluster
+            .put_secret("real-oidc", CLIENT_SECRET.as_bytes())
+            .await
+            .expect("secret");
+        cluster
+            .put_secret("forged-oidc", b"whatever")
+            .await
+            .expect("secret");
+        let p = policy(&idp.issuer, &forging.issuer, upstream.addr);
+        let rev = cluster
+            .apply_policy(&p.to_string(), "e2e")
+            .await
+            .expect("policy");
+        cluster
+            .wait_edges(rev, Duration::from_secs(20))
+            .await
+            .expect("edges apply the policy");
+        Stack {
+            cluster,
+            upstream,
+            idp,
+            forging,
+            ca,
+            dir,
+        }
+    }
+
+    pub fn edge_port(&self, i: usize) -> u16 {
+        self.cluster.edges[i].https().port()
+    }
+
+    pub fn browser(&self) -> Browser {
+        Browser::new(&self.ca)
+    }
+
+    /// Runs the real palisadectl with the admin identity; returns (exit code, stdout JSON).
+    pub fn palisadectl(&self, args: &[&str]) -> (i32, Value) {
+        let pki = self.cluster.pki();
+        let out = Command::new(env!("CARGO_BIN_EXE_palisadectl-e2e"))
+            .args(["-o", "json", "--server"])
+            .arg(self.cluster.controller_addrs().join(","))
+            .arg("--cert")
+            .arg(pki.join("admin-admin.pem"))
+            .arg("--key")
+            .arg(pki.join("admin-admin.key"))
+            .arg("--ca")
+            .arg(pki.join("ca.pem"))
+            .args(args)
+            .output()
+            .expect("palisadectl");
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            json!({"stdout": String::from_utf8_lossy(&out.stdout), "stderr": String::from_utf8_lossy(&out.stderr)})
+        });
+        (out.status.code().unwrap_or(-1), v)
+    }
+}
+
+/// A scripted browser: no automatic redirects, cookies kept per side (edges, identity provider).
+pub struct Browser {
+    pub http: reqwest::Client,
+    pub edge: HashMap<String, String>,
+    pub idp: HashMap<String, String>,
+}
+
+pub struct Page {
+    pub status: u16,
+    pub location: Option<String>,
+    pub body: String,
+    pub set_cookies: Vec<String>,
+}
+
+fn absorb(jar: &mut HashMap<String, String>, set_cookies: &[String]) {
+    for c in set_cookies {
+        let first = c.split(';').next().unwrap_or("");
+        if let Some((n, v)) = first.split_once('=') {
+            let expired = c.to_ascii_lowercase().contains("max-age=0")
+                || c.to_ascii_lowercase().contains("expires=thu, 01 jan 1970");
+            if v.is_empty() || expired {
+                jar.remove(n.trim());
+            } else {
+                jar.insert(n.trim().to_string(), v.to_string());
+            }
+        }
+    }
+}
+
+fn cookie_header(jar: &HashMap<String, String>) -> String {
+    jar.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Browser {
+    pub fn new(ca: &str) -> Browser {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("ca"))
+            .resolve(APP_HOST, "127.0.0.1:0".parse().expect("addr"))
+            .resolve(FORGED_HOST, "127.0.0.1:0".parse().expect("addr"))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        Browser {
+            http,
+            edge: HashMap::new(),
+            idp: HashMap::new(),
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder, jar: &HashMap<String, String>) -> Page {
+        let req = if jar.is_empty() {
+            req
+        } else {
+            req.header("cookie", cookie_header(jar))
+        };
+        let r = req.send().await.expect("request");
+        let status = r.status().as_u16();
+        let location = r
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let set_cookies = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(String::from))
+            .collect();
+        let body = r.text().await.unwrap_or_default();
+        Page {
+            status,
+            location,
+            body,
+            set_cookies,
+        }
+    }
+
+    /// GET at an edge, keeping the edge's cookies.
+    pub async fn get(&mut self, url: &str) -> Page {
+        let p = self.send(self.http.get(url), &self.edge.clone()).await;
+        absorb(&mut self.edge, &p.set_cookies);
+        p
+    }
+
+    /// Signs in through the real provider's interaction pages; returns the final page.
+    pub async fn login(&mut self, port: u16, user: &str) -> Page {
+        let start = format!("https://{APP_HOST}:{port}/hello?x=1");
+        let first = self.get(&start).await;
+        assert_eq!(
+            first.status, 302,
+            "sign-in starts with a redirect: {}",
+            first.body
+        );
+        let mut url = first.location.clone().expect("location");
+        for _ in 0..12 {
+            if url.starts_with(&format!("https://{APP_HOST}")) {
+                let cb = self.get(&url).await;
+                return cb;
+            }
+            let p = self.send(self.http.get(&url), &self.idp.clone()).await;
+            absorb(&mut self.idp, &p.set_cookies);
+            let base = url::Url::parse(&url).expect("url");
+            if let Some(l) = &p.location {
+                url = base.join(l).expect("join").to_string();
+                continue;
+            }
+            assert_eq!(p.status, 200, "provider page {url}: {}", p.body);
+            // the devInteractions login form posts back to the interaction URL
+            let form = [("prompt", "login"), ("login", user), ("password", "any")];
+            let p = self
+                .send(self.http.post(&url).form(&form), &self.idp.clone())
+                .await;
+            absorb(&mut self.idp, &p.set_cookies);
+            let l = p
+                .location
+                .unwrap_or_else(|| panic!("login POST: {} {}", p.status, p.body));
+            url = base.join(&l).expect("join").to_string();
+        }
+        panic!("the sign-in did not come back to the edge");
+    }
+
+    pub fn session(&self) -> Option<String> {
+        self.edge.get("__Host-palisade-session").cloned()
+    }
+}
+
+/// The claims in a session cookie (the payload is plain base64url JSON; only the MAC is secret).
+pub fn session_claims(token: &str) -> Value {
+    let payload = token.split('.').nth(2).expect("payload");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("b64")).expect("json")
+}
+
+/// A TLS connection to an edge for raw requests and keep-alive tests.
+pub async fn tls(
+    ca: &str,
+    port: u16,
+    host: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.expect("ca")).expect("ca");
+    }
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from(host.to_string()).expect("name"), tcp)
+        .await
+        .expect("tls")
+}
+
+/// Sends raw bytes and reads until the connection closes or `timeout`; returns what came back.
+pub async fn raw(ca: &str, port: u16, host: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tls(ca, port, host).await;
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of the first response in `raw`.
+pub fn status_of(raw: &str) -> u16 {
+    raw.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One HTTP/1.1 keep-alive connection to an edge.
+pub struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl KeepAlive {
+    pub async fn open(ca: &str, port: u16) -> KeepAlive {
+        let s = tls(ca, port, APP_HOST).await;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        KeepAlive {
+            sender,
+            host: format!("{APP_HOST}:{port}"),
+        }
+    }
+
+    /// GET on this connection; (status, body).
+    pub async fn get(&mut self, path: &str, cookie: &str) -> (u16, String) {
+        let req = hyper::Request::get(path)
+            .header("host", &self.host)
+            .header("cookie", format!("__Host-palisade-session={cookie}"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let r = self
+            .sender
+            .send_request(req)
+            .await
+            .expect("the connection stays open");
+        let status = r.status().as_u16();
+        let body = r.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
