@@ -326,6 +326,51 @@ impl LocalCluster {
         }
     }
 
+    fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+        let st = Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()
+            .context("running kill")?;
+        if !st.success() {
+            bail!("kill {sig} {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// SIGSTOPs controller `id` (it stops answering anyone).
+    pub fn pause_controller(&self, id: u64) -> anyhow::Result<()> {
+        match self.controllers.get(&id).and_then(|c| c.child.as_ref()) {
+            Some(c) => Self::signal(c.id(), "-STOP"),
+            None => Ok(()),
+        }
+    }
+
+    /// SIGCONTs controller `id`.
+    pub fn resume_controller(&self, id: u64) -> anyhow::Result<()> {
+        match self.controllers.get(&id).and_then(|c| c.child.as_ref()) {
+            Some(c) => Self::signal(c.id(), "-CONT"),
+            None => Ok(()),
+        }
+    }
+
+    /// The current leader, as a running controller reports it (0 when unknown).
+    pub async fn leader(&self) -> u64 {
+        let Ok(admin) = self.admin() else {
+            return 0;
+        };
+        let admin = admin.with_timeout(Duration::from_secs(1));
+        admin
+            .call(|ch| async move {
+                pb::cluster_service_client::ClusterServiceClient::new(ch)
+                    .get_cluster_status(pb::GetClusterStatusRequest {})
+                    .await
+                    .map(|r| r.into_inner().leader_id)
+            })
+            .await
+            .unwrap_or(0)
+    }
+
     /// An admin client with role `admin`, knowing every controller.
     pub fn admin(&self) -> anyhow::Result<AdminClient> {
         Ok(AdminClient::new(
@@ -392,6 +437,21 @@ impl LocalCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The revision the cluster has applied (as the contacted member reports it).
+    pub async fn latest_revision(&self) -> anyhow::Result<u64> {
+        let admin = self.admin()?;
+        let s = admin
+            .call(|ch| async move {
+                pb::cluster_service_client::ClusterServiceClient::new(ch)
+                    .get_cluster_status(pb::GetClusterStatusRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("cluster status: {}", s.message()))?;
+        Ok(s.applied_revision.max(s.commit_index))
     }
 
     /// Applies a policy document; returns the revision.

@@ -1,11 +1,17 @@
 //! The cluster harness: starts local clusters of real processes, with the sample upstream and a
-//! development identity provider. `palisade-chaos up` is the local cluster for development; fault
-//! scenarios and propagation reports build on the same harness. See `docs/ARCHITECTURE.md`.
+//! development identity provider. `palisade-chaos up` is the local cluster for development;
+//! `run` and `suite` break clusters on purpose and report what users feel: the time from an
+//! acknowledged revocation or policy change to its enforcement at every edge, and whether the
+//! contracts held. See `chaos/README.md` and `docs/ARCHITECTURE.md`.
 
 #![forbid(unsafe_code)]
 
 pub mod cluster;
 pub mod devidp;
 pub mod host;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod suite;
 pub mod up;
 pub mod upstream;

@@ -76,6 +76,9 @@ pub struct Controller {
     pub max_document_bytes: usize,
     /// The edges subscribed to this member.
     pub edges: Arc<crate::sync::EdgeRegistry>,
+    /// The longest session lifetime of the current policy, by policy version (the default
+    /// revocation lifetime; computing it compiles the policy, so once per version).
+    pub ttl_cache: Arc<std::sync::Mutex<Option<(u64, std::time::Duration)>>>,
 }
 
 /// Maps a command's refusal to a status; messages are written for operators.
@@ -134,7 +137,8 @@ impl Controller {
     }
 
     /// Proposes a command as `actor` and waits until it is committed and applied. A follower
-    /// forwards it to the leader.
+    /// forwards it to the leader, then waits (at most 5 s) until it has applied the write
+    /// itself, so a read on this member right after sees it.
     pub async fn write(&self, actor: Actor, command: Command) -> Result<Written, Status> {
         self.write_inner(actor, command, true).await
     }
@@ -175,7 +179,16 @@ impl Controller {
                 let leader = f.leader_id.zip(f.leader_node);
                 match leader {
                     Some((id, node)) if may_forward && id != self.id => {
-                        self.forward(&node, actor, command).await
+                        let written = self.forward(&node, actor, command).await?;
+                        // read-your-writes on this member: what the caller reads here next
+                        // includes its write
+                        let mut applied = self.state.applied();
+                        let _ = tokio::time::timeout(
+                            std::time::Duration::from_secs(5),
+                            applied.wait_for(|r| *r >= written.revision),
+                        )
+                        .await;
+                        Ok(written)
                     }
                     Some((id, node)) => Err(unavailable_with_leader(
                         "this member is not the leader",

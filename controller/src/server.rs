@@ -110,6 +110,7 @@ pub async fn start(cfg: Config, members: Vec<InitialMember>) -> anyhow::Result<R
         client_tls,
         max_document_bytes: cfg.max_document_bytes,
         edges: Arc::default(),
+        ttl_cache: Arc::default(),
     };
 
     // Bind before bootstrapping so peers can reach us as soon as we are a member.

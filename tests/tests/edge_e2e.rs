@@ -23,12 +23,8 @@ fn upstream_view(body: &str) -> Value {
 }
 
 async fn wait_all_edges(s: &Stack) {
-    // the latest revision, as the cluster reports it, applied at every edge
-    let (_, status) = s.palisadectl(&["status"]);
-    let rev = status["commit_index"]
-        .as_u64()
-        .or_else(|| status["applied_index"].as_u64())
-        .unwrap_or(0);
+    let rev = s.cluster.latest_revision().await.expect("status");
+    assert!(rev > 0);
     s.cluster
         .wait_edges(rev, Duration::from_secs(10))
         .await

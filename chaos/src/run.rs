@@ -1,0 +1,1033 @@
+//! Running a scenario: a cluster of real processes, the workload, the faults, and the
+//! measurements a user would make from outside.
+//!
+//! **Enforcement latency** of a revocation is measured with real HTTPS requests carrying a real
+//! session (signed in through the development identity provider): from the moment the admin API
+//! acknowledges the revocation until every edge refuses the session (a non-200 answer; an edge
+//! that is down refuses by not answering). Each edge keeps being probed for a second after that:
+//! a later 200 is a violation. A policy change is measured the same way, until every edge serves
+//! the new marker status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use palisade_proto::v1 as pb;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cluster::{ClusterSpec, LocalCluster};
+use crate::devidp::{DevIdp, PASSWORD};
+use crate::scenario::{FaultKind, Scenario, Schedule, ScheduledFault};
+use crate::upstream::Upstream;
+
+const PROBE_HOST: &str = "probe.palisade.localhost";
+const GUARDED_HOST: &str = "guarded.palisade.localhost";
+const MARKER_HOST: &str = "marker.palisade.localhost";
+/// A revocation not enforced by every edge within this bound is a violation.
+pub const ENFORCEMENT_BOUND: Duration = Duration::from_secs(30);
+/// The fail-closed application's limit in the scenario policy.
+const GUARDED_MAX_STALENESS: Duration = Duration::from_secs(2);
+/// Time after a heal still counted as part of the fault's phase.
+const PHASE_GRACE_S: f64 = 2.0;
+
+/// One measured change.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// `revocation` or `policy`.
+    pub kind: &'static str,
+    /// When the change was acknowledged, seconds since the workload started.
+    pub acked_at_s: f64,
+    /// Acknowledgement to enforcement at every edge, milliseconds.
+    pub latency_ms: f64,
+    /// The phase (`steady`, or a fault label).
+    pub phase: String,
+}
+
+/// One invariant and whether it held.
+#[derive(Debug, Clone, Serialize)]
+pub struct Invariant {
+    /// Name.
+    pub name: &'static str,
+    /// Held?
+    pub ok: bool,
+    /// What was checked, or what broke.
+    pub detail: String,
+}
+
+/// Latency statistics of one phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseStats {
+    /// Phase.
+    pub phase: String,
+    /// Changes measured.
+    pub count: usize,
+    /// Milliseconds.
+    pub p50_ms: f64,
+    /// Milliseconds.
+    pub p99_ms: f64,
+    /// Milliseconds.
+    pub max_ms: f64,
+}
+
+/// Counters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    /// Revocations acknowledged.
+    pub revocations_acked: usize,
+    /// Revocations the admin API refused or failed (retried writes count once).
+    pub revocations_failed: usize,
+    /// Policy changes acknowledged.
+    pub policy_changes_acked: usize,
+    /// Policy changes failed.
+    pub policy_changes_failed: usize,
+    /// Probe requests sent.
+    pub probes: u64,
+}
+
+/// The report of one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The scenario as given.
+    pub scenario: Scenario,
+    /// What was scheduled from the seed.
+    pub schedule: Schedule,
+    /// Where it ran.
+    pub environment: serde_json::Value,
+    /// Latency by phase (all kinds together, and by kind).
+    pub phases: Vec<PhaseStats>,
+    /// Every measurement.
+    pub samples: Vec<Sample>,
+    /// Counters.
+    pub counts: Counts,
+    /// Invariants.
+    pub invariants: Vec<Invariant>,
+    /// Each edge's own commit-to-applied figures (`palisade_propagation_seconds`), as exported.
+    pub edge_propagation: BTreeMap<String, Vec<String>>,
+    /// Wall time of the run, seconds.
+    pub wall_s: f64,
+    /// Whether every invariant held.
+    pub passed: bool,
+}
+
+/// Everything the probers share.
+struct Probe {
+    http: reqwest::Client,
+    ports: Vec<Arc<Mutex<u16>>>,
+    probes: std::sync::atomic::AtomicU64,
+    violations: Mutex<Vec<String>>,
+}
+
+impl Probe {
+    async fn status(&self, host: &str, edge: usize, cookie: Option<&str>) -> Option<u16> {
+        self.probes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = *self.ports[edge].lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = self.http.get(format!("https://{host}:{port}/"));
+        if let Some(c) = cookie {
+            r = r.header("cookie", format!("__Host-palisade-session={c}"));
+        }
+        match r.send().await {
+            Ok(resp) => {
+                let s = resp.status().as_u16();
+                let _ = resp.bytes().await;
+                Some(s)
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn violation(&self, v: String) {
+        self.violations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(v);
+    }
+
+    /// Probes every edge until `done(status)` holds there; returns when the last edge did (the
+    /// enforcement time), or `None` past the bound. Keeps checking each edge for a second after.
+    async fn until_all(
+        self: &Arc<Self>,
+        host: &'static str,
+        cookie: Option<String>,
+        what: String,
+        done: fn(Option<u16>) -> bool,
+        current: Option<(Arc<std::sync::atomic::AtomicU64>, u64)>,
+    ) -> Option<Instant> {
+        let mut tasks = Vec::new();
+        for edge in 0..self.ports.len() {
+            let p = self.clone();
+            let cookie = cookie.clone();
+            let what = what.clone();
+            let current = current.clone();
+            tasks.push(tokio::spawn(async move {
+                let start = Instant::now();
+                let at = loop {
+                    let s = p.status(host, edge, cookie.as_deref()).await;
+                    if done(s) {
+                        break Instant::now();
+                    }
+                    let superseded = current.as_ref().is_some_and(|(g, mine)| {
+                        g.load(std::sync::atomic::Ordering::SeqCst) != *mine
+                    });
+                    if superseded {
+                        return None;
+                    }
+                    if start.elapsed() > ENFORCEMENT_BOUND {
+                        p.violation(format!(
+                            "edge {edge}: {what} not enforced within {ENFORCEMENT_BOUND:?}"
+                        ));
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                };
+                // once enforced, it stays enforced
+                let until = Instant::now() + Duration::from_secs(1);
+                while Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                    // a newer change supersedes this one (policy changes flip the marker)
+                    if current.as_ref().is_some_and(|(g, mine)| {
+                        g.load(std::sync::atomic::Ordering::SeqCst) != *mine
+                    }) {
+                        break;
+                    }
+                    let s = p.status(host, edge, cookie.as_deref()).await;
+                    if !done(s) {
+                        p.violation(format!(
+                            "edge {edge}: {what} was enforced, then not (answer {s:?})"
+                        ));
+                        break;
+                    }
+                }
+                Some(at)
+            }));
+        }
+        let mut last = None;
+        for t in tasks {
+            match t.await.ok().flatten() {
+                Some(at) => last = Some(last.map_or(at, |l: Instant| l.max(at))),
+                None => return None,
+            }
+        }
+        last
+    }
+}
+
+fn refused(s: Option<u16>) -> bool {
+    s != Some(200)
+}
+
+fn marker_served(s: Option<u16>) -> bool {
+    s == Some(200)
+}
+
+fn marker_denied(s: Option<u16>) -> bool {
+    s == Some(403)
+}
+
+/// The scenario's policy. `marker_open` decides whether the marker application is public
+/// (200) or denied to everyone (403); policy changes flip it.
+pub fn policy(
+    issuer: &str,
+    client_id: &str,
+    upstream: std::net::SocketAddr,
+    marker_open: bool,
+) -> String {
+    let up = format!("http://{upstream}");
+    json!({
+        "schema_version": 1,
+        "identity_providers": [{"id": "dev", "issuer": issuer, "client_id": client_id,
+            "client_secret_ref": "dev-oidc", "scopes": ["openid", "email", "profile", "groups"],
+            "claims": {"email": "email", "groups": "groups", "name": "name"}}],
+        "apps": [
+            {"id": "probe", "hosts": [PROBE_HOST], "upstreams": [up], "mfa": {"required": false},
+             "session": {"lifetime": "2h", "idle_timeout": "1h"},
+             "rules": [{"name": "staff", "decision": "allow", "include": [{"email_domain": "example.com"}]}]},
+            {"id": "guarded", "hosts": [GUARDED_HOST], "upstreams": [up], "mfa": {"required": false},
+             "staleness": {"mode": "fail_closed", "max_staleness": "2s"},
+             "rules": [{"name": "public", "decision": "bypass", "include": [{"everyone": true}]}]},
+            {"id": "marker", "hosts": [MARKER_HOST], "upstreams": [up], "mfa": {"required": false},
+             "rules": [{"name": if marker_open { "open" } else { "closed" },
+                        "decision": if marker_open { "bypass" } else { "deny" },
+                        "include": [{"everyone": true}]}]}
+        ]
+    })
+    .to_string()
+}
+
+/// Signs in once through the development provider at an edge; returns the session cookie.
+async fn sign_in(http: &reqwest::Client, port: u16) -> anyhow::Result<String> {
+    let r = http
+        .get(format!("https://{PROBE_HOST}:{port}/"))
+        .send()
+        .await?;
+    let login = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .context("no login cookie")?
+        .to_string();
+    let auth = url::Url::parse(
+        r.headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .context("no redirect to the provider")?,
+    )?;
+    let mut form: Vec<(String, String)> = auth.query_pairs().into_owned().collect();
+    form.push(("login".into(), "alice".into()));
+    form.push(("password".into(), PASSWORD.into()));
+    let r = http
+        .post(format!(
+            "{}://{}/authorize",
+            auth.scheme(),
+            auth.authority()
+        ))
+        .form(&form)
+        .send()
+        .await?;
+    let cb = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .context("the provider did not redirect back")?
+        .to_string();
+    let r = http.get(cb).header("cookie", login).send().await?;
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("__Host-palisade-session="))
+        .and_then(|v| v.split(';').next())
+        .map(String::from)
+        .context("no session cookie after sign-in")
+}
+
+fn session_id(cookie: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = cookie.split('.').nth(2)?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    v["sid"].as_str().map(String::from)
+}
+
+/// Revokes a session, retrying (as any client would) while there is no leader, for up to 15 s.
+async fn revoke(
+    admin: &palisade_controller::client::AdminClient,
+    sid: &str,
+) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match revoke_once(admin, sid).await {
+            Ok(id) => return Ok(id),
+            Err((code, msg)) => {
+                let transient = matches!(
+                    code,
+                    tonic::Code::Unavailable
+                        | tonic::Code::Unknown
+                        | tonic::Code::Cancelled
+                        | tonic::Code::DeadlineExceeded
+                );
+                if !transient || Instant::now() > deadline {
+                    return Err(msg);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn revoke_once(
+    admin: &palisade_controller::client::AdminClient,
+    sid: &str,
+) -> Result<String, (tonic::Code, String)> {
+    admin
+        .call(|ch| {
+            let sid = sid.to_string();
+            async move {
+                pb::revocation_service_client::RevocationServiceClient::new(ch)
+                    .revoke(pb::RevokeRequest {
+                        target: Some(pb::RevocationTarget {
+                            target: Some(pb::revocation_target::Target::SessionId(sid)),
+                        }),
+                        reason: "chaos".into(),
+                        ttl: None,
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+        .map(|r| r.revocation.map(|r| r.id).unwrap_or_default())
+        .map_err(|s| (s.code(), s.message().to_string()))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Revoke(usize),
+    Policy,
+    Start(usize),
+    Heal(usize),
+    RollKill(u64),
+    RollStart(u64),
+}
+
+fn timeline(s: &Schedule, controllers: u64) -> Vec<(f64, Action)> {
+    let mut out: Vec<(f64, Action)> = Vec::new();
+    out.extend(
+        s.revocations_s
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (*t, Action::Revoke(i))),
+    );
+    out.extend(s.policy_changes_s.iter().map(|t| (*t, Action::Policy)));
+    for (i, f) in s.faults.iter().enumerate() {
+        if f.kind == FaultKind::RollingRestart {
+            let step = (f.end_s - f.start_s) / controllers as f64;
+            for k in 0..controllers {
+                let t = f.start_s + step * k as f64;
+                out.push((t, Action::RollKill(k + 1)));
+                out.push((t + step / 2.0, Action::RollStart(k + 1)));
+            }
+        } else {
+            out.push((f.start_s, Action::Start(i)));
+            out.push((f.end_s, Action::Heal(i)));
+        }
+    }
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+fn phase_of(t: f64, faults: &[ScheduledFault]) -> String {
+    faults
+        .iter()
+        .find(|f| t >= f.start_s && t <= f.end_s + PHASE_GRACE_S)
+        .map(|f| f.label())
+        .unwrap_or_else(|| "steady".into())
+}
+
+fn stats(phase: &str, mut v: Vec<f64>) -> PhaseStats {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v[((v.len() - 1) as f64 * q).round() as usize]
+        }
+    };
+    PhaseStats {
+        phase: phase.to_string(),
+        count: v.len(),
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        max_ms: v.last().copied().unwrap_or(0.0),
+    }
+}
+
+fn environment() -> serde_json::Value {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "os": std::env::consts::OS,
+        "kernel": kernel,
+        "palisade": env!("CARGO_PKG_VERSION"),
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "network": "loopback",
+    })
+}
+
+async fn ops_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    Some(out)
+}
+
+async fn scrape(port: u16) -> Option<String> {
+    ops_get(port, "/metrics").await
+}
+
+async fn ops_status(port: u16, path: &str) -> Option<u16> {
+    ops_get(port, path).await?.split(' ').nth(1)?.parse().ok()
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Runs one scenario. `host` is the binary that runs the process roles; `dir` keeps the
+/// cluster's files when given.
+pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::Result<Report> {
+    let wall = Instant::now();
+    let schedule = sc.schedule();
+    let tmp = tempfile::Builder::new()
+        .prefix("palisade-chaos-")
+        .tempdir()?;
+    let dir = dir.unwrap_or_else(|| tmp.path().to_path_buf());
+    let mut spec = ClusterSpec::new(sc.controllers, sc.edges, host, dir.clone());
+    spec.log_filter = "info,openraft=warn".into();
+    let mut cluster = LocalCluster::start(spec).await?;
+    let ca = cluster.pki_file("ca.pem")?;
+    let upstream = Upstream::start(
+        "127.0.0.1:0".parse()?,
+        format!(
+            "https://localhost:{}/.well-known/palisade/jwks.json",
+            cluster.edges[0].https().port()
+        ),
+        Some(&ca),
+        None,
+    )
+    .await?;
+    let idp = DevIdp::start("127.0.0.1:0".parse()?, "palisade-chaos").await?;
+    cluster
+        .put_secret("dev-oidc", idp.client_secret.as_bytes())
+        .await?;
+    let mut marker_open = true;
+    let rev = cluster
+        .apply_policy(
+            &policy(&idp.issuer, &idp.client_id, upstream.addr, marker_open),
+            "chaos: initial",
+        )
+        .await?;
+    cluster.wait_edges(rev, Duration::from_secs(20)).await?;
+
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes())?)
+        .resolve(PROBE_HOST, "127.0.0.1:0".parse()?)
+        .resolve(GUARDED_HOST, "127.0.0.1:0".parse()?)
+        .resolve(MARKER_HOST, "127.0.0.1:0".parse()?)
+        .timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_millis(500))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()?;
+    // one session per revocation, plus a canary that is never revoked
+    let port0 = cluster.edges[0].https().port();
+    let mut cookies = Vec::new();
+    for _ in 0..=schedule.revocations_s.len() {
+        cookies.push(
+            sign_in(&http, port0)
+                .await
+                .context("signing in for the workload")?,
+        );
+    }
+    let canary = cookies.pop().context("canary")?;
+    let probe = Arc::new(Probe {
+        http,
+        ports: cluster
+            .edges
+            .iter()
+            .map(|e| Arc::new(Mutex::new(e.https().port())))
+            .collect(),
+        probes: Default::default(),
+        violations: Mutex::new(Vec::new()),
+    });
+    let ops_ports: Arc<Mutex<Vec<(u64, u16)>>> = Arc::new(Mutex::new(
+        cluster
+            .edges
+            .iter()
+            .map(|e| (0u64, e.addrs.as_ref().map(|a| a.ops.port()).unwrap_or(0)))
+            .collect(),
+    ));
+    // revision monitor: per edge incarnation, the applied revision never goes back
+    let monitor_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor = {
+        let ops = ops_ports.clone();
+        let stop = monitor_stop.clone();
+        let probe = probe.clone();
+        tokio::spawn(async move {
+            let mut last: HashMap<(usize, u64), f64> = HashMap::new();
+            let mut samples = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let snapshot = ops.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                for (edge, (incarnation, port)) in snapshot.into_iter().enumerate() {
+                    if let Some(text) = scrape(port).await
+                        && let Some(rev) = metric(&text, "palisade_edge_revision")
+                    {
+                        samples += 1;
+                        let prev = last.insert((edge, incarnation), rev);
+                        if prev.is_some_and(|p| rev < p) {
+                            probe.violation(format!(
+                                "edge {edge}: applied revision went back from {prev:?} to {rev}"
+                            ));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            samples
+        })
+    };
+
+    let admin = Arc::new(cluster.admin()?);
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let counts: Arc<Mutex<Counts>> = Arc::default();
+    let mut stale_checks = Vec::new();
+    let mut snapshot_checks = Vec::new();
+    let mut faulted: HashMap<usize, Vec<u64>> = HashMap::new();
+    let mut workers = Vec::new();
+    let start = Instant::now();
+    let at_s = move |i: Instant| i.duration_since(start).as_secs_f64();
+    let mut incarnation = 0u64;
+    let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+
+    for (t, action) in timeline(&schedule, sc.controllers) {
+        let due = start + Duration::from_secs_f64(t);
+        tokio::time::sleep_until(due.into()).await;
+        match action {
+            Action::Revoke(i) => {
+                let cookie = cookies[i].clone();
+                let (admin, probe, samples, acked, counts, faults) = (
+                    admin.clone(),
+                    probe.clone(),
+                    samples.clone(),
+                    acked.clone(),
+                    counts.clone(),
+                    schedule.faults.clone(),
+                );
+                workers.push(tokio::spawn(async move {
+                    let Some(sid) = session_id(&cookie) else {
+                        return;
+                    };
+                    let id = match revoke(&admin, &sid).await {
+                        Ok(id) => id,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "revocation not acknowledged");
+                            counts
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .revocations_failed += 1;
+                            return;
+                        }
+                    };
+                    let ack = Instant::now();
+                    acked.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+                    counts
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .revocations_acked += 1;
+                    if let Some(done) = probe
+                        .until_all(
+                            PROBE_HOST,
+                            Some(cookie),
+                            format!("revocation of session {sid}"),
+                            refused,
+                            None,
+                        )
+                        .await
+                    {
+                        let t = at_s(ack);
+                        samples
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(Sample {
+                                kind: "revocation",
+                                acked_at_s: t,
+                                latency_ms: done.duration_since(ack).as_secs_f64() * 1e3,
+                                phase: phase_of(t, &faults),
+                            });
+                    }
+                }));
+            }
+            Action::Policy => {
+                marker_open = !marker_open;
+                let doc = policy(&idp.issuer, &idp.client_id, upstream.addr, marker_open);
+                // a newer change is in flight from here on: the previous one stops its checks
+                let mine = generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let r = cluster.apply_policy(&doc, "chaos: flip the marker").await;
+                let ack = Instant::now();
+                match r {
+                    Err(e) => {
+                        tracing::warn!(error = %e, "policy change not acknowledged");
+                        counts
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .policy_changes_failed += 1;
+                        marker_open = !marker_open;
+                    }
+                    Ok(_) => {
+                        counts
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .policy_changes_acked += 1;
+                        let current = Some((generation.clone(), mine));
+                        let (probe, samples, faults) =
+                            (probe.clone(), samples.clone(), schedule.faults.clone());
+                        let open = marker_open;
+                        workers.push(tokio::spawn(async move {
+                            let done = probe
+                                .until_all(
+                                    MARKER_HOST,
+                                    None,
+                                    format!(
+                                        "policy change (marker {})",
+                                        if open { "open" } else { "closed" }
+                                    ),
+                                    if open { marker_served } else { marker_denied },
+                                    current,
+                                )
+                                .await;
+                            if let Some(done) = done {
+                                let t = at_s(ack);
+                                samples
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .push(Sample {
+                                        kind: "policy",
+                                        acked_at_s: t,
+                                        latency_ms: done.duration_since(ack).as_secs_f64() * 1e3,
+                                        phase: phase_of(t, &faults),
+                                    });
+                            }
+                        }));
+                    }
+                }
+            }
+            Action::Start(i) => {
+                let f = &schedule.faults[i];
+                tracing::info!(fault = %f.label(), "fault starts");
+                match f.kind {
+                    FaultKind::KillLeader => {
+                        let l = cluster.leader().await;
+                        cluster.kill_controller(l);
+                        faulted.insert(i, vec![l]);
+                    }
+                    FaultKind::PauseLeader => {
+                        let l = cluster.leader().await;
+                        cluster.pause_controller(l)?;
+                        faulted.insert(i, vec![l]);
+                    }
+                    FaultKind::KillFollower => {
+                        let l = cluster.leader().await;
+                        let followers: Vec<u64> = cluster
+                            .controllers
+                            .keys()
+                            .copied()
+                            .filter(|c| *c != l)
+                            .collect();
+                        let victim = followers[f.follower % followers.len()];
+                        cluster.kill_controller(victim);
+                        faulted.insert(i, vec![victim]);
+                    }
+                    FaultKind::KillEdge => cluster.kill_edge(f.edge),
+                    FaultKind::PauseAllControllers => {
+                        let ids: Vec<u64> = cluster.controllers.keys().copied().collect();
+                        for id in &ids {
+                            cluster.pause_controller(*id)?;
+                        }
+                        faulted.insert(i, ids);
+                        // once the view is older than the limit (plus the time to notice), the
+                        // fail-closed application must be refused at every edge
+                        let check_at =
+                            Instant::now() + GUARDED_MAX_STALENESS + Duration::from_millis(1500);
+                        if check_at < start + Duration::from_secs_f64(f.end_s) {
+                            let probe = probe.clone();
+                            let edges = cluster.edges.len();
+                            let label = f.label();
+                            stale_checks.push(tokio::spawn(async move {
+                                tokio::time::sleep_until(check_at.into()).await;
+                                let mut bad = Vec::new();
+                                for e in 0..edges {
+                                    let s = probe.status(GUARDED_HOST, e, None).await;
+                                    if s == Some(200) {
+                                        bad.push(e);
+                                    }
+                                }
+                                (label, bad)
+                            }));
+                        }
+                    }
+                    FaultKind::RollingRestart => {}
+                }
+            }
+            Action::Heal(i) => {
+                let f = &schedule.faults[i];
+                tracing::info!(fault = %f.label(), "fault heals");
+                match f.kind {
+                    FaultKind::KillLeader | FaultKind::KillFollower => {
+                        for id in faulted.remove(&i).unwrap_or_default() {
+                            cluster.spawn_controller(id)?;
+                        }
+                    }
+                    FaultKind::PauseLeader | FaultKind::PauseAllControllers => {
+                        for id in faulted.remove(&i).unwrap_or_default() {
+                            cluster.resume_controller(id)?;
+                        }
+                    }
+                    FaultKind::KillEdge => {
+                        cluster.spawn_edge(f.edge).await?;
+                        incarnation += 1;
+                        let e = &cluster.edges[f.edge];
+                        *probe.ports[f.edge]
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = e.https().port();
+                        let ops = e.addrs.as_ref().map(|a| a.ops.port()).unwrap_or(0);
+                        ops_ports.lock().unwrap_or_else(|p| p.into_inner())[f.edge] =
+                            (incarnation, ops);
+                        // while it has no snapshot, it must serve nothing
+                        let (probe, canary, edge) = (probe.clone(), canary.clone(), f.edge);
+                        snapshot_checks.push(tokio::spawn(async move {
+                            let until = Instant::now() + Duration::from_secs(3);
+                            let mut served_unready = 0;
+                            while Instant::now() < until {
+                                let s = probe.status(PROBE_HOST, edge, Some(&canary)).await;
+                                // readiness only ever turns true, so a 200 followed by a
+                                // not-ready answer was served without a snapshot
+                                if s == Some(200) && ops_status(ops, "/readyz").await != Some(200) {
+                                    served_unready += 1;
+                                }
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                            (edge, served_unready)
+                        }));
+                    }
+                    FaultKind::RollingRestart => {}
+                }
+            }
+            Action::RollKill(id) => cluster.kill_controller(id),
+            Action::RollStart(id) => cluster.spawn_controller(id)?,
+        }
+    }
+    // the workload is over: let the last measurements finish
+    for w in workers {
+        let _ = w.await;
+    }
+    let mut invariants = Vec::new();
+
+    // convergence: every edge applies the cluster's latest revision
+    let converged = match cluster.latest_revision().await {
+        Ok(rev) => cluster
+            .wait_edges(rev, Duration::from_secs(30))
+            .await
+            .map(|_| format!("every edge applied revision {rev}"))
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    // no acknowledged write lost
+    let acked = acked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let listed: std::collections::HashSet<String> = admin
+        .call(|ch| async move {
+            pb::revocation_service_client::RevocationServiceClient::new(ch)
+                .list_revocations(pb::ListRevocationsRequest {
+                    page: Some(pb::PageRequest {
+                        page_size: 100_000,
+                        page_token: String::new(),
+                    }),
+                    consistency: 0,
+                })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+        .map(|r| r.revocations.into_iter().map(|r| r.id).collect())
+        .unwrap_or_default();
+    let lost: Vec<&String> = acked.iter().filter(|id| !listed.contains(*id)).collect();
+    invariants.push(Invariant {
+        name: "no acknowledged write is lost",
+        ok: lost.is_empty(),
+        detail: if lost.is_empty() {
+            format!("{} acknowledged revocations all present", acked.len())
+        } else {
+            format!("missing: {lost:?}")
+        },
+    });
+    monitor_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let monitor_samples = monitor.await.unwrap_or(0);
+    let violations = probe
+        .violations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let regressions: Vec<&String> = violations
+        .iter()
+        .filter(|v| v.contains("went back"))
+        .collect();
+    let mut refused_updates = Vec::new();
+    for e in &cluster.edges {
+        let log = std::fs::read_to_string(&e.log).unwrap_or_default();
+        let n = log.matches("refused an update").count();
+        if n > 0 {
+            refused_updates.push(format!(
+                "{}: {n} refused updates (gap or invalid delta)",
+                e.id
+            ));
+        }
+    }
+    invariants.push(Invariant {
+        name: "revisions at each edge: no gap, no duplicate, no regression",
+        ok: regressions.is_empty() && refused_updates.is_empty(),
+        detail: if regressions.is_empty() && refused_updates.is_empty() {
+            format!("{monitor_samples} revision samples monotonic; no edge refused a delta")
+        } else {
+            format!("{regressions:?} {refused_updates:?}")
+        },
+    });
+    let served: Vec<&String> = violations
+        .iter()
+        .filter(|v| v.contains("revocation") && !v.contains("went back"))
+        .collect();
+    invariants.push(Invariant {
+        name: "no request served to a revoked session after the bound",
+        ok: served.is_empty(),
+        detail: if served.is_empty() {
+            format!(
+                "every revoked session refused at every edge within {ENFORCEMENT_BOUND:?} and after"
+            )
+        } else {
+            format!("{served:?}")
+        },
+    });
+    let policy_bad: Vec<&String> = violations
+        .iter()
+        .filter(|v| v.contains("policy change"))
+        .collect();
+    if schedule.policy_changes_s.is_empty() {
+        // nothing to check
+    } else {
+        invariants.push(Invariant {
+            name: "every policy change is applied by every edge",
+            ok: policy_bad.is_empty(),
+            detail: if policy_bad.is_empty() {
+                "all applied".into()
+            } else {
+                format!("{policy_bad:?}")
+            },
+        });
+    }
+    let mut unready = Vec::new();
+    let mut checked = 0;
+    for c in snapshot_checks {
+        if let Ok((edge, n)) = c.await {
+            checked += 1;
+            if n > 0 {
+                unready.push(format!(
+                    "edge {edge}: {n} requests served without a snapshot"
+                ));
+            }
+        }
+    }
+    invariants.push(Invariant {
+        name: "no protected request is served by an edge without a snapshot",
+        ok: unready.is_empty(),
+        detail: if unready.is_empty() {
+            format!("{checked} edge restarts probed from their first second")
+        } else {
+            format!("{unready:?}")
+        },
+    });
+    let mut stale_bad = Vec::new();
+    let mut stale_n = 0;
+    for c in stale_checks {
+        if let Ok((label, bad)) = c.await {
+            stale_n += 1;
+            if !bad.is_empty() {
+                stale_bad.push(format!(
+                    "{label}: edges {bad:?} still served the fail-closed app"
+                ));
+            }
+        }
+    }
+    invariants.push(Invariant {
+        name: "fail-closed applications are denied when stale",
+        ok: stale_bad.is_empty(),
+        detail: if stale_bad.is_empty() {
+            format!("{stale_n} stale windows checked")
+        } else {
+            format!("{stale_bad:?}")
+        },
+    });
+    let converged_ok = converged.is_ok();
+    invariants.push(Invariant {
+        name: "all edges converge after the heal",
+        ok: converged_ok,
+        detail: converged.unwrap_or_else(|e| e),
+    });
+    // after convergence, the fail-closed app is served again everywhere
+    if stale_n > 0 {
+        let mut back = true;
+        for e in 0..cluster.edges.len() {
+            let mut ok = false;
+            for _ in 0..100 {
+                if probe.status(GUARDED_HOST, e, None).await == Some(200) {
+                    ok = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            back &= ok;
+        }
+        invariants.push(Invariant {
+            name: "fail-closed applications are served again after the heal",
+            ok: back,
+            detail: if back {
+                "served at every edge".into()
+            } else {
+                "still refused somewhere".into()
+            },
+        });
+    }
+
+    let mut edge_propagation = BTreeMap::new();
+    for e in &cluster.edges {
+        if let Some(port) = e.addrs.as_ref().map(|a| a.ops.port())
+            && let Some(text) = scrape(port).await
+        {
+            edge_propagation.insert(
+                e.id.clone(),
+                text.lines()
+                    .filter(|l| l.starts_with("palisade_propagation_seconds"))
+                    .map(String::from)
+                    .collect(),
+            );
+        }
+    }
+    let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut phases = Vec::new();
+    let mut names: Vec<String> = vec!["steady".into()];
+    names.extend(schedule.faults.iter().map(|f| f.label()));
+    for name in names {
+        let v: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.phase == name)
+            .map(|s| s.latency_ms)
+            .collect();
+        phases.push(stats(&name, v));
+    }
+    phases.push(stats("all", samples.iter().map(|s| s.latency_ms).collect()));
+    let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    counts.probes = probe.probes.load(std::sync::atomic::Ordering::Relaxed);
+    let passed = invariants.iter().all(|i| i.ok);
+    drop(cluster);
+    Ok(Report {
+        scenario: sc.clone(),
+        schedule,
+        environment: environment(),
+        phases,
+        samples,
+        counts,
+        invariants,
+        edge_propagation,
+        wall_s: wall.elapsed().as_secs_f64(),
+        passed,
+    })
+}

@@ -1,0 +1,317 @@
+//! Scenario files and their schedule. A scenario is JSON: a seed, a duration bound, the cluster
+//! shape, a workload and a fault schedule. The schedule (when each revocation is written, which
+//! member a fault hits, jitter on fault times) is computed from the seed alone, before anything
+//! runs, so the same file gives the same schedule every time (it is printed in the report).
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// A scenario file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Name, used in reports.
+    pub name: String,
+    /// What it shows.
+    #[serde(default)]
+    pub description: String,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// How long the workload runs, seconds (faults must fall inside).
+    pub duration_s: f64,
+    /// Controllers.
+    #[serde(default = "three")]
+    pub controllers: u64,
+    /// Edges.
+    #[serde(default = "two")]
+    pub edges: usize,
+    /// The load applied while faults happen.
+    #[serde(default)]
+    pub workload: Workload,
+    /// Faults, in any order.
+    #[serde(default)]
+    pub faults: Vec<FaultSpec>,
+}
+
+fn three() -> u64 {
+    3
+}
+
+fn two() -> usize {
+    2
+}
+
+/// The workload: revocations of real sessions (each one measured), and policy changes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Revocations per second (Poisson arrivals).
+    #[serde(default = "default_rate")]
+    pub revocations_per_s: f64,
+    /// Policy changes per second (Poisson arrivals); each is measured like a revocation (the
+    /// time until every edge serves the new policy's marker).
+    #[serde(default)]
+    pub policy_changes_per_s: f64,
+}
+
+fn default_rate() -> f64 {
+    4.0
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Self {
+            revocations_per_s: default_rate(),
+            policy_changes_per_s: 0.0,
+        }
+    }
+}
+
+/// What a fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// SIGKILL the leader; restart it after `duration_s`.
+    KillLeader,
+    /// SIGKILL a follower; restart it after `duration_s`.
+    KillFollower,
+    /// SIGKILL an edge; restart it after `duration_s`.
+    KillEdge,
+    /// SIGSTOP the leader; SIGCONT after `duration_s`.
+    PauseLeader,
+    /// SIGSTOP every controller (edges go stale); SIGCONT after `duration_s`.
+    PauseAllControllers,
+    /// Restart every controller in turn, `duration_s` apart.
+    RollingRestart,
+}
+
+impl FaultKind {
+    /// Short name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::KillLeader => "kill_leader",
+            FaultKind::KillFollower => "kill_follower",
+            FaultKind::KillEdge => "kill_edge",
+            FaultKind::PauseLeader => "pause_leader",
+            FaultKind::PauseAllControllers => "pause_all_controllers",
+            FaultKind::RollingRestart => "rolling_restart",
+        }
+    }
+}
+
+/// One fault in the file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// When, seconds from the start of the workload.
+    pub at_s: f64,
+    /// What.
+    pub kind: FaultKind,
+    /// How long it lasts before the heal, seconds.
+    #[serde(default = "default_fault_len")]
+    pub duration_s: f64,
+    /// Up to this much random delay added to `at_s` (from the seed).
+    #[serde(default)]
+    pub jitter_s: f64,
+}
+
+fn default_fault_len() -> f64 {
+    3.0
+}
+
+/// One fault as scheduled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduledFault {
+    /// Start, seconds.
+    pub start_s: f64,
+    /// Heal, seconds.
+    pub end_s: f64,
+    /// What.
+    pub kind: FaultKind,
+    /// Which edge (for `kill_edge`), by index.
+    pub edge: usize,
+    /// Which follower (for `kill_follower`): the n-th follower at that moment.
+    pub follower: usize,
+}
+
+impl ScheduledFault {
+    /// A label for reports (`kill_leader@5.0s`).
+    pub fn label(&self) -> String {
+        format!("{}@{:.1}s", self.kind.as_str(), self.start_s)
+    }
+}
+
+/// Everything that will happen, in time order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Schedule {
+    /// Revocation times, seconds.
+    pub revocations_s: Vec<f64>,
+    /// Policy change times, seconds.
+    pub policy_changes_s: Vec<f64>,
+    /// Faults.
+    pub faults: Vec<ScheduledFault>,
+}
+
+/// Why a scenario file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// Not JSON of this shape.
+    #[error("{0}")]
+    Parse(String),
+    /// Values out of range.
+    #[error("invalid scenario: {0}")]
+    Invalid(String),
+}
+
+impl Scenario {
+    /// Parses and checks a scenario.
+    pub fn from_json(s: &str) -> Result<Scenario, ScenarioError> {
+        let sc: Scenario =
+            serde_json::from_str(s).map_err(|e| ScenarioError::Parse(e.to_string()))?;
+        sc.validate()?;
+        Ok(sc)
+    }
+
+    fn validate(&self) -> Result<(), ScenarioError> {
+        let bad = |m: String| Err(ScenarioError::Invalid(m));
+        if !(1.0..=1800.0).contains(&self.duration_s) {
+            return bad("duration_s must be between 1 and 1800".into());
+        }
+        if !(1..=7).contains(&self.controllers) {
+            return bad("controllers must be between 1 and 7".into());
+        }
+        if !(1..=20).contains(&self.edges) {
+            return bad("edges must be between 1 and 20".into());
+        }
+        if !(0.0..=200.0).contains(&self.workload.revocations_per_s)
+            || !(0.0..=50.0).contains(&self.workload.policy_changes_per_s)
+        {
+            return bad(
+                "workload rates must be 0..=200 revocations/s and 0..=50 policy changes/s".into(),
+            );
+        }
+        for (i, f) in self.faults.iter().enumerate() {
+            if f.at_s < 0.0
+                || f.jitter_s < 0.0
+                || f.duration_s <= 0.0
+                || f.at_s + f.jitter_s + f.duration_s > self.duration_s
+            {
+                return bad(format!(
+                    "faults[{i}]: at_s + jitter_s + duration_s must fall within duration_s, all non-negative"
+                ));
+            }
+            let needs_majority = matches!(
+                f.kind,
+                FaultKind::KillLeader
+                    | FaultKind::KillFollower
+                    | FaultKind::PauseLeader
+                    | FaultKind::RollingRestart
+            );
+            if needs_majority && self.controllers < 3 {
+                return bad(format!(
+                    "faults[{i}]: {} needs at least 3 controllers",
+                    f.kind.as_str()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The schedule, from the seed alone.
+    pub fn schedule(&self) -> Schedule {
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let arrivals = |rng: &mut StdRng, rate: f64| {
+            let mut out = Vec::new();
+            if rate <= 0.0 {
+                return out;
+            }
+            let mut t = 0.0;
+            loop {
+                let u: f64 = rng.random_range(f64::EPSILON..1.0);
+                t += -u.ln() / rate;
+                if t >= self.duration_s {
+                    return out;
+                }
+                out.push((t * 1000.0).round() / 1000.0);
+            }
+        };
+        let revocations_s = arrivals(&mut rng, self.workload.revocations_per_s);
+        let policy_changes_s = arrivals(&mut rng, self.workload.policy_changes_per_s);
+        let mut faults: Vec<ScheduledFault> = self
+            .faults
+            .iter()
+            .map(|f| {
+                let jitter = if f.jitter_s > 0.0 {
+                    rng.random_range(0.0..f.jitter_s)
+                } else {
+                    0.0
+                };
+                let start_s = ((f.at_s + jitter) * 1000.0).round() / 1000.0;
+                ScheduledFault {
+                    start_s,
+                    end_s: start_s + f.duration_s,
+                    kind: f.kind,
+                    edge: rng.random_range(0..self.edges),
+                    follower: rng.random_range(0..(self.controllers.max(2) - 1) as usize),
+                }
+            })
+            .collect();
+        faults.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
+        Schedule {
+            revocations_s,
+            policy_changes_s,
+            faults,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"{"name": "t", "seed": 7, "duration_s": 20,
+        "workload": {"revocations_per_s": 5},
+        "faults": [{"at_s": 5, "kind": "kill_leader", "duration_s": 2, "jitter_s": 1},
+                   {"at_s": 10, "kind": "kill_edge"}]}"#;
+
+    #[test]
+    fn the_same_seed_gives_the_same_schedule() {
+        let s = Scenario::from_json(FILE).unwrap();
+        let a = serde_json::to_string(&s.schedule()).unwrap();
+        let b = serde_json::to_string(&s.schedule()).unwrap();
+        assert_eq!(a, b);
+        let mut other = s.clone();
+        other.seed = 8;
+        assert_ne!(a, serde_json::to_string(&other.schedule()).unwrap());
+        let sch = s.schedule();
+        assert!(sch.revocations_s.len() > 50 && sch.revocations_s.len() < 200);
+        assert!(sch.faults[0].start_s >= 5.0 && sch.faults[0].start_s < 6.0);
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_a_reason() {
+        for (bad, why) in [
+            (r#"{"name": "t", "seed": 1}"#, "duration_s"),
+            (
+                r#"{"name": "t", "seed": 1, "duration_s": 5, "faults": [{"at_s": 4, "kind": "kill_leader"}]}"#,
+                "within",
+            ),
+            (
+                r#"{"name": "t", "seed": 1, "duration_s": 5, "faults": [{"at_s": 1, "kind": "explode"}]}"#,
+                "explode",
+            ),
+            (
+                r#"{"name": "t", "seed": 1, "duration_s": 5, "typo": 1}"#,
+                "typo",
+            ),
+            (
+                r#"{"name": "t", "seed": 1, "duration_s": 5, "controllers": 1, "faults": [{"at_s": 1, "kind": "kill_leader"}]}"#,
+                "3 controllers",
+            ),
+        ] {
+            let e = Scenario::from_json(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}
