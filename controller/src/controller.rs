@@ -79,6 +79,10 @@ pub struct Controller {
     /// The longest session lifetime of the current policy, by policy version (the default
     /// revocation lifetime; computing it compiles the policy, so once per version).
     pub ttl_cache: Arc<std::sync::Mutex<Option<(u64, std::time::Duration)>>>,
+    /// Channels to the other members for edge-status queries, by address (reused: a TLS
+    /// handshake per poll made `WaitForRevision` tens of milliseconds slower than the edges).
+    pub peer_channels:
+        Arc<std::sync::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>>,
 }
 
 /// Maps a command's refusal to a status; messages are written for operators.
@@ -265,6 +269,23 @@ impl Controller {
         }
     }
 
+    /// A (lazily connecting, cached) channel to another member.
+    fn peer_channel(&self, addr: &str) -> Option<tonic::transport::Channel> {
+        let mut cache = self.peer_channels.lock().ok()?;
+        if let Some(ch) = cache.get(addr) {
+            return Some(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("https://{addr}"))
+            .ok()?
+            .tls_config(self.client_tls.clone())
+            .ok()?
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .timeout(std::time::Duration::from_secs(1))
+            .connect_lazy();
+        cache.insert(addr.to_string(), ch.clone());
+        Some(ch)
+    }
+
     /// Every edge known to the cluster: this member's subscribers and every other member's,
     /// merged by the most recent report. Members that do not answer within a second are
     /// skipped.
@@ -285,20 +306,23 @@ impl Controller {
                 .collect()
         };
         let calls = members.into_iter().map(|(_, member)| {
-            let tls = self.client_tls.clone();
+            let ch = self.peer_channel(&member.raft_addr);
+            let cache = self.peer_channels.clone();
             async move {
-                let ep = Endpoint::from_shared(format!("https://{}", member.raft_addr))
-                    .ok()?
-                    .tls_config(tls)
-                    .ok()?
-                    .connect_timeout(std::time::Duration::from_secs(1))
-                    .timeout(std::time::Duration::from_secs(1));
-                let ch = ep.connect().await.ok()?;
-                RaftTransportClient::new(ch)
+                let ch = ch?;
+                match RaftTransportClient::new(ch)
                     .list_local_edges(pb::ListLocalEdgesRequest {})
                     .await
-                    .ok()
-                    .map(|r| r.into_inner().edges)
+                {
+                    Ok(r) => Some(r.into_inner().edges),
+                    Err(_) => {
+                        // reconnect next time (the member may have restarted elsewhere)
+                        if let Ok(mut c) = cache.lock() {
+                            c.remove(&member.raft_addr);
+                        }
+                        None
+                    }
+                }
             }
         });
         for edges in futures::future::join_all(calls).await.into_iter().flatten() {
