@@ -85,7 +85,7 @@ fn now_secs() -> i64 {
 }
 
 /// Reasons a request is refused before any application is involved.
-fn framing_problem(req: &Request<Incoming>) -> Option<&'static str> {
+fn framing_problem<B>(req: &Request<B>) -> Option<&'static str> {
     let h = req.headers();
     let cl = h.get_all(header::CONTENT_LENGTH).iter().count();
     if cl > 1
@@ -105,7 +105,7 @@ fn framing_problem(req: &Request<Incoming>) -> Option<&'static str> {
 }
 
 /// The authority the client addressed (`host[:port]`) and the lowercase host without port.
-fn authority(req: &Request<Incoming>) -> Option<(String, String)> {
+fn authority<B>(req: &Request<B>) -> Option<(String, String)> {
     let raw = match req.uri().authority() {
         Some(a) => a.as_str().to_string(),
         None => req.headers().get(header::HOST)?.to_str().ok()?.to_string(),
@@ -1027,6 +1027,63 @@ mod tests {
         ] {
             assert_eq!(safe_return_to(bad), "/", "{bad:?}");
         }
+    }
+
+    proptest::proptest! {
+        /// Header handling never panics, whatever the client sends.
+        #[test]
+        fn header_handling_never_panics(
+            headers in proptest::collection::vec(("[a-zA-Z0-9-]{1,20}", proptest::collection::vec(proptest::prelude::any::<u8>(), 0..60)), 0..12),
+            host in ".{0,40}",
+            path in "/.{0,60}",
+        ) {
+            let mut b = Request::builder().uri(
+                http::Uri::try_from(path.as_str()).unwrap_or_else(|_| http::Uri::from_static("/")),
+            );
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                b = b.header(header::HOST, v);
+            }
+            let mut req = b.body(()).unwrap();
+            for (k, v) in &headers {
+                if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(v)) {
+                    req.headers_mut().append(k, v);
+                }
+            }
+            let _ = framing_problem(&req);
+            let _ = authority(&req);
+            let _ = palisade_policy::path::normalize(req.uri().path());
+            let fwd = crate::proxy::Forwarding {
+                client_ip: "127.0.0.1".parse().unwrap(),
+                authority: "a.test".into(),
+                path_and_query: "/".into(),
+                identity: Vec::new(),
+                request_id: "r".into(),
+                max_body: None,
+            };
+            let mut h = req.headers().clone();
+            crate::proxy::prepare_request_headers(&mut h, &fwd, false);
+            for k in h.keys() {
+                proptest::prop_assert!(!k.as_str().starts_with("x-palisade-"), "{k} survived");
+            }
+            let _ = cookie::get(req.headers(), cookie::SESSION);
+        }
+    }
+
+    #[test]
+    fn framing_refuses_ambiguous_lengths() {
+        let r = |hs: &[(&str, &str)]| {
+            let mut b = Request::post("/");
+            for (k, v) in hs {
+                b = b.header(*k, *v);
+            }
+            framing_problem(&b.body(()).unwrap())
+        };
+        assert!(r(&[("content-length", "5")]).is_none());
+        assert!(r(&[("transfer-encoding", "chunked")]).is_none());
+        assert!(r(&[("content-length", "5"), ("transfer-encoding", "chunked")]).is_some());
+        assert!(r(&[("content-length", "5"), ("content-length", "5")]).is_some());
+        assert!(r(&[("content-length", "5, 5")]).is_some());
+        assert!(r(&[("host", "a"), ("host", "b")]).is_some());
     }
 
     #[test]

@@ -132,7 +132,7 @@ pub async fn serve_http(
     }
 }
 
-fn redirect_to_https(req: &Request<Incoming>, https_port: u16) -> Response<Body> {
+fn redirect_to_https<B>(req: &Request<B>, https_port: u16) -> Response<Body> {
     let mut r = Response::new(full(""));
     if req.uri().path() == "/healthz" {
         *r.body_mut() = full("ok\n");
@@ -175,4 +175,35 @@ pub struct Addresses {
     pub http: Option<SocketAddr>,
     /// Operational endpoints.
     pub ops: SocketAddr,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(path: &str, host: Option<&str>) -> Request<()> {
+        let mut b = Request::get(path);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn plain_http_only_redirects_and_answers_health() {
+        let r = redirect_to_https(&req("/healthz", None), 8443);
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = redirect_to_https(&req("/a/b?c=d", Some("wiki.example.com:8080")), 8443);
+        assert_eq!(r.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(
+            r.headers()["location"],
+            "https://wiki.example.com:8443/a/b?c=d"
+        );
+        let r = redirect_to_https(&req("/", Some("wiki.example.com")), 443);
+        assert_eq!(r.headers()["location"], "https://wiki.example.com/");
+        let r = redirect_to_https(&req("/", None), 443);
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = redirect_to_https(&req("/", Some("evil.test/@x")), 443);
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
 }

@@ -5,7 +5,7 @@
 //! Providers are named in the policy (issuer, client id, the name of the catalog secret holding
 //! the client secret), so they change with the catalog like everything else. Discovery documents
 //! are fetched on first use and kept for an hour; a JWKS is refetched when a token names a key the
-//! cache does not hold (the provider rotated), at most once every 10 seconds per provider.
+//! cache does not hold (the provider rotated), at most once every 2 seconds per provider.
 //!
 //! Validation is strict: the issuer must match exactly, the audience must contain our client id
 //! (and `azp`, when present with several audiences, must be it), `exp` is checked with 60 s of
@@ -42,7 +42,7 @@ pub const ALLOWED_ALGS: &[Algorithm] = &[
     Algorithm::EdDSA,
 ];
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
-const JWKS_REFETCH_MIN: Duration = Duration::from_secs(10);
+const JWKS_REFETCH_MIN: Duration = Duration::from_secs(2);
 const MAX_DOCUMENT: usize = 512 * 1024;
 
 /// Why an ID token (or the exchange that produced it) was refused. Messages are safe to show.

@@ -206,6 +206,20 @@ async fn forged_id_tokens_are_refused_with_their_reason() {
     assert_eq!(p.status, 303, "a valid token is accepted: {}", p.body);
     let old_nonce = nonce;
 
+    // the provider rotates to a key the edge has not cached: the edge refetches its JWKS (at
+    // most every 2 s, so an attacker naming unknown keys cannot make it hammer the provider)
+    let sign_rotated = f.rotate();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut b = s.browser();
+    let (state, nonce) = start_forged(&mut b, port).await;
+    f.will_return(sign_rotated(&good(&nonce)));
+    let p = finish_forged(&mut b, port, &state, &f.issuer).await;
+    assert_eq!(
+        p.status, 303,
+        "a token signed with the rotated key is accepted: {}",
+        p.body
+    );
+
     let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
     type Forge<'a> = Box<dyn Fn(&str) -> String + 'a>;
     let cases: Vec<(&str, Forge, &str)> = vec![
@@ -401,17 +415,49 @@ async fn smuggling_is_refused_and_dot_segments_cannot_dodge_a_rule() {
         "the upstream sees the normalised path: {out}"
     );
 
-    // a body larger than the application allows is refused before it reaches the upstream
-    let big = vec![b'x'; 2 * 1024 * 1024];
-    let r = alice
-        .http
-        .post(format!("https://{APP_HOST}:{port}/hello"))
-        .header("cookie", format!("__Host-palisade-session={alice_cookie}"))
-        .body(big)
-        .send()
+    // HTTP/2 (ALPN h2) works the same way
+    {
+        let t = tls_alpn(&s.ca, port, APP_HOST, b"h2").await;
+        let (mut h2, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(t),
+        )
         .await
-        .expect("post");
-    assert_eq!(r.status().as_u16(), 413);
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("https://{host}/hello"))
+            .header("cookie", format!("__Host-palisade-session={alice_cookie}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let r = h2.send_request(req).await.expect("h2 request");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.version(), http::Version::HTTP_2);
+        use http_body_util::BodyExt;
+        let body = r.into_body().collect().await.expect("body").to_bytes();
+        let v = upstream_view(&String::from_utf8_lossy(&body));
+        assert_eq!(v["identity"]["claims"]["sub"], "alice");
+    }
+
+    // a request head larger than the limit gets 431
+    let big = format!(
+        "GET /hello HTTP/1.1\r\nHost: {host}\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(80 * 1024)
+    );
+    let out = raw(&s.ca, port, APP_HOST, big.as_bytes()).await;
+    assert_eq!(status_of(&out), 431, "{}", &out[..out.len().min(200)]);
+
+    // a body larger than the application allows is refused before it reaches the upstream
+    let out = raw(
+        &s.ca,
+        port,
+        APP_HOST,
+        format!(
+            "POST /hello HTTP/1.1\r\nHost: {host}\r\nCookie: __Host-palisade-session={alice_cookie}\r\nContent-Length: 2097152\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&out), 413, "{out}");
     // a streamed body within the limit arrives whole
     let body = vec![b'y'; 512 * 1024];
     let r = alice

@@ -84,6 +84,7 @@ impl OidcPeer {
 pub struct ForgingIdp {
     pub issuer: String,
     pub next: Arc<Mutex<String>>,
+    pub jwks: Arc<Mutex<Value>>,
     pub private_pem: String,
     pub public_pem: String,
     task: tokio::task::JoinHandle<()>,
@@ -118,14 +119,14 @@ impl ForgingIdp {
             .expect("bind");
         let issuer = format!("http://{}", listener.local_addr().expect("addr"));
         let next = Arc::new(Mutex::new(String::new()));
-        let (iss, n) = (issuer.clone(), next.clone());
-        let jwks = json!({"keys": [jwk]}).to_string();
+        let jwks = Arc::new(Mutex::new(json!({"keys": [jwk]})));
+        let (iss, n, keys) = (issuer.clone(), next.clone(), jwks.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let (iss, n, jwks) = (iss.clone(), n.clone(), jwks.clone());
+                let (iss, n, keys) = (iss.clone(), n.clone(), keys.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
                         let body = match req.uri().path() {
@@ -136,7 +137,7 @@ impl ForgingIdp {
                                 "jwks_uri": format!("{iss}/jwks"),
                             })
                             .to_string(),
-                            "/jwks" => jwks.clone(),
+                            "/jwks" => keys.lock().expect("lock").to_string(),
                             "/token" => json!({
                                 "access_token": "at",
                                 "token_type": "Bearer",
@@ -163,6 +164,7 @@ impl ForgingIdp {
         ForgingIdp {
             issuer,
             next,
+            jwks,
             private_pem,
             public_pem,
             task,
@@ -172,6 +174,26 @@ impl ForgingIdp {
     /// The ID token the next code exchange returns.
     pub fn will_return(&self, token: String) {
         *self.next.lock().expect("lock") = token;
+    }
+
+    /// Rotates to a new EC key (published next to the RSA one, as providers do during a
+    /// rotation); returns a signer for it.
+    pub fn rotate(&self) -> impl Fn(&Value) -> String + use<> {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let key = jsonwebtoken::EncodingKey::from_ec_der(&pair.serialize_der());
+        let mut jwk =
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::ES256)
+                .expect("jwk");
+        jwk.common.key_id = Some("ec-2".into());
+        self.jwks.lock().expect("lock")["keys"]
+            .as_array_mut()
+            .expect("keys")
+            .push(serde_json::to_value(jwk).expect("jwk"));
+        move |claims: &Value| {
+            let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+            h.kid = Some("ec-2".into());
+            jsonwebtoken::encode(&h, claims, &key).expect("sign")
+        }
     }
 
     /// RS256 with the provider's real key.
@@ -476,6 +498,16 @@ pub async fn tls(
     port: u16,
     host: &str,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tls_alpn(ca, port, host, b"http/1.1").await
+}
+
+/// A TLS connection offering one ALPN protocol.
+pub async fn tls_alpn(
+    ca: &str,
+    port: u16,
+    host: &str,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
@@ -485,7 +517,7 @@ pub async fn tls(
     let mut cfg = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
