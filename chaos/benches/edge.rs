@@ -18,7 +18,6 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use palisade_chaos::cluster::{ClusterSpec, LocalCluster};
 use palisade_chaos::devidp::{DevIdp, PASSWORD};
-use palisade_proto::v1 as pb;
 use serde_json::json;
 
 const HOST: &str = "bench.palisade.localhost";
@@ -96,21 +95,7 @@ async fn revoke_many(c: &LocalCluster, n: usize) {
         tasks.push(tokio::spawn(async move {
             for i in 0..per {
                 let id = format!("bench-{w}-{i}");
-                admin
-                    .call(|ch| {
-                        let id = id.clone();
-                        async move {
-                            pb::revocation_service_client::RevocationServiceClient::new(ch)
-                                .revoke(pb::RevokeRequest {
-                                    target: Some(pb::RevocationTarget {
-                                        target: Some(pb::revocation_target::Target::SessionId(id)),
-                                    }),
-                                    reason: "bench".into(),
-                                    ttl: None,
-                                })
-                                .await
-                        }
-                    })
+                palisade_chaos::cluster::revoke_session(&admin, &id, "bench")
                     .await
                     .expect("revoke");
             }

@@ -39,27 +39,10 @@ fn line(label: &str, mut v: Vec<Duration>) {
 }
 
 async fn revoke(admin: &AdminClient, id: String) -> u64 {
-    admin
-        .call(|ch| {
-            let id = id.clone();
-            async move {
-                pb::revocation_service_client::RevocationServiceClient::new(ch)
-                    .revoke(pb::RevokeRequest {
-                        target: Some(pb::RevocationTarget {
-                            target: Some(pb::revocation_target::Target::SessionId(id)),
-                        }),
-                        reason: "bench".into(),
-                        ttl: None,
-                    })
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
+    palisade_chaos::cluster::revoke_session(admin, &id, "bench")
         .await
         .expect("revoke")
-        .write
-        .map(|w| w.revision)
-        .unwrap_or(0)
+        .0
 }
 
 async fn wait_all(admin: &AdminClient, revision: u64, edges: usize) -> Duration {
@@ -215,14 +198,7 @@ async fn run() {
 }
 
 async fn ops_metrics(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return String::new();
-    };
-    let _ = s
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await;
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out
+    palisade_chaos::cluster::ops_get(port, "/metrics")
+        .await
+        .unwrap_or_default()
 }

@@ -359,15 +359,9 @@ impl LocalCluster {
         let Ok(admin) = self.admin() else {
             return 0;
         };
-        let admin = admin.with_timeout(Duration::from_secs(1));
-        admin
-            .call(|ch| async move {
-                pb::cluster_service_client::ClusterServiceClient::new(ch)
-                    .get_cluster_status(pb::GetClusterStatusRequest {})
-                    .await
-                    .map(|r| r.into_inner().leader_id)
-            })
+        status(&admin.with_timeout(Duration::from_secs(1)))
             .await
+            .map(|s| s.leader_id)
             .unwrap_or(0)
     }
 
@@ -382,20 +376,17 @@ impl LocalCluster {
         .with_timeout(Duration::from_secs(5)))
     }
 
+    /// The cluster status as a controller reports it.
+    pub async fn status(&self) -> anyhow::Result<pb::GetClusterStatusResponse> {
+        status(&self.admin()?).await
+    }
+
     /// Waits until a controller reports a leader.
     pub async fn wait_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
         let deadline = Instant::now() + timeout;
         let admin = self.admin()?;
         loop {
-            let s = admin
-                .call(|ch| async move {
-                    pb::cluster_service_client::ClusterServiceClient::new(ch)
-                        .get_cluster_status(pb::GetClusterStatusRequest {})
-                        .await
-                        .map(|r| r.into_inner())
-                })
-                .await;
-            if let Ok(s) = s
+            if let Ok(s) = status(&admin).await
                 && s.leader_id != 0
             {
                 return Ok(s.leader_id);
@@ -441,16 +432,7 @@ impl LocalCluster {
 
     /// The revision the cluster has applied (as the contacted member reports it).
     pub async fn latest_revision(&self) -> anyhow::Result<u64> {
-        let admin = self.admin()?;
-        let s = admin
-            .call(|ch| async move {
-                pb::cluster_service_client::ClusterServiceClient::new(ch)
-                    .get_cluster_status(pb::GetClusterStatusRequest {})
-                    .await
-                    .map(|r| r.into_inner())
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("cluster status: {}", s.message()))?;
+        let s = self.status().await?;
         Ok(s.applied_revision.max(s.commit_index))
     }
 
@@ -524,4 +506,69 @@ impl LocalCluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// `GetClusterStatus` through any controller.
+pub async fn status(admin: &AdminClient) -> anyhow::Result<pb::GetClusterStatusResponse> {
+    admin
+        .call(|ch| async move {
+            pb::cluster_service_client::ClusterServiceClient::new(ch)
+                .get_cluster_status(pb::GetClusterStatusRequest {})
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("cluster status: {}", s.message()))
+}
+
+/// Revokes one session through the admin API; returns (revision, revocation id).
+pub async fn revoke_session(
+    admin: &AdminClient,
+    session_id: &str,
+    reason: &str,
+) -> Result<(u64, String), tonic::Status> {
+    let r = admin
+        .call(|ch| {
+            let (sid, reason) = (session_id.to_string(), reason.to_string());
+            async move {
+                pb::revocation_service_client::RevocationServiceClient::new(ch)
+                    .revoke(pb::RevokeRequest {
+                        target: Some(pb::RevocationTarget {
+                            target: Some(pb::revocation_target::Target::SessionId(sid)),
+                        }),
+                        reason,
+                        ttl: None,
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await?;
+    Ok((
+        r.write.map(|w| w.revision).unwrap_or(0),
+        r.revocation.map(|r| r.id).unwrap_or_default(),
+    ))
+}
+
+/// GETs a path from an edge's plain-HTTP ops listener (`/metrics`, `/readyz`); `None` when it
+/// does not answer within 2 s.
+pub async fn ops_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: ops\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    Some(out)
+}
+
+/// The status code of an ops listener's answer.
+pub async fn ops_status(port: u16, path: &str) -> Option<u16> {
+    ops_get(port, path).await?.split(' ').nth(1)?.parse().ok()
 }

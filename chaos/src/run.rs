@@ -18,7 +18,7 @@ use palisade_proto::v1 as pb;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cluster::{ClusterSpec, LocalCluster};
+use crate::cluster::{ClusterSpec, LocalCluster, ops_get, ops_status};
 use crate::devidp::{DevIdp, PASSWORD};
 use crate::scenario::{FaultKind, Scenario, Schedule, ScheduledFault};
 use crate::upstream::Upstream;
@@ -194,7 +194,8 @@ impl Probe {
                         break;
                     }
                     let s = p.status(host, edge, cookie.as_deref()).await;
-                    if !done(s) {
+                    // no answer (the edge is down) serves nothing: not a regression
+                    if s.is_some() && !done(s) {
                         p.violation(format!(
                             "edge {edge}: {what} was enforced, then not (answer {s:?})"
                         ));
@@ -345,24 +346,9 @@ async fn revoke_once(
     admin: &palisade_controller::client::AdminClient,
     sid: &str,
 ) -> Result<String, (tonic::Code, String)> {
-    admin
-        .call(|ch| {
-            let sid = sid.to_string();
-            async move {
-                pb::revocation_service_client::RevocationServiceClient::new(ch)
-                    .revoke(pb::RevokeRequest {
-                        target: Some(pb::RevocationTarget {
-                            target: Some(pb::revocation_target::Target::SessionId(sid)),
-                        }),
-                        reason: "chaos".into(),
-                        ttl: None,
-                    })
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
+    crate::cluster::revoke_session(admin, sid, "chaos")
         .await
-        .map(|r| r.revocation.map(|r| r.id).unwrap_or_default())
+        .map(|(_, id)| id)
         .map_err(|s| (s.code(), s.message().to_string()))
 }
 
@@ -443,28 +429,8 @@ fn environment() -> serde_json::Value {
     })
 }
 
-async fn ops_get(port: u16, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out))
-        .await
-        .ok()?
-        .ok()?;
-    Some(out)
-}
-
 async fn scrape(port: u16) -> Option<String> {
     ops_get(port, "/metrics").await
-}
-
-async fn ops_status(port: u16, path: &str) -> Option<u16> {
-    ops_get(port, path).await?.split(' ').nth(1)?.parse().ok()
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {

@@ -204,6 +204,37 @@ impl Admin {
         })
     }
 
+    /// Writes a revocation kept for `ttl` as `actor`; returns the write and the revocation as
+    /// committed (shared by the admin API and the edges' `RevokeOwn`).
+    pub(crate) async fn revoke_as(
+        &self,
+        actor: cat::Actor,
+        target: cat::RevocationTarget,
+        reason: String,
+        ttl: Duration,
+    ) -> Result<(pb::WriteResult, Option<pb::Revocation>), Status> {
+        let expires_at_ms = now_ms().saturating_add(ttl.as_millis() as i64);
+        let written = self
+            .ctl
+            .write(
+                actor,
+                Command::Revoke {
+                    target,
+                    reason,
+                    expires_at_ms,
+                },
+            )
+            .await?;
+        let Outcome::Revocation(id) = &written.outcome else {
+            return Err(Status::internal("unexpected outcome"));
+        };
+        let revocation = self
+            .ctl
+            .state
+            .read(|s| s.catalog.revocations.get(id).map(convert::revocation));
+        Ok((written.to_pb(), revocation))
+    }
+
     /// The longest session lifetime in the current policy (12 h without one): a revocation
     /// must outlive everything it revokes. Cached per policy version, since it compiles the
     /// policy (a quarter of a second at 10,000 applications).
@@ -579,29 +610,11 @@ impl pb::revocation_service_server::RevocationService for Admin {
         if ttl > MAX_REVOCATION_TTL {
             return Err(Status::invalid_argument("ttl may be at most 400 days"));
         }
-        let expires_at_ms = now_ms().saturating_add(ttl.as_millis() as i64);
-        let written = self
-            .ctl
-            .write(
-                who.actor(),
-                Command::Revoke {
-                    target,
-                    reason: r.reason,
-                    expires_at_ms,
-                },
-            )
-            .await?;
-        let Outcome::Revocation(id) = &written.outcome else {
-            return Err(Status::internal("unexpected outcome"));
-        };
-        let revocation = self
-            .ctl
-            .state
-            .read(|s| s.catalog.revocations.get(id).map(convert::revocation));
-        tracing::info!(actor = %who, revision = written.revision, id = %id, "revoked");
+        let (write, revocation) = self.revoke_as(who.actor(), target, r.reason, ttl).await?;
+        tracing::info!(actor = %who, revision = write.revision, "revoked");
         Ok(Response::new(pb::RevokeResponse {
             revocation,
-            write: Some(written.to_pb()),
+            write: Some(write),
         }))
     }
 

@@ -81,6 +81,7 @@ impl AdminClient {
             .tls_config(self.tls.clone())
             .map_err(|e| Status::invalid_argument(format!("TLS: {e}")))?
             .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
             .timeout(self.timeout);
         let ch = ep
             .connect()

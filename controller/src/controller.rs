@@ -281,6 +281,7 @@ impl Controller {
             .ok()?
             .connect_timeout(std::time::Duration::from_secs(1))
             .timeout(std::time::Duration::from_secs(1))
+            .tcp_nodelay(true)
             .connect_lazy();
         cache.insert(addr.to_string(), ch.clone());
         Some(ch)

@@ -6,12 +6,12 @@
 //! like any other). The MFA and self-service calls arrive with the MFA issue and answer
 //! `UNIMPLEMENTED` until then.
 
-use palisade_policy::catalog::{Actor, Command, Outcome, RevocationTarget};
+use palisade_policy::catalog::{Actor, RevocationTarget};
 use palisade_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::admin::Admin;
-use crate::controller::{Controller, now_ms};
+use crate::controller::Controller;
 use crate::convert;
 use crate::identity::require_edge;
 
@@ -73,30 +73,13 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         } else {
             r.reason.chars().take(200).collect()
         };
-        let ttl = Admin::new(self.ctl.clone()).default_revocation_ttl();
-        let expires_at_ms = now_ms().saturating_add(ttl.as_millis() as i64);
-        let written = self
-            .ctl
-            .write(
-                actor.clone(),
-                Command::Revoke {
-                    target,
-                    reason,
-                    expires_at_ms,
-                },
-            )
-            .await?;
-        let Outcome::Revocation(id) = &written.outcome else {
-            return Err(Status::internal("unexpected outcome"));
-        };
-        let revocation = self
-            .ctl
-            .state
-            .read(|s| s.catalog.revocations.get(id).map(convert::revocation));
-        tracing::info!(actor = %actor.subject, revision = written.revision, "session revoked by its user");
+        let admin = Admin::new(self.ctl.clone());
+        let ttl = admin.default_revocation_ttl();
+        let (write, revocation) = admin.revoke_as(actor.clone(), target, reason, ttl).await?;
+        tracing::info!(actor = %actor.subject, revision = write.revision, "session revoked by its user");
         Ok(Response::new(pb::RevokeOwnResponse {
             revocation,
-            write: Some(written.to_pb()),
+            write: Some(write),
         }))
     }
 

@@ -231,7 +231,6 @@ pub async fn start(cfg: Config, members: Vec<InitialMember>) -> anyhow::Result<R
 
     let tasks = vec![
         tokio::spawn(housekeeping(controller.clone(), shutdown_rx.clone())),
-        tokio::spawn(announce_commits(controller.clone(), shutdown_rx.clone())),
         tokio::spawn(raft_metrics(controller.clone(), shutdown_rx)),
     ];
     tracing::info!(node_id = cfg.node_id, %addr, advertise = %advertise, key = %controller.key.fingerprint(), "controller listening");
@@ -286,29 +285,6 @@ async fn housekeeping(ctl: Controller, mut stop: watch::Receiver<bool>) {
             last_gc = now_ms();
             if let Err(e) = ctl.write(system.clone(), Command::CollectGarbage).await {
                 tracing::debug!(error = %e.message(), "garbage collection skipped");
-            }
-        }
-    }
-}
-
-/// On the leader: tell followers about a new commit at once (an immediate heartbeat carries the
-/// commit index) instead of at the next heartbeat tick. Followers apply only what they know is
-/// committed, and edges subscribed to a follower receive a change only once it applied it, so
-/// without this a lone write reached those edges up to one heartbeat interval late. Bursts are
-/// coalesced: one heartbeat covers everything applied while the previous one was in flight.
-async fn announce_commits(ctl: Controller, mut stop: watch::Receiver<bool>) {
-    let mut applied = ctl.state.applied();
-    let mut announced = 0u64;
-    loop {
-        tokio::select! {
-            r = applied.changed() => if r.is_err() { return },
-            _ = stop.changed() => return,
-        }
-        let now = *applied.borrow_and_update();
-        if now > announced && ctl.raft.is_leader() {
-            announced = now;
-            if ctl.raft.trigger().heartbeat().await.is_err() {
-                return;
             }
         }
     }

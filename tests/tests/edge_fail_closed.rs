@@ -31,32 +31,16 @@ async fn until(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) 
 }
 
 async fn readyz(port: u16) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return 0;
-    };
-    let _ = s
-        .write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await;
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
+    palisade_chaos::cluster::ops_status(port, "/readyz")
+        .await
         .unwrap_or(0)
 }
 
 async fn ops_metrics(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return String::new();
-    };
-    let _ = s
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await;
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out.lines()
+    palisade_chaos::cluster::ops_get(port, "/metrics")
+        .await
+        .unwrap_or_default()
+        .lines()
         .filter(|l| l.starts_with("palisade_edge"))
         .collect::<Vec<_>>()
         .join("\n")
