@@ -133,6 +133,20 @@ suite {name}: {}",
     Ok(passed)
 }
 
+/// Runs `work` until it ends or SIGINT/SIGTERM arrives. On a signal the work is dropped, which
+/// ends every process it started (by PID) and removes its temporary directory.
+async fn until_signal(
+    work: impl std::future::Future<Output = anyhow::Result<bool>>,
+) -> anyhow::Result<bool> {
+    tokio::select! {
+        r = work => r,
+        s = palisade_chaos::up::shutdown_signal() => {
+            s?;
+            anyhow::bail!("interrupted; everything started was stopped")
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     if let Some(code) = palisade_chaos::host::run_role(&args) {
@@ -167,8 +181,10 @@ fn main() -> ExitCode {
             report,
             plot,
             dir,
-        } => rt.block_on(run_one(scenario, report, plot, dir, host)),
-        Cmd::Suite { name, report, plot } => rt.block_on(run_suite(name, report, plot, host)),
+        } => rt.block_on(until_signal(run_one(scenario, report, plot, dir, host))),
+        Cmd::Suite { name, report, plot } => {
+            rt.block_on(until_signal(run_suite(name, report, plot, host)))
+        }
         Cmd::Up {
             controllers,
             edges,

@@ -86,7 +86,16 @@ pub fn example_policy(issuer: &str, client_id: &str, upstream: SocketAddr) -> se
     })
 }
 
-/// Runs the local cluster until Ctrl-C. `host` is the binary that runs the process roles.
+/// Waits for SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
+
+/// Runs the local cluster until Ctrl-C (or SIGTERM). `host` is the binary that runs the process roles.
 pub async fn up(opts: UpOptions, host: PathBuf) -> anyhow::Result<()> {
     let (dir, _tmp) = match &opts.dir {
         Some(d) => (d.clone(), None),
@@ -138,7 +147,7 @@ pub async fn up(opts: UpOptions, host: PathBuf) -> anyhow::Result<()> {
         .await
         .context("waiting for the edges to apply the example policy")?;
     print_guide(&cluster, &idp, &upstream, &dir);
-    tokio::signal::ctrl_c().await?;
+    shutdown_signal().await?;
     println!("\nStopping ...");
     drop(cluster);
     Ok(())
