@@ -105,12 +105,17 @@ async fn run() {
         .iter()
         .filter_map(|e| e.addrs.as_ref().map(|a| a.ops.port()))
         .collect();
+    // what the cluster knows: ack -> WaitForRevision says every edge reported it
     let mut single = Vec::new();
-    let mut seen = Vec::new();
     for i in 0..singles {
         let r = revoke(&admin, format!("single-{i}")).await;
+        single.push(wait_all(&admin, r, edges).await);
+    }
+    // what the edges show: ack -> every edge's exported revision reaches it
+    let mut seen = Vec::new();
+    for i in 0..singles {
+        let r = revoke(&admin, format!("seen-{i}")).await;
         let acked = Instant::now();
-        // observed at the edges themselves: every edge's exported revision reaches r
         let polls = ops.iter().map(|port| async move {
             loop {
                 let text = ops_metrics(*port).await;
@@ -132,17 +137,15 @@ async fn run() {
             .max()
             .unwrap_or(acked);
         seen.push(last.duration_since(acked));
-        single.push(wait_all(&admin, r, edges).await);
     }
     line(
-        "single change: acknowledged -> every edge shows it (edge metrics)",
-        seen,
-    );
-    line(
-        "single change: acknowledged -> WaitForRevision complete",
+        "single change: acknowledged -> WaitForRevision: every edge applied",
         single,
     );
-
+    line(
+        "single change: acknowledged -> every edge's metrics show it",
+        seen,
+    );
     let mut from_first = Vec::new();
     let mut from_last = Vec::new();
     for b in 0..bursts {

@@ -1211,6 +1211,7 @@ impl pb::cluster_service_server::ClusterService for Admin {
             .min(Duration::from_secs(300));
         let scope = r.scope.unwrap_or_default();
         let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(1);
         loop {
             let edges: Vec<pb::EdgeStatus> = self
                 .ctl
@@ -1234,7 +1235,9 @@ impl pb::cluster_service_server::ClusterService for Admin {
                     }),
                 }));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // poll fast at first (edges usually report within milliseconds), then back off
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
 }

@@ -224,7 +224,10 @@ pub async fn start(cfg: Config, members: Vec<InitialMember>) -> anyhow::Result<R
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     let mut stop = shutdown_rx.clone();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Accepted sockets get TCP_NODELAY here: `Server::tcp_nodelay` only applies to listeners
+    // tonic binds itself. Without it, small frames (deltas, report acknowledgements) could wait
+    // for a delayed ACK (40 ms on Linux).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stop.wait_for(|s| *s).await;
     }));
