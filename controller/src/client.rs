@@ -19,6 +19,10 @@ pub struct AdminClient {
     timeout: Duration,
     /// Open channels by address; a channel multiplexes calls over one HTTP/2 connection.
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// A server that timed out, tried last by later calls until it answers again (a paused
+    /// member accepts connections but never answers; a long-lived client should not keep
+    /// waiting on it first).
+    suspect: Arc<Mutex<Option<String>>>,
 }
 
 /// The leader hint in a status, if any.
@@ -52,6 +56,7 @@ impl AdminClient {
             tls,
             timeout: Duration::from_secs(30),
             channels: Arc::default(),
+            suspect: Arc::default(),
         }
     }
 
@@ -109,6 +114,17 @@ impl AdminClient {
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let mut queue: Vec<String> = self.servers.clone();
+        let suspect = self
+            .suspect
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(s) = suspect
+            && let Some(pos) = queue.iter().position(|a| *a == s)
+        {
+            let s = queue.remove(pos);
+            queue.push(s);
+        }
         let mut last = Status::unavailable("no server configured");
         let mut hops = 0;
         let mut i = 0;
@@ -123,8 +139,20 @@ impl AdminClient {
                 }
             };
             match call(ch).await {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    let mut sus = self.suspect.lock().unwrap_or_else(|p| p.into_inner());
+                    if sus.as_deref() == Some(addr.as_str()) {
+                        *sus = None;
+                    }
+                    return Ok(v);
+                }
                 Err(s) => {
+                    // A timeout says nothing about the outcome of a write, so it is returned
+                    // as it is; only the order of later calls changes.
+                    if matches!(s.code(), Code::Cancelled | Code::DeadlineExceeded) {
+                        *self.suspect.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(addr.clone());
+                    }
                     if let Some(h) = leader_hint(&s)
                         && hops < 3
                     {
