@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use palisade_chaos::cluster::{ClusterSpec, LocalCluster};
-use palisade_chaos::devidp::{DevIdp, PASSWORD};
+use palisade_chaos::devidp::DevIdp;
 use serde_json::json;
 
 const HOST: &str = "bench.palisade.localhost";
@@ -114,50 +114,9 @@ async fn sign_in(ca: &str, port: u16) -> String {
         .resolve(HOST, "127.0.0.1:0".parse().expect("addr"))
         .build()
         .expect("client");
-    let r = http
-        .get(format!("https://{HOST}:{port}/"))
-        .send()
+    palisade_chaos::devidp::sign_in(&http, HOST, port, "alice")
         .await
-        .expect("start");
-    let login_cookie = r.headers()["set-cookie"]
-        .to_str()
-        .expect("cookie")
-        .split(';')
-        .next()
-        .expect("cookie")
-        .to_string();
-    let auth = url::Url::parse(r.headers()["location"].to_str().expect("location")).expect("url");
-    let mut form: Vec<(String, String)> = auth.query_pairs().into_owned().collect();
-    form.push(("login".into(), "alice".into()));
-    form.push(("password".into(), PASSWORD.into()));
-    let r = http
-        .post(format!(
-            "{}://{}/authorize",
-            auth.scheme(),
-            auth.authority()
-        ))
-        .form(&form)
-        .send()
-        .await
-        .expect("login");
-    let cb = r.headers()["location"]
-        .to_str()
-        .expect("callback")
-        .to_string();
-    let r = http
-        .get(cb)
-        .header("cookie", login_cookie)
-        .send()
-        .await
-        .expect("callback");
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.strip_prefix("__Host-palisade-session="))
-        .and_then(|v| v.split(';').next())
-        .expect("session cookie")
-        .to_string()
+        .expect("sign-in")
 }
 
 struct Load {

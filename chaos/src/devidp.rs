@@ -422,3 +422,56 @@ fn token(s: &State, auth: Option<&str>, p: &HashMap<String, String>) -> Resp {
         json!({"access_token": access, "token_type": "Bearer", "expires_in": 300, "id_token": id_token}),
     )
 }
+
+/// Signs `user` in through this development provider at an edge serving `host` on `port` (the
+/// way a browser would: edge redirect, login form, callback); returns the session cookie value.
+/// `http` must not follow redirects and must trust the edge and resolve `host`.
+pub async fn sign_in(
+    http: &reqwest::Client,
+    host: &str,
+    port: u16,
+    user: &str,
+) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let r = http.get(format!("https://{host}:{port}/")).send().await?;
+    let login = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .context("no login cookie")?
+        .to_string();
+    let auth = url::Url::parse(
+        r.headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .context("no redirect to the provider")?,
+    )?;
+    let mut form: Vec<(String, String)> = auth.query_pairs().into_owned().collect();
+    form.push(("login".into(), user.into()));
+    form.push(("password".into(), PASSWORD.into()));
+    let r = http
+        .post(format!(
+            "{}://{}/authorize",
+            auth.scheme(),
+            auth.authority()
+        ))
+        .form(&form)
+        .send()
+        .await?;
+    let cb = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .context("the provider did not redirect back")?
+        .to_string();
+    let r = http.get(cb).header("cookie", login).send().await?;
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("__Host-palisade-session="))
+        .and_then(|v| v.split(';').next())
+        .map(String::from)
+        .context("no session cookie after sign-in")
+}

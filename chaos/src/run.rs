@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cluster::{ClusterSpec, LocalCluster, ops_get, ops_status};
-use crate::devidp::{DevIdp, PASSWORD};
+use crate::devidp::DevIdp;
 use crate::scenario::{FaultKind, Scenario, Schedule, ScheduledFault};
 use crate::upstream::Upstream;
 
@@ -258,54 +258,6 @@ pub fn policy(
     .to_string()
 }
 
-/// Signs in once through the development provider at an edge; returns the session cookie.
-async fn sign_in(http: &reqwest::Client, port: u16) -> anyhow::Result<String> {
-    let r = http
-        .get(format!("https://{PROBE_HOST}:{port}/"))
-        .send()
-        .await?;
-    let login = r
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .context("no login cookie")?
-        .to_string();
-    let auth = url::Url::parse(
-        r.headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .context("no redirect to the provider")?,
-    )?;
-    let mut form: Vec<(String, String)> = auth.query_pairs().into_owned().collect();
-    form.push(("login".into(), "alice".into()));
-    form.push(("password".into(), PASSWORD.into()));
-    let r = http
-        .post(format!(
-            "{}://{}/authorize",
-            auth.scheme(),
-            auth.authority()
-        ))
-        .form(&form)
-        .send()
-        .await?;
-    let cb = r
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .context("the provider did not redirect back")?
-        .to_string();
-    let r = http.get(cb).header("cookie", login).send().await?;
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.strip_prefix("__Host-palisade-session="))
-        .and_then(|v| v.split(';').next())
-        .map(String::from)
-        .context("no session cookie after sign-in")
-}
-
 fn session_id(cookie: &str) -> Option<String> {
     use base64::Engine;
     let payload = cookie.split('.').nth(2)?;
@@ -491,7 +443,7 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
     let mut cookies = Vec::new();
     for _ in 0..=schedule.revocations_s.len() {
         cookies.push(
-            sign_in(&http, port0)
+            crate::devidp::sign_in(&http, PROBE_HOST, port0, "alice")
                 .await
                 .context("signing in for the workload")?,
         );
