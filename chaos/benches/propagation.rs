@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use palisade_chaos::cluster::{ClusterSpec, LocalCluster};
 use palisade_controller::client::AdminClient;
-use palisade_proto::v1 as pb;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -47,20 +46,7 @@ async fn revoke(admin: &AdminClient, id: String) -> u64 {
 
 async fn wait_all(admin: &AdminClient, revision: u64, edges: usize) -> Duration {
     let t = Instant::now();
-    let r = admin
-        .call(|ch| async move {
-            pb::cluster_service_client::ClusterServiceClient::new(ch)
-                .wait_for_revision(pb::WaitForRevisionRequest {
-                    revision,
-                    scope: None,
-                    timeout: Some(prost_types::Duration {
-                        seconds: 30,
-                        nanos: 0,
-                    }),
-                })
-                .await
-                .map(|r| r.into_inner())
-        })
+    let r = palisade_chaos::cluster::wait_for_revision(admin, revision, Duration::from_secs(30))
         .await
         .expect("wait");
     assert!(

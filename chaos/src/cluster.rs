@@ -479,21 +479,7 @@ impl LocalCluster {
         let admin = self.admin()?;
         let want = self.edges.iter().filter(|e| e.child.is_some()).count();
         loop {
-            let r = admin
-                .call(|ch| async move {
-                    pb::cluster_service_client::ClusterServiceClient::new(ch)
-                        .wait_for_revision(pb::WaitForRevisionRequest {
-                            revision,
-                            scope: None,
-                            timeout: Some(prost_types::Duration {
-                                seconds: 2,
-                                nanos: 0,
-                            }),
-                        })
-                        .await
-                        .map(|r| r.into_inner())
-                })
-                .await;
+            let r = wait_for_revision(&admin, revision, Duration::from_secs(2)).await;
             if let Ok(r) = &r
                 && r.complete
                 && r.applied.len() >= want
@@ -519,6 +505,30 @@ pub async fn status(admin: &AdminClient) -> anyhow::Result<pb::GetClusterStatusR
         })
         .await
         .map_err(|s| anyhow::anyhow!("cluster status: {}", s.message()))
+}
+
+/// `WaitForRevision` for every edge, waiting at most `timeout` on the server.
+pub async fn wait_for_revision(
+    admin: &AdminClient,
+    revision: u64,
+    timeout: Duration,
+) -> Result<pb::WaitForRevisionResponse, tonic::Status> {
+    let timeout = prost_types::Duration {
+        seconds: timeout.as_secs() as i64,
+        nanos: timeout.subsec_nanos() as i32,
+    };
+    admin
+        .call(|ch| async move {
+            pb::cluster_service_client::ClusterServiceClient::new(ch)
+                .wait_for_revision(pb::WaitForRevisionRequest {
+                    revision,
+                    scope: None,
+                    timeout: Some(timeout),
+                })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
 }
 
 /// Revokes one session through the admin API; returns (revision, revocation id).

@@ -600,16 +600,15 @@ impl Gateway {
         return_to: &str,
         rid: &str,
     ) -> Response<Body> {
+        // every failure is a page; the log line says why
+        let unavailable = |status: StatusCode, text: &str| {
+            pages::message(status, "Sign-in unavailable", text, rid)
+        };
         let attempt = match Attempt::new() {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(request_id = %rid, error = %e, "no randomness");
-                return pages::message(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Error",
-                    "sign-in could not start",
-                    rid,
-                );
+                return unavailable(StatusCode::INTERNAL_SERVER_ERROR, "sign-in could not start");
             }
         };
         let redirect_uri = format!("https://{authority}{RESERVED}callback");
@@ -617,11 +616,9 @@ impl Gateway {
             Ok(u) => u,
             Err(e) => {
                 tracing::warn!(request_id = %rid, provider = %p.id, error = %e, "identity provider unavailable");
-                return pages::message(
+                return unavailable(
                     StatusCode::BAD_GATEWAY,
-                    "Sign-in unavailable",
                     "the identity provider could not be reached; try again shortly",
-                    rid,
                 );
             }
         };
@@ -633,16 +630,14 @@ impl Gateway {
             return_to: return_to.to_string(),
             redirect_uri,
         };
-        let sealed = match cookie::seal(&view.keyring, "login", &state, now_secs() + LOGIN_TTL_SECS)
-        {
+        let exp = now_secs() + LOGIN_TTL_SECS;
+        let sealed = match cookie::seal(&view.keyring, "login", &state, exp) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(request_id = %rid, error = %e, "cannot seal the login state");
-                return pages::message(
+                return unavailable(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "Sign-in unavailable",
                     "this edge cannot start a sign-in yet",
-                    rid,
                 );
             }
         };
