@@ -116,7 +116,7 @@ fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
-fn sha256_hex(s: &str) -> String {
+pub(crate) fn sha256_hex(s: &str) -> String {
     Sha256::digest(s.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -545,6 +545,8 @@ fn sim_request(r: pb::SimulatedRequest) -> Result<SimRequest, String> {
                 method,
                 factor_id: "simulated".into(),
                 authenticated_at: time - jiff::SignedDuration::from_secs(age),
+                // A simulated proof is taken as the strongest the method allows.
+                user_verified: true,
             })
         };
         Ok(Identity {

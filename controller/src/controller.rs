@@ -215,13 +215,11 @@ impl Controller {
         actor: Actor,
         command: Command,
     ) -> Result<Written, Status> {
-        let ep = Endpoint::from_shared(format!("https://{}", leader.raft_addr))
-            .and_then(|e| e.tls_config(self.client_tls.clone()))
-            .map_err(|e| Status::internal(format!("leader address: {e}")))?;
-        let channel = ep
-            .connect()
-            .await
-            .map_err(|_| unavailable_with_leader("the leader is unreachable", None))?;
+        // One cached channel per leader address: a TLS handshake per forwarded write would
+        // add milliseconds to every write a follower takes (edges write through any member).
+        let channel = self
+            .forward_channel(&leader.raft_addr)
+            .ok_or_else(|| unavailable_with_leader("the leader is unreachable", None))?;
         let mut client = RaftTransportClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
@@ -267,6 +265,26 @@ impl Controller {
                 ))),
             },
         }
+    }
+
+    /// A (lazily connecting, cached) channel to another member's Raft endpoint for forwarded
+    /// writes.
+    fn forward_channel(&self, raft_addr: &str) -> Option<tonic::transport::Channel> {
+        let key = format!("forward:{raft_addr}");
+        let mut cache = self.peer_channels.lock().ok()?;
+        if let Some(ch) = cache.get(&key) {
+            return Some(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("https://{raft_addr}"))
+            .ok()?
+            .tls_config(self.client_tls.clone())
+            .ok()?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        cache.insert(key, ch.clone());
+        Some(ch)
     }
 
     /// A (lazily connecting, cached) channel to another member.

@@ -201,6 +201,7 @@ pub fn factor(f: &cat::FactorRecord) -> pb::Factor {
             aaguid: String::new(),
         }),
         revision: f.revision,
+        pending: !f.active,
     }
 }
 

@@ -2,18 +2,38 @@
 //! certificate) may call it; the edge vouches for the user, whose identity is recorded as the
 //! actor of the write.
 //!
-//! Today: `RevokeOwn` for sign-out (a revocation of the user's own session, enforced at every edge
-//! like any other). The MFA and self-service calls arrive with the MFA issue and answer
-//! `UNIMPLEMENTED` until then.
+//! State every edge must agree on goes through here and Raft: the TOTP time step last accepted
+//! (so a code works once, at one edge), failed-attempt counters and lockout, WebAuthn signature
+//! counters and answered challenges, factor enrollment, and self-service revocations. TOTP seeds
+//! never leave the controllers: the edge forwards the code, the controller checks it and records
+//! the step in one Raft write.
+//!
+//! Adding or removing a factor while the user already has one needs a factor passed within the
+//! last 10 minutes; the controller checks that itself from the MFA assertion token the edge
+//! forwards (signed with the catalog keys, bound to the session), not from the edge's word.
 
-use palisade_policy::catalog::{Actor, RevocationTarget};
+use palisade_policy::catalog::{
+    Actor, AuthEvent, Command, FactorKind, FactorRecord, Outcome, RevocationTarget, UserKey,
+};
+use palisade_policy::token::{KeyRing, SigningKey};
 use palisade_proto::v1 as pb;
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
-use crate::admin::Admin;
-use crate::controller::Controller;
+use crate::admin::{Admin, sha256_hex};
+use crate::controller::{Controller, now_ms, ts};
 use crate::convert;
 use crate::identity::require_edge;
+
+/// A factor passed this long ago still allows adding or removing factors.
+pub const RECENT_MFA_SECS: i64 = 600;
+/// TOTP parameters (RFC 6238 defaults every authenticator app supports).
+const TOTP_DIGITS: usize = 6;
+const TOTP_STEP: u64 = 30;
+/// 160-bit seeds (RFC 4226 recommends at least that).
+const TOTP_SEED_BYTES: usize = 20;
+/// Largest WebAuthn credential record accepted.
+const MAX_CREDENTIAL_JSON: usize = 16 * 1024;
 
 /// The `EdgeAuth` service of one controller.
 #[derive(Debug, Clone)]
@@ -26,6 +46,100 @@ impl EdgeAuthService {
     pub fn new(ctl: Controller) -> Self {
         Self { ctl }
     }
+
+    /// The signing keys from the catalog, opened, for checking the MFA assertion an edge
+    /// forwards.
+    fn keyring(&self) -> KeyRing {
+        let sealed: Vec<_> = self
+            .ctl
+            .state
+            .read(|s| s.catalog.signing_keys.values().cloned().collect());
+        KeyRing::new(sealed.into_iter().filter_map(|k| {
+            Some(SigningKey {
+                kid: k.kid.clone(),
+                secret: self.ctl.key.open("signing-key", &k.secret.0).ok()?,
+                active: k.active,
+            })
+        }))
+    }
+
+    /// Refuses a factor change unless the user has no active factor yet, or passed one within
+    /// `RECENT_MFA_SECS` (checked from the forwarded MFA assertion). Returns whether the user
+    /// has an active factor.
+    fn require_recent_mfa(&self, user: &pb::UserRef, key: &UserKey) -> Result<bool, Status> {
+        let active: Vec<String> = self.ctl.state.read(|s| {
+            s.catalog
+                .user_factors(key)
+                .filter(|f| f.active)
+                .map(|f| f.id.clone())
+                .collect()
+        });
+        if active.is_empty() {
+            return Ok(false);
+        }
+        let now = now_ms() / 1000;
+        let claims = self
+            .keyring()
+            .verify_mfa(&user.mfa_assertion, &user.session_id, now)
+            .map_err(|_| recent_mfa_needed())?;
+        if claims.sub != user.subject
+            || !active.contains(&claims.factor_id)
+            || now - claims.auth_time > RECENT_MFA_SECS
+        {
+            return Err(recent_mfa_needed());
+        }
+        Ok(true)
+    }
+
+    /// The enrollment code hash to put in `AddFactor`, when policy requires one for a first
+    /// factor.
+    fn enrollment_code(&self, has_factor: bool, code: &str) -> Result<Option<String>, Status> {
+        if has_factor {
+            return Ok(None);
+        }
+        let required = self.ctl.state.read(|s| {
+            s.catalog.current_policy().is_some_and(|p| {
+                serde_json::from_str::<palisade_policy::document::PolicyDocument>(&p.document_json)
+                    .is_ok_and(|d| d.mfa.enrollment_requires_code)
+            })
+        });
+        if !required {
+            return Ok(None);
+        }
+        if code.trim().is_empty() {
+            return Err(Status::failed_precondition(
+                "an enrollment code from your administrator is required to add a first factor",
+            ));
+        }
+        Ok(Some(sha256_hex(code.trim())))
+    }
+
+    async fn count_failure(&self, actor: Actor, key: &UserKey) -> Result<(u32, i64, u64), Status> {
+        let w = self
+            .ctl
+            .write(actor, Command::RecordMfaFailure { user: key.clone() })
+            .await?;
+        let (failed, until) = match &w.outcome {
+            Outcome::Counters(c) => (c.failed_attempts, c.locked_until_ms),
+            _ => (0, 0),
+        };
+        Ok((failed, until, w.revision))
+    }
+
+    /// A user's own factor, or NOT_FOUND (another user's factor is not found either).
+    fn own_factor(&self, key: &UserKey, id: &str) -> Result<FactorRecord, Status> {
+        self.ctl
+            .state
+            .read(|s| s.catalog.factors.get(id).cloned())
+            .filter(|f| f.user == *key)
+            .ok_or_else(|| Status::not_found("no such factor"))
+    }
+}
+
+fn recent_mfa_needed() -> Status {
+    Status::permission_denied(
+        "changing factors needs one of your existing factors passed within the last 10 minutes",
+    )
 }
 
 /// The actor for a user acting through an edge.
@@ -44,8 +158,71 @@ fn user_actor(edge: &str, user: Option<&pb::UserRef>) -> Result<(Actor, pb::User
     ))
 }
 
+fn user_key(u: &pb::UserRef) -> UserKey {
+    UserKey {
+        provider: u.identity_provider.clone(),
+        subject: u.subject.clone(),
+    }
+}
+
+fn factor_name(name: &str, default: &str) -> Result<String, Status> {
+    let name = name.trim();
+    let name = if name.is_empty() { default } else { name };
+    if name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(
+            "a factor name must be at most 64 printable characters",
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// The TOTP generator for a seed.
+fn totp(seed: Vec<u8>, account: &str) -> Result<totp_rs::Totp, Status> {
+    totp_rs::Builder::new()
+        .with_algorithm(totp_rs::Algorithm::SHA1)
+        .with_digits(TOTP_DIGITS as u8)
+        .with_skew(1)
+        .with_step_duration(TOTP_STEP)
+        .with_secret(seed)
+        .with_issuer(Some("Palisade"))
+        .with_account_name(account.to_string())
+        .build()
+        .map_err(|_| Status::internal("TOTP parameters"))
+}
+
+/// The time step of `code` for one of `seeds` at `now_secs` (±1 step), if any. Every seed is
+/// tried (codes compare in constant time), whichever matched first.
+fn match_code(seeds: Vec<(String, Vec<u8>)>, code: &str, now_secs: u64) -> Option<(String, u64)> {
+    if code.len() != TOTP_DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut found = None;
+    for (id, seed) in seeds {
+        let Ok(t) = totp(seed, "") else { continue };
+        if let Some(step) = t.check(code, now_secs)
+            && found.is_none()
+        {
+            found = Some((id, step));
+        }
+    }
+    found
+}
+
+fn kind_from_pb(k: i32) -> Result<FactorKind, Status> {
+    match pb::FactorKind::try_from(k) {
+        Ok(pb::FactorKind::SecurityKey) => Ok(FactorKind::SecurityKey),
+        Ok(pb::FactorKind::Platform) => Ok(FactorKind::Platform),
+        Ok(pb::FactorKind::Totp) => Ok(FactorKind::Totp),
+        _ => Err(Status::invalid_argument("kind must be a factor kind")),
+    }
+}
+
 fn later(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not available yet"))
+}
+
+fn locked(until_ms: i64) -> Option<prost_types::Timestamp> {
+    (until_ms > 0).then(|| ts(until_ms.min(253_402_300_799_000)))
 }
 
 #[tonic::async_trait]
@@ -58,14 +235,32 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         let r = req.into_inner();
         let (actor, user) = user_actor(&edge, r.user.as_ref())?;
         let target = convert::target_from_pb(r.target).map_err(Status::invalid_argument)?;
-        let RevocationTarget::Session(sid) = &target else {
-            return Err(Status::invalid_argument(
-                "an edge may only revoke a user's own session",
-            ));
+        let key = user_key(&user);
+        let own = match &target {
+            // Their current session, or one their sign-ins recorded.
+            RevocationTarget::Session(sid) => {
+                sid == &user.session_id
+                    || self.ctl.state.read(|s| {
+                        s.catalog
+                            .auth_events(&key)
+                            .any(|e| e.session_id == *sid && !sid.is_empty())
+                    })
+            }
+            // A device they own (by email or subject).
+            RevocationTarget::Device(id) => self.ctl.state.read(|s| {
+                s.catalog.devices.get(id).is_some_and(|d| {
+                    d.owner == user.subject || (!user.email.is_empty() && d.owner == user.email)
+                })
+            }),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "an edge may only revoke a user's own sessions and devices",
+                ));
+            }
         };
-        if sid != &user.session_id {
+        if !own {
             return Err(Status::permission_denied(
-                "the session to revoke is not the caller's session",
+                "that session or device is not the caller's",
             ));
         }
         let reason = if r.reason.trim().is_empty() {
@@ -85,72 +280,456 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
 
     async fn verify_totp(
         &self,
-        _: Request<pb::VerifyTotpRequest>,
+        req: Request<pb::VerifyTotpRequest>,
     ) -> Result<Response<pb::VerifyTotpResponse>, Status> {
-        Err(later("TOTP"))
+        let edge = require_edge(&req)?;
+        let r = req.into_inner();
+        let (actor, user) = user_actor(&edge, r.user.as_ref())?;
+        let key = user_key(&user);
+        let now = now_ms();
+        let (sealed, counters) = self.ctl.state.read(|s| {
+            let seeds: Vec<(String, Vec<u8>)> = s
+                .catalog
+                .user_factors(&key)
+                .filter(|f| f.active && f.kind == FactorKind::Totp)
+                .filter_map(|f| Some((f.id.clone(), s.catalog.totp_seeds.get(&f.id)?.0.clone())))
+                .collect();
+            (seeds, s.catalog.counters(&key))
+        });
+        let mut resp = pb::VerifyTotpResponse::default();
+        if sealed.is_empty() {
+            resp.result = pb::TotpResult::NoFactor as i32;
+            return Ok(Response::new(resp));
+        }
+        if counters.locked_until_ms > now {
+            resp.result = pb::TotpResult::LockedOut as i32;
+            resp.failed_attempts = counters.failed_attempts;
+            resp.locked_until = locked(counters.locked_until_ms);
+            return Ok(Response::new(resp));
+        }
+        let seeds = sealed
+            .into_iter()
+            .filter_map(|(id, s)| Some((id, self.ctl.key.open("totp-seed", &s).ok()?)))
+            .collect();
+        let code: String = r.code.chars().filter(|c| !c.is_whitespace()).collect();
+        let matched = match_code(seeds, &code, (now / 1000) as u64);
+        if let Some((factor_id, step)) = matched {
+            match self
+                .ctl
+                .write(
+                    actor.clone(),
+                    Command::RecordTotpUse {
+                        user: key.clone(),
+                        step,
+                    },
+                )
+                .await
+            {
+                Ok(w) => {
+                    resp.result = pb::TotpResult::Ok as i32;
+                    resp.factor_id = factor_id;
+                    resp.write = Some(w.to_pb());
+                    return Ok(Response::new(resp));
+                }
+                Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+                    // The step was already used (here or at another edge): a replay.
+                    resp.result = pb::TotpResult::Replayed as i32;
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            resp.result = pb::TotpResult::Invalid as i32;
+        }
+        let (failed, until, revision) = self.count_failure(actor, &key).await?;
+        tracing::info!(request_id = %r.request_id, failed_attempts = failed, "TOTP code refused");
+        resp.failed_attempts = failed;
+        resp.locked_until = locked(until);
+        resp.write = Some(pb::WriteResult {
+            revision,
+            ..Default::default()
+        });
+        Ok(Response::new(resp))
     }
 
     async fn begin_totp_enrollment(
         &self,
-        _: Request<pb::BeginTotpEnrollmentRequest>,
+        req: Request<pb::BeginTotpEnrollmentRequest>,
     ) -> Result<Response<pb::BeginTotpEnrollmentResponse>, Status> {
-        Err(later("TOTP enrollment"))
+        let edge = require_edge(&req)?;
+        let r = req.into_inner();
+        let (actor, user) = user_actor(&edge, r.user.as_ref())?;
+        let key = user_key(&user);
+        let has_factor = self.require_recent_mfa(&user, &key)?;
+        let code = self.enrollment_code(has_factor, &r.enrollment_code)?;
+        let name = factor_name(&r.name, "Authenticator app")?;
+        let mut seed = vec![0u8; TOTP_SEED_BYTES];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut seed);
+        let label = if r.account_label.trim().is_empty() {
+            user.subject.clone()
+        } else {
+            r.account_label.chars().take(128).collect()
+        };
+        let uri = totp(seed.clone(), &label)?
+            .to_url()
+            .map_err(|_| Status::internal("TOTP provisioning URI"))?;
+        let sealed = self
+            .ctl
+            .key
+            .seal("totp-seed", &seed)
+            .map_err(|_| Status::internal("sealing the seed"))?;
+        let w = self
+            .ctl
+            .write(
+                actor,
+                Command::AddFactor {
+                    user: key,
+                    kind: FactorKind::Totp,
+                    name,
+                    credential_json: String::new(),
+                    credential_id: String::new(),
+                    totp_seed: Some(palisade_policy::catalog::Sealed(sealed)),
+                    enrollment_code_sha256: code,
+                },
+            )
+            .await?;
+        let Outcome::Factor(factor_id) = w.outcome else {
+            return Err(Status::internal("unexpected outcome"));
+        };
+        Ok(Response::new(pb::BeginTotpEnrollmentResponse {
+            factor_id,
+            provisioning_uri: uri,
+        }))
     }
 
     async fn confirm_totp_enrollment(
         &self,
-        _: Request<pb::ConfirmTotpEnrollmentRequest>,
+        req: Request<pb::ConfirmTotpEnrollmentRequest>,
     ) -> Result<Response<pb::ConfirmTotpEnrollmentResponse>, Status> {
-        Err(later("TOTP enrollment"))
+        let edge = require_edge(&req)?;
+        let r = req.into_inner();
+        let (actor, user) = user_actor(&edge, r.user.as_ref())?;
+        let key = user_key(&user);
+        let f = self.own_factor(&key, &r.factor_id)?;
+        if f.active || f.kind != FactorKind::Totp {
+            return Err(Status::failed_precondition(
+                "this factor is not waiting for a first code",
+            ));
+        }
+        let sealed = self
+            .ctl
+            .state
+            .read(|s| s.catalog.totp_seeds.get(&f.id).cloned())
+            .ok_or_else(|| Status::not_found("no such factor"))?;
+        let seed = self
+            .ctl
+            .key
+            .open("totp-seed", &sealed.0)
+            .map_err(|_| Status::internal("opening the seed"))?;
+        let code: String = r.code.chars().filter(|c| !c.is_whitespace()).collect();
+        let Some((_, step)) =
+            match_code(vec![(f.id.clone(), seed)], &code, (now_ms() / 1000) as u64)
+        else {
+            return Err(Status::invalid_argument(
+                "that code does not match; check the authenticator's clock and try the next code",
+            ));
+        };
+        let w = self
+            .ctl
+            .write(
+                actor,
+                Command::ActivateTotp {
+                    id: f.id.clone(),
+                    step,
+                },
+            )
+            .await?;
+        let factor = self
+            .ctl
+            .state
+            .read(|s| s.catalog.factors.get(&f.id).map(convert::factor));
+        Ok(Response::new(pb::ConfirmTotpEnrollmentResponse {
+            factor,
+            write: Some(w.to_pb()),
+        }))
     }
 
     async fn register_webauthn(
         &self,
-        _: Request<pb::RegisterWebauthnRequest>,
+        req: Request<pb::RegisterWebauthnRequest>,
     ) -> Result<Response<pb::FactorWriteResponse>, Status> {
-        Err(later("WebAuthn"))
+        let edge = require_edge(&req)?;
+        let r = req.into_inner();
+        let (actor, user) = user_actor(&edge, r.user.as_ref())?;
+        let key = user_key(&user);
+        let kind = kind_from_pb(r.kind)?;
+        if kind == FactorKind::Totp {
+            return Err(Status::invalid_argument("kind must be a WebAuthn kind"));
+        }
+        let cred = r
+            .credential
+            .ok_or_else(|| Status::invalid_argument("credential is required"))?;
+        if cred.credential_id.is_empty()
+            || cred.credential_json.is_empty()
+            || cred.credential_json.len() > MAX_CREDENTIAL_JSON
+            || serde_json::from_str::<serde_json::Value>(&cred.credential_json).is_err()
+        {
+            return Err(Status::invalid_argument(
+                "the credential record is malformed",
+            ));
+        }
+        let has_factor = self.require_recent_mfa(&user, &key)?;
+        let code = self.enrollment_code(has_factor, &r.enrollment_code)?;
+        let default = match kind {
+            FactorKind::Platform => "This device",
+            _ => "Security key",
+        };
+        let name = factor_name(&r.name, default)?;
+        let w = self
+            .ctl
+            .write(
+                actor,
+                Command::AddFactor {
+                    user: key,
+                    kind,
+                    name,
+                    credential_json: cred.credential_json,
+                    credential_id: base64::Engine::encode(
+                        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                        &cred.credential_id,
+                    ),
+                    totp_seed: None,
+                    enrollment_code_sha256: code,
+                },
+            )
+            .await?;
+        let factor = match &w.outcome {
+            Outcome::Factor(id) => self
+                .ctl
+                .state
+                .read(|s| s.catalog.factors.get(id).map(convert::factor)),
+            _ => None,
+        };
+        Ok(Response::new(pb::FactorWriteResponse {
+            factor,
+            write: Some(w.to_pb()),
+        }))
     }
 
     async fn record_webauthn_use(
         &self,
-        _: Request<pb::RecordWebauthnUseRequest>,
+        req: Request<pb::RecordWebauthnUseRequest>,
     ) -> Result<Response<pb::RecordWebauthnUseResponse>, Status> {
-        Err(later("WebAuthn"))
+        let edge = require_edge(&req)?;
+        let r = req.into_inner();
+        let (actor, user) = user_actor(&edge, r.user.as_ref())?;
+        let key = user_key(&user);
+        let f = self.own_factor(&key, &r.factor_id)?;
+        if r.challenge.len() < 16 {
+            return Err(Status::invalid_argument(
+                "the answered challenge is required",
+            ));
+        }
+        let challenge_sha256: String = Sha256::digest(&r.challenge)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut resp = pb::RecordWebauthnUseResponse::default();
+        match self
+            .ctl
+            .write(
+                actor.clone(),
+                Command::RecordWebauthnUse {
+                    id: f.id,
+                    sign_count: r.sign_count,
+                    challenge_sha256,
+                },
+            )
+            .await
+        {
+            Ok(w) => {
+                resp.accepted = true;
+                resp.write = Some(w.to_pb());
+            }
+            Err(e)
+                if matches!(
+                    e.code(),
+                    tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument
+                ) =>
+            {
+                tracing::warn!(request_id = %r.request_id, refusal = %e.message(), "WebAuthn assertion refused by the catalog");
+                resp.refusal = e.message().to_string();
+                let (_, _, revision) = self.count_failure(actor, &key).await?;
+                resp.write = Some(pb::WriteResult {
+                    revision,
+                    ..Default::default()
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(Response::new(resp))
     }
 
     async fn record_mfa_failure(
         &self,
-        _: Request<pb::RecordMfaFailureRequest>,
+        req: Request<pb::RecordMfaFailureRequest>,
     ) -> Result<Response<pb::RecordMfaFailureResponse>, Status> {
-        Err(later("MFA"))
+        let edge = require_edge(&req)?;
+        let r = req.into_inner();
+        let (actor, user) = user_actor(&edge, r.user.as_ref())?;
+        let (failed, until, _) = self.count_failure(actor, &user_key(&user)).await?;
+        Ok(Response::new(pb::RecordMfaFailureResponse {
+            failed_attempts: failed,
+            locked_until: locked(until),
+        }))
     }
 
     async fn rename_factor(
         &self,
-        _: Request<pb::RenameFactorRequest>,
+        req: Request<pb::RenameFactorRequest>,
     ) -> Result<Response<pb::FactorWriteResponse>, Status> {
-        Err(later("the enrollment portal"))
+        let edge = require_edge(&req)?;
+        let r = req.into_inner();
+        let (actor, user) = user_actor(&edge, r.user.as_ref())?;
+        let f = self.own_factor(&user_key(&user), &r.factor_id)?;
+        let name = factor_name(&r.name, "")?;
+        if name.is_empty() {
+            return Err(Status::invalid_argument("a factor needs a name"));
+        }
+        let w = self
+            .ctl
+            .write(
+                actor,
+                Command::RenameFactor {
+                    id: f.id.clone(),
+                    name,
+                },
+            )
+            .await?;
+        let factor = self
+            .ctl
+            .state
+            .read(|s| s.catalog.factors.get(&f.id).map(convert::factor));
+        Ok(Response::new(pb::FactorWriteResponse {
+            factor,
+            write: Some(w.to_pb()),
+        }))
     }
 
     async fn remove_own_factor(
         &self,
-        _: Request<pb::RemoveOwnFactorRequest>,
+        req: Request<pb::RemoveOwnFactorRequest>,
     ) -> Result<Response<pb::FactorWriteResponse>, Status> {
-        Err(later("the enrollment portal"))
+        let edge = require_edge(&req)?;
+        let r = req.into_inner();
+        let (actor, user) = user_actor(&edge, r.user.as_ref())?;
+        let key = user_key(&user);
+        let f = self.own_factor(&key, &r.factor_id)?;
+        // A pending TOTP factor can be dropped freely; an active one needs a recent factor.
+        if f.active {
+            self.require_recent_mfa(&user, &key)?;
+        }
+        let w = self
+            .ctl
+            .write(actor, Command::RemoveFactor { id: f.id })
+            .await?;
+        Ok(Response::new(pb::FactorWriteResponse {
+            factor: None,
+            write: Some(w.to_pb()),
+        }))
     }
 
     async fn record_auth_events(
         &self,
-        _: Request<pb::RecordAuthEventsRequest>,
+        req: Request<pb::RecordAuthEventsRequest>,
     ) -> Result<Response<pb::RecordAuthEventsResponse>, Status> {
-        Err(later("sign-in history"))
+        let edge = require_edge(&req)?;
+        let r = req.into_inner();
+        if r.events.len() > 100 {
+            return Err(Status::invalid_argument("at most 100 events per call"));
+        }
+        let events: Vec<AuthEvent> = r
+            .events
+            .into_iter()
+            .filter_map(|e| {
+                let (provider, subject) = e.target.split_once('/')?;
+                let clip = |s: &str| s.chars().take(200).collect::<String>();
+                Some(AuthEvent {
+                    user: UserKey {
+                        provider: clip(provider),
+                        subject: clip(subject),
+                    },
+                    at_ms: e
+                        .time
+                        .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+                        .unwrap_or_else(now_ms),
+                    action: clip(&e.action),
+                    result: clip(&e.result),
+                    // The edge is who the certificate says, whatever the event claims.
+                    edge_id: edge.clone(),
+                    request_id: clip(&e.request_id),
+                    session_id: e
+                        .details
+                        .get("session_id")
+                        .map(|s| clip(s))
+                        .unwrap_or_default(),
+                    details: e
+                        .details
+                        .iter()
+                        .take(8)
+                        .map(|(k, v)| (clip(k), clip(v)))
+                        .collect(),
+                })
+            })
+            .collect();
+        let accepted = events.len() as u32;
+        if accepted > 0 {
+            self.ctl
+                .write(
+                    Actor {
+                        subject: edge.clone(),
+                        kind: "edge".into(),
+                    },
+                    Command::RecordAuthEvents { events },
+                )
+                .await?;
+        }
+        Ok(Response::new(pb::RecordAuthEventsResponse { accepted }))
     }
 
     async fn list_auth_events(
         &self,
-        _: Request<pb::ListAuthEventsRequest>,
+        req: Request<pb::ListAuthEventsRequest>,
     ) -> Result<Response<pb::ListAuthEventsResponse>, Status> {
-        Err(later("sign-in history"))
+        let edge = require_edge(&req)?;
+        let r = req.into_inner();
+        let (_, user) = user_actor(&edge, r.user.as_ref())?;
+        let key = user_key(&user);
+        let limit = match r.limit {
+            0 => 50,
+            n => n.min(200) as usize,
+        };
+        let events = self.ctl.state.read(|s| {
+            s.catalog
+                .auth_events(&key)
+                .take(limit)
+                .map(|e| pb::AuditEvent {
+                    time: Some(ts(e.at_ms)),
+                    actor: Some(pb::Actor {
+                        subject: format!("{}/{}", e.user.provider, e.user.subject),
+                        kind: pb::ActorKind::User as i32,
+                        ..Default::default()
+                    }),
+                    action: e.action.clone(),
+                    target: format!("{}/{}", e.user.provider, e.user.subject),
+                    result: e.result.clone(),
+                    edge_id: e.edge_id.clone(),
+                    request_id: e.request_id.clone(),
+                    details: e.details.clone().into_iter().collect(),
+                    ..Default::default()
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListAuthEventsResponse { events }))
     }
 
     async fn open_tunnel_session(

@@ -1,5 +1,5 @@
 //! Calls from the edge to the controllers' `EdgeAuth` service, for writes made on behalf of a
-//! user (sign-out now; MFA and self-service later). Any controller accepts them (followers
+//! user: sign-out, MFA checks that need agreement across edges, and self-service changes. Any controller accepts them (followers
 //! forward to the leader); the client tries each configured controller in turn and keeps the
 //! channel that worked.
 
@@ -71,31 +71,21 @@ impl ControllerClient {
         out
     }
 
-    /// Revokes the user's own session (sign-out). Returns the revision of the revocation.
-    pub async fn revoke_own_session(
-        &self,
-        user: pb::UserRef,
-        reason: &str,
-    ) -> Result<u64, CallError> {
-        let target = pb::RevocationTarget {
-            target: Some(pb::revocation_target::Target::SessionId(
-                user.session_id.clone(),
-            )),
-        };
-        let req = pb::RevokeOwnRequest {
-            user: Some(user),
-            target: Some(target),
-            reason: reason.into(),
-        };
+    /// Makes one `EdgeAuth` call, trying each controller until one answers. Only transport
+    /// failures move on to the next controller; an answer (also a refusal) is final.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, CallError>
+    where
+        F: Fn(pb::edge_auth_client::EdgeAuthClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let mut last = String::from("no controller configured");
         for (addr, ch) in self.channels().await {
-            let mut c = pb::edge_auth_client::EdgeAuthClient::new(ch.clone());
-            match c.revoke_own(req.clone()).await {
+            match f(pb::edge_auth_client::EdgeAuthClient::new(ch.clone())).await {
                 Ok(r) => {
                     if let Ok(mut cur) = self.current.lock() {
                         *cur = Some((addr, ch));
                     }
-                    return Ok(r.into_inner().write.map(|w| w.revision).unwrap_or(0));
+                    return Ok(r.into_inner());
                 }
                 Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
                     last = format!("{addr}: {}", s.message());
@@ -104,5 +94,29 @@ impl ControllerClient {
             }
         }
         Err(CallError::Unreachable(last))
+    }
+
+    /// Revokes one of the user's own sessions or devices (sign-out revokes the current
+    /// session). Returns the revision of the revocation.
+    pub async fn revoke_own(
+        &self,
+        user: pb::UserRef,
+        target: pb::revocation_target::Target,
+        reason: &str,
+    ) -> Result<u64, CallError> {
+        let req = pb::RevokeOwnRequest {
+            user: Some(user),
+            target: Some(pb::RevocationTarget {
+                target: Some(target),
+            }),
+            reason: reason.into(),
+        };
+        let r = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.revoke_own(req).await }
+            })
+            .await?;
+        Ok(r.write.map(|w| w.revision).unwrap_or(0))
     }
 }

@@ -45,12 +45,12 @@ const MAX_EXTRA_CLAIMS: usize = 1024;
 
 /// One edge's request handling.
 pub struct Gateway {
-    edge_id: String,
-    replica: Arc<Replica>,
+    pub(crate) edge_id: String,
+    pub(crate) replica: Arc<Replica>,
     rp: RelyingParty,
     signer: AssertionSigner,
     upstreams: Upstreams,
-    controllers: Option<ControllerClient>,
+    pub(crate) controllers: Option<Arc<ControllerClient>>,
     consumed: Mutex<HashMap<String, i64>>,
 }
 
@@ -73,14 +73,29 @@ struct LoginState {
     redirect_uri: String,
 }
 
-/// An authenticated caller, after every check.
-#[derive(Debug)]
-struct Caller {
-    session: SessionClaims,
-    identity: Identity,
+impl Caller {
+    /// Who the edge acts for in calls to the controllers.
+    pub(crate) fn user_ref(&self) -> pb::UserRef {
+        pb::UserRef {
+            identity_provider: self.session.idp.clone(),
+            subject: self.session.sub.clone(),
+            session_id: self.session.sid.clone(),
+            mfa_assertion: self.mfa_token.clone().unwrap_or_default(),
+            email: self.session.email.clone(),
+        }
+    }
 }
 
-fn now_secs() -> i64 {
+/// An authenticated caller, after every check.
+#[derive(Debug)]
+pub(crate) struct Caller {
+    pub(crate) session: SessionClaims,
+    pub(crate) identity: Identity,
+    /// The MFA assertion token as presented, when it verified.
+    pub(crate) mfa_token: Option<String>,
+}
+
+pub(crate) fn now_secs() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
@@ -121,14 +136,14 @@ fn authority<B>(req: &Request<B>) -> Option<(String, String)> {
     Some((a.as_str().to_ascii_lowercase(), host))
 }
 
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
 }
 
 /// A return path is only ever a local absolute path: never `//evil`, `/\evil` or a URL.
-fn safe_return_to(rd: &str) -> String {
+pub(crate) fn safe_return_to(rd: &str) -> String {
     let ok = rd.starts_with('/')
         && !rd.starts_with("//")
         && !rd.starts_with("/\\")
@@ -137,7 +152,7 @@ fn safe_return_to(rd: &str) -> String {
     if ok { rd.to_string() } else { "/".into() }
 }
 
-fn redirect(status: StatusCode, to: &str) -> Response<Body> {
+pub(crate) fn redirect(status: StatusCode, to: &str) -> Response<Body> {
     let mut r = Response::new(full(""));
     *r.status_mut() = status;
     if let Ok(v) = HeaderValue::from_str(to) {
@@ -148,7 +163,7 @@ fn redirect(status: StatusCode, to: &str) -> Response<Body> {
     r
 }
 
-fn wants_html(req: &Request<Incoming>) -> bool {
+pub(crate) fn wants_html(req: &Request<Incoming>) -> bool {
     matches!(*req.method(), Method::GET | Method::HEAD)
 }
 
@@ -169,7 +184,7 @@ impl Gateway {
             rp,
             signer,
             upstreams,
-            controllers,
+            controllers: controllers.map(Arc::new),
             consumed: Mutex::new(HashMap::new()),
         }
     }
@@ -265,6 +280,16 @@ impl Gateway {
                         .await
                 }
                 "logout" => self.logout(&req, &view, &host, rid).await,
+                r if r == "webauthn.js"
+                    || r == "mfa"
+                    || r.starts_with("mfa/")
+                    || r == "portal"
+                    || r.starts_with("portal/") =>
+                {
+                    let rest = r.to_string();
+                    self.mfa_routes(req, &view, &policy, &authority, &host, &rest, peer, rid)
+                        .await
+                }
                 _ => pages::message(
                     StatusCode::NOT_FOUND,
                     "Not found",
@@ -343,17 +368,40 @@ impl Gateway {
                 challenge: Challenge::Mfa { methods, .. },
                 rule,
             } => {
-                let names: Vec<String> = methods.iter().map(|m| m.as_str().to_string()).collect();
-                pages::denied(
-                    &app.name,
-                    rule.as_ref().map(|r| &*r.name),
-                    &format!(
-                        "this application needs a second factor: one of {}",
-                        names.join(", ")
-                    ),
-                    &[],
-                    rid,
-                )
+                let return_to = match req.uri().query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path.clone(),
+                };
+                if wants_html(&req) {
+                    redirect(
+                        StatusCode::SEE_OTHER,
+                        &format!(
+                            "{RESERVED}mfa?rd={}",
+                            url::form_urlencoded::byte_serialize(return_to.as_bytes())
+                                .collect::<String>()
+                        ),
+                    )
+                } else {
+                    let names: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+                    let mut r = pages::message(
+                        StatusCode::UNAUTHORIZED,
+                        "Second factor required",
+                        &format!(
+                            "rule {} needs a second factor (one of {}): open {} in a browser",
+                            rule.as_ref().map(|r| &*r.name).unwrap_or("-"),
+                            names.join(", "),
+                            "/.palisade/mfa"
+                        ),
+                        rid,
+                    );
+                    if let Ok(v) = HeaderValue::from_str(&format!(
+                        "Palisade-MFA methods=\"{}\"",
+                        names.join(" ")
+                    )) {
+                        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                    }
+                    r
+                }
             }
         };
         if clear {
@@ -365,7 +413,7 @@ impl Gateway {
 
     /// Reads and checks the session and MFA cookies. Returns the caller (if any) and whether a
     /// session cookie was present but unusable (so the response clears it).
-    fn caller(
+    pub(crate) fn caller(
         &self,
         req: &Request<Incoming>,
         view: &View,
@@ -393,16 +441,33 @@ impl Gateway {
             tracing::debug!("session revoked");
             return (None, true);
         }
+        // An assertion counts only while its factor exists, is active and is not revoked:
+        // removing or revoking a factor ends the assertions issued with it.
+        let mut mfa_token = None;
         let mfa = cookie::get(req.headers(), cookie::MFA)
-            .and_then(|t| view.keyring.verify_mfa(t, &session.sid, now).ok())
-            .filter(|m| !view.revocations.factor_revoked(&m.factor_id) && m.sub == session.sub)
+            .and_then(|t| {
+                let m = view.keyring.verify_mfa(t, &session.sid, now).ok()?;
+                mfa_token = Some(t.to_string());
+                Some(m)
+            })
+            .filter(|m| {
+                m.sub == session.sub
+                    && !view.revocations.factor_revoked(&m.factor_id)
+                    && view.factors.get(&m.factor_id).is_some_and(|f| {
+                        !f.pending && f.subject == session.sub && f.identity_provider == session.idp
+                    })
+            })
             .and_then(|m| {
                 Some(MfaProof {
                     method: m.method,
                     factor_id: m.factor_id,
                     authenticated_at: jiff::Timestamp::from_second(m.auth_time).ok()?,
+                    user_verified: m.uv,
                 })
             });
+        if mfa.is_none() {
+            mfa_token = None;
+        }
         let identity = Identity {
             provider: session.idp.clone(),
             subject: session.sub.clone(),
@@ -411,7 +476,14 @@ impl Gateway {
             claims: session.claims.clone(),
             mfa,
         };
-        (Some(Caller { session, identity }), false)
+        (
+            Some(Caller {
+                session,
+                identity,
+                mfa_token,
+            }),
+            false,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -519,7 +591,7 @@ impl Gateway {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn challenge_login(
+    pub(crate) async fn challenge_login(
         &self,
         req: &Request<Incoming>,
         view: &View,
@@ -788,6 +860,19 @@ impl Gateway {
             }
         };
         tracing::info!(request_id = %rid, provider = %p.id, subject = %session.sub, "signed in");
+        self.record_auth_event(
+            &p.id,
+            &session.sub,
+            "login.oidc",
+            "ok",
+            rid,
+            std::collections::BTreeMap::from([
+                ("session_id".to_string(), session.sid.clone()),
+                ("host".to_string(), host.to_string()),
+                ("issued_at".to_string(), session.iat.to_string()),
+                ("expires_at".to_string(), session.exp.to_string()),
+            ]),
+        );
         let mut r = redirect(StatusCode::SEE_OTHER, &safe_return_to(&login.return_to));
         let h = r.headers_mut();
         h.append(
@@ -819,12 +904,9 @@ impl Gateway {
                         rid,
                     );
                 };
-                let user = pb::UserRef {
-                    identity_provider: c.session.idp.clone(),
-                    subject: c.session.sub.clone(),
-                    session_id: c.session.sid.clone(),
-                };
-                match ctl.revoke_own_session(user, "signed out").await {
+                let user = c.user_ref();
+                let target = pb::revocation_target::Target::SessionId(user.session_id.clone());
+                match ctl.revoke_own(user, target, "signed out").await {
                     Ok(revision) => {
                         // Answer once this edge enforces it too, so "signed out" is true here.
                         let mut w = self.replica.watch();

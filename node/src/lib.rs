@@ -1,5 +1,6 @@
 //! One Palisade edge: the sync client and replica, the HTTPS ingress, sign-in with OpenID
-//! Connect, enforcement on every request, and the reverse proxy to upstreams. See
+//! Connect, Palisade's own second factor (TOTP, WebAuthn) and the self-service portal,
+//! enforcement on every request, and the reverse proxy to upstreams. See
 //! `docs/ARCHITECTURE.md` and `docs/edge.md`.
 
 #![forbid(unsafe_code)]
@@ -10,6 +11,7 @@ pub mod controllers;
 pub mod cookie;
 pub mod gateway;
 pub mod ingress;
+pub mod mfa;
 pub mod oidc;
 pub mod ops;
 pub mod pages;

@@ -113,6 +113,7 @@ fn requests(n: usize, now: Timestamp) -> Vec<Req> {
                     method: MfaMethod::Totp,
                     factor_id: "fac-1".into(),
                     authenticated_at: now - jiff::SignedDuration::from_secs(600),
+                    user_verified: false,
                 }),
             },
             device: Device {
@@ -263,6 +264,7 @@ fn main() {
             factor_id: "fac-17".into(),
             auth_time: t - 60,
             exp: t + 3600,
+            uv: true,
         };
         let st = ring.sign(TokenKind::Session, &session).expect("sign");
         let mt = ring.sign(TokenKind::Mfa, &mfa).expect("sign");

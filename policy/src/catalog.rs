@@ -346,6 +346,11 @@ pub enum Command {
         credential_id: String,
         /// Sealed TOTP seed.
         totp_seed: Option<Sealed>,
+        /// SHA-256 (hex) of the admin-issued enrollment code the user presented, when the
+        /// controller found that policy requires one; it must match the user's code, which
+        /// is consumed.
+        #[serde(default)]
+        enrollment_code_sha256: Option<String>,
     },
     /// Activate a pending TOTP factor and record the step of its first code.
     ActivateTotp {
@@ -379,6 +384,9 @@ pub enum Command {
         id: String,
         /// Counter.
         sign_count: u32,
+        /// SHA-256 (hex) of the challenge the assertion answered; a challenge is accepted once.
+        #[serde(default)]
+        challenge_sha256: String,
     },
     /// Count a failed MFA attempt.
     RecordMfaFailure {
@@ -413,7 +421,41 @@ pub enum Command {
         /// Sealed value.
         value: Sealed,
     },
+    /// Record sign-in and MFA attempts reported by edges (kept per user, newest
+    /// `AUTH_EVENTS_PER_USER`). Edges are not told: only the portal reads them.
+    RecordAuthEvents {
+        /// The events.
+        events: Vec<AuthEvent>,
+    },
 }
+
+/// A sign-in or MFA attempt as an edge saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthEvent {
+    /// Whose.
+    pub user: UserKey,
+    /// When (unix ms, the edge's clock).
+    pub at_ms: i64,
+    /// `login.oidc`, `mfa.totp`, `mfa.webauthn`, `logout` ...
+    pub action: String,
+    /// `ok`, `failed`, `locked_out` ...
+    pub result: String,
+    /// The edge.
+    pub edge_id: String,
+    /// The edge's request id.
+    pub request_id: String,
+    /// The SSO session it belongs to.
+    pub session_id: String,
+    /// Extra detail (never secrets): the application host, the factor, the session expiry.
+    pub details: BTreeMap<String, String>,
+}
+
+/// How many auth events the catalog keeps per user.
+pub const AUTH_EVENTS_PER_USER: usize = 50;
+/// How long a used WebAuthn challenge is remembered (longer than any challenge lives).
+pub const CHALLENGE_MEMORY_MS: i64 = 15 * 60 * 1000;
+/// How long a pending TOTP factor waits for its first code.
+pub const PENDING_TOTP_MS: i64 = 15 * 60 * 1000;
 
 /// What a successful command produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -554,6 +596,12 @@ pub struct Catalog {
     /// The most recent writes, oldest first (at most `AUDIT_RETENTION`).
     #[serde(default)]
     pub audit: VecDeque<AuditRecord>,
+    /// WebAuthn challenges already answered (SHA-256 hex → forget after, unix ms).
+    #[serde(default)]
+    pub used_challenges: BTreeMap<String, i64>,
+    /// Recent sign-in and MFA attempts by user, oldest first.
+    #[serde(default)]
+    pub auth_events: BTreeMap<String, VecDeque<AuthEvent>>,
 }
 
 fn not_found(kind: &str, id: impl ToString) -> CommandError {
@@ -623,6 +671,19 @@ impl Catalog {
             })
             .filter(|r| !matches!(r, Resolved::RevocationRemoved(id) if id.is_empty()))
             .collect()
+    }
+
+    /// A user's recent sign-in and MFA attempts, newest first.
+    pub fn auth_events(&self, user: &UserKey) -> impl Iterator<Item = &AuthEvent> {
+        self.auth_events
+            .get(&user_slot(user))
+            .into_iter()
+            .flat_map(|l| l.iter().rev())
+    }
+
+    /// A user's factors (active and pending).
+    pub fn user_factors<'a>(&'a self, user: &'a UserKey) -> impl Iterator<Item = &'a FactorRecord> {
+        self.factors.values().filter(move |f| f.user == *user)
     }
 
     /// A user's counters (default when none recorded).
@@ -771,7 +832,24 @@ impl Catalog {
                     self.signing_keys.remove(kid);
                     changes.push(Change::SigningKeyRemoved(kid.clone()));
                 }
-                Ok(Outcome::Collected(expired.len() + retired.len()))
+                let abandoned: Vec<String> = self
+                    .factors
+                    .values()
+                    .filter(|f| !f.active && f.created_at_ms.saturating_add(PENDING_TOTP_MS) <= at)
+                    .map(|f| f.id.clone())
+                    .collect();
+                for id in &abandoned {
+                    self.factors.remove(id);
+                    self.totp_seeds.remove(id);
+                    changes.push(Change::FactorRemoved(id.clone()));
+                }
+                let before = self.used_challenges.len();
+                self.used_challenges.retain(|_, until| *until > at);
+                let forgotten = before - self.used_challenges.len();
+                self.enrollment_codes.retain(|_, (_, until)| *until > at);
+                Ok(Outcome::Collected(
+                    expired.len() + retired.len() + abandoned.len() + forgotten,
+                ))
             }
             Command::CreateDevice {
                 owner,
@@ -854,8 +932,26 @@ impl Catalog {
                 credential_json,
                 credential_id,
                 totp_seed,
+                enrollment_code_sha256,
             } => {
                 let is_totp = *kind == FactorKind::Totp;
+                if name.trim().is_empty() || name.chars().count() > 64 {
+                    return Err(CommandError::Invalid(
+                        "a factor name must be 1 to 64 characters".into(),
+                    ));
+                }
+                if let Some(code) = enrollment_code_sha256 {
+                    match self.enrollment_codes.get(&user_slot(user)) {
+                        Some((want, until)) if want == code && *until > at => {
+                            self.enrollment_codes.remove(&user_slot(user));
+                        }
+                        _ => {
+                            return Err(CommandError::Invalid(
+                                "the enrollment code is wrong or has expired".into(),
+                            ));
+                        }
+                    }
+                }
                 if is_totp != totp_seed.is_some() {
                     return Err(CommandError::Invalid(
                         "a TOTP factor needs a seed, and only a TOTP factor has one".into(),
@@ -942,7 +1038,16 @@ impl Catalog {
                 let c = self.bump_totp(user, *step, changes)?;
                 Ok(Outcome::Counters(c))
             }
-            Command::RecordWebauthnUse { id, sign_count } => {
+            Command::RecordWebauthnUse {
+                id,
+                sign_count,
+                challenge_sha256,
+            } => {
+                if self.used_challenges.contains_key(challenge_sha256) {
+                    return Err(CommandError::Invalid(
+                        "this challenge was already answered".into(),
+                    ));
+                }
                 let f = self
                     .factors
                     .get_mut(id)
@@ -954,6 +1059,12 @@ impl Catalog {
                 f.sign_count = *sign_count;
                 f.revision = revision;
                 let user = f.user.clone();
+                if !challenge_sha256.is_empty() {
+                    self.used_challenges.insert(
+                        challenge_sha256.clone(),
+                        at.saturating_add(CHALLENGE_MEMORY_MS),
+                    );
+                }
                 changes.push(Change::Factor(id.clone()));
                 let c = self.reset_failures(&user, changes);
                 Ok(Outcome::Counters(c))
@@ -1023,6 +1134,19 @@ impl Catalog {
                 }
                 self.secrets.insert(name.clone(), value.clone());
                 changes.push(Change::Secret(name.clone()));
+                Ok(Outcome::Done)
+            }
+            Command::RecordAuthEvents { events } => {
+                if events.len() > 100 {
+                    return Err(CommandError::Invalid("at most 100 events per write".into()));
+                }
+                for e in events {
+                    let list = self.auth_events.entry(user_slot(&e.user)).or_default();
+                    list.push_back(e.clone());
+                    while list.len() > AUTH_EVENTS_PER_USER {
+                        list.pop_front();
+                    }
+                }
                 Ok(Outcome::Done)
             }
         }
@@ -1120,6 +1244,7 @@ fn describe(c: &Command, r: &Result<Outcome, CommandError>) -> (&'static str, St
         Command::RotateSigningKey { .. } => ("key.rotate", produced),
         Command::IssueEnrollmentCode { user: u, .. } => ("factor.enrollment_code", user(u)),
         Command::PutSecret { name, .. } => ("secret.put", name.clone()),
+        Command::RecordAuthEvents { events } => ("auth.events", format!("{} events", events.len())),
     }
 }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use jiff::tz::TimeZone;
 
 use crate::document::{
-    Application, Condition, Day, IdentityProvider, MfaMethod, Os, PolicyDocument, Protocol,
-    RuleDecision, SCHEMA_VERSION, StalenessMode,
+    Application, Condition, Day, IdentityProvider, MfaMethod, MfaPolicy, Os, PolicyDocument,
+    Protocol, RuleDecision, SCHEMA_VERSION, StalenessMode,
 };
 use crate::duration::parse_duration;
 use crate::iptable::{IpTable, parse_net};
@@ -64,6 +64,8 @@ pub struct MfaRequirement {
     pub methods: MethodSet,
     /// Maximum age of the MFA proof.
     pub max_age: Duration,
+    /// A security key proof counts only when the key verified the user.
+    pub user_verification: bool,
 }
 
 /// Staleness behaviour of an application.
@@ -272,6 +274,7 @@ pub struct CompiledPolicy {
     exact_hosts: HashMap<Box<str>, PathTrie>,
     wildcard_hosts: HashMap<Box<str>, PathTrie>,
     providers: Vec<IdentityProvider>,
+    mfa: MfaPolicy,
 }
 
 impl CompiledPolicy {
@@ -332,7 +335,12 @@ impl CompiledPolicy {
         self.providers.iter().find(|p| p.id == id)
     }
 
-    /// All identity providers.
+    /// The deployment-wide MFA settings.
+    pub fn mfa_policy(&self) -> &MfaPolicy {
+        &self.mfa
+    }
+
+    /// Configured identity providers.
     pub fn identity_providers(&self) -> &[IdentityProvider] {
         &self.providers
     }
@@ -523,12 +531,57 @@ fn compile_document(doc: &PolicyDocument, c: &mut Collector) -> CompiledPolicy {
         apps.push(compiled);
     }
 
+    validate_mfa_policy(doc, c);
     CompiledPolicy {
         apps,
         app_index,
         exact_hosts,
         wildcard_hosts,
         providers: doc.identity_providers.clone(),
+        mfa: doc.mfa.clone(),
+    }
+}
+
+/// The relying party id must be a DNS name every application host is within.
+fn validate_mfa_policy(doc: &PolicyDocument, c: &mut Collector) {
+    c.unknown_fields("mfa", &doc.mfa.extra);
+    let Some(rp) = &doc.mfa.webauthn_rp_id else {
+        return;
+    };
+    let valid = !rp.is_empty()
+        && rp.len() <= 253
+        && rp.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    if !valid {
+        c.push(
+            "mfa.webauthn_rp_id",
+            format!(
+                "{} is not a lowercase DNS name (e.g. \"example.com\")",
+                quote(rp)
+            ),
+        );
+        return;
+    }
+    for (ai, app) in doc.apps.iter().enumerate() {
+        for (hi, h) in app.hosts.iter().enumerate() {
+            let h = h.trim_start_matches("*.").to_ascii_lowercase();
+            if h != *rp && !h.ends_with(&format!(".{rp}")) {
+                c.push(
+                    format!("apps[{ai}].hosts[{hi}]"),
+                    format!(
+                        "host {} is not within mfa.webauthn_rp_id {}: security keys could not be used there",
+                        quote(&h),
+                        quote(rp)
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -785,6 +838,7 @@ fn compile_app(
     let app_mfa = MfaRequirement {
         methods: app_methods,
         max_age: mfa_max_age,
+        user_verification: app.mfa.require_user_verification,
     };
 
     let staleness = match (app.staleness.mode, &app.staleness.max_staleness) {
@@ -1117,7 +1171,11 @@ fn compile_mfa(
         .unwrap_or(app.max_age),
         None => app.max_age,
     };
-    MfaRequirement { methods, max_age }
+    MfaRequirement {
+        methods,
+        max_age,
+        user_verification: app.user_verification,
+    }
 }
 
 fn parse_hhmm(s: &str) -> Option<u16> {

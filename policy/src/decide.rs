@@ -425,6 +425,9 @@ fn mfa_satisfied(req: MfaRequirement, f: &Facts<'_>) -> bool {
     if !req.methods.contains(proof.method) {
         return false;
     }
+    if req.user_verification && !proof.user_verified {
+        return false;
+    }
     let age = f.now.duration_since(proof.authenticated_at);
     // A proof from the future (clock skew beyond a minute) does not count.
     let age_secs = age.as_secs();

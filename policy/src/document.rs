@@ -30,6 +30,30 @@ pub struct PolicyDocument {
     /// Protected applications.
     #[serde(default)]
     pub apps: Vec<Application>,
+    /// Settings of Palisade's own second factor that hold for every application.
+    #[serde(default)]
+    pub mfa: MfaPolicy,
+    /// Unknown fields (always rejected).
+    #[serde(flatten, skip_serializing)]
+    #[schemars(skip)]
+    pub extra: Extra,
+}
+
+/// Deployment-wide MFA settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct MfaPolicy {
+    /// WebAuthn relying party id: a domain every application host is within, e.g.
+    /// `example.com`, so one security key registration works for every application under it.
+    /// Left out, each application host is its own relying party (a key registered at
+    /// `wiki.example.com` only works there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webauthn_rp_id: Option<String>,
+    /// Whether a user's first factor needs a one-time enrollment code issued by an admin
+    /// (`palisadectl factors enrollment-code`). Default `false`: the first factor can be
+    /// enrolled right after single sign-on.
+    #[serde(default)]
+    pub enrollment_requires_code: bool,
     /// Unknown fields (always rejected).
     #[serde(flatten, skip_serializing)]
     #[schemars(skip)]
@@ -248,6 +272,10 @@ pub struct MfaSettings {
     /// How long a passed MFA challenge counts, e.g. `12h`. Default `12h`.
     #[serde(default = "default_lifetime")]
     pub max_age: String,
+    /// Whether a security key must also verify the user (PIN or biometric). Platform
+    /// authenticators always do. Default `false`.
+    #[serde(default)]
+    pub require_user_verification: bool,
     /// Unknown fields (always rejected).
     #[serde(flatten, skip_serializing)]
     #[schemars(skip)]
@@ -260,6 +288,7 @@ impl Default for MfaSettings {
             required: true,
             methods: default_methods(),
             max_age: default_lifetime(),
+            require_user_verification: false,
             extra: Extra::new(),
         }
     }

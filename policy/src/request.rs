@@ -18,6 +18,8 @@ pub struct MfaProof {
     pub factor_id: String,
     /// When the challenge was passed.
     pub authenticated_at: Timestamp,
+    /// Whether the authenticator verified the user (always true for `Platform`).
+    pub user_verified: bool,
 }
 
 /// A verified SSO identity.

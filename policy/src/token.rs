@@ -294,6 +294,9 @@ pub struct MfaClaims {
     pub auth_time: i64,
     /// Expiry (unix seconds).
     pub exp: i64,
+    /// Whether the authenticator verified the user.
+    #[serde(default)]
+    pub uv: bool,
 }
 
 #[cfg(test)]
@@ -414,6 +417,7 @@ mod tests {
             factor_id: "fac-1".into(),
             auth_time: 1000,
             exp: 2000,
+            uv: true,
         };
         let t = r.sign(TokenKind::Mfa, &m).expect("sign");
         assert_eq!(r.verify_mfa(&t, "s1", 1500), Ok(m));

@@ -58,6 +58,7 @@ fn with_mfa(mut id: Identity, method: MfaMethod, ago: i64) -> Identity {
         method,
         factor_id: "fac-1".into(),
         authenticated_at: wed_10_utc() - jiff::SignedDuration::from_secs(ago),
+        user_verified: method == MfaMethod::Platform,
     });
     id
 }
@@ -656,4 +657,41 @@ fn routing_longest_prefix_exact_over_wildcard_and_segments() {
     // Normalisation happens before routing.
     let n = palisade_policy::path::normalize("/public/../admin").expect("normal");
     assert_eq!(route("app.example.com", &n).as_deref(), Some("admin"));
+}
+
+#[test]
+fn user_verification_required_for_security_keys() {
+    let p = compile(json!({
+        "mfa": {"required": true, "methods": ["security_key", "platform"], "require_user_verification": true},
+        "rules": [{"name": "all", "decision": "allow", "include": [{"everyone": true}]}]
+    }));
+    let c = ctx("192.0.2.1");
+    // A key that only proved presence does not count...
+    let mut touch_only = with_mfa(alice(), MfaMethod::SecurityKey, 60);
+    if let Some(m) = touch_only.mfa.as_mut() {
+        m.user_verified = false;
+    }
+    assert_eq!(
+        run(&p, Some(&touch_only), None, &c, wed_10_utc()).kind(),
+        "challenge_mfa"
+    );
+    // ...one that verified the user (PIN) does, and a platform authenticator always does.
+    let mut with_pin = touch_only.clone();
+    if let Some(m) = with_pin.mfa.as_mut() {
+        m.user_verified = true;
+    }
+    assert_eq!(
+        allowed_by(&p, Some(&with_pin), None, &c).as_deref(),
+        Some("all")
+    );
+    assert_eq!(
+        allowed_by(
+            &p,
+            Some(&with_mfa(alice(), MfaMethod::Platform, 60)),
+            None,
+            &c
+        )
+        .as_deref(),
+        Some("all")
+    );
 }

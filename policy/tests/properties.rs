@@ -183,6 +183,7 @@ fn identity() -> impl Strategy<Value = Identity> {
                 method,
                 factor_id: "f".into(),
                 authenticated_at: base_time() - jiff::SignedDuration::from_secs(ago),
+                user_verified: method == MfaMethod::Platform,
             }),
         })
 }

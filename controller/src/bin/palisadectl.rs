@@ -845,7 +845,7 @@ async fn run(cli: Cli) -> Result<(String, Value), Failure> {
                         consistency: 0
                     }
                 );
-                let arr: Vec<Value> = r.factors.iter().map(|f| json!({"id": f.id, "kind": pb::FactorKind::try_from(f.kind).map(|k| k.as_str_name().trim_start_matches("FACTOR_KIND_").to_lowercase()).unwrap_or_default(), "name": f.name, "created_at": ts(&f.created_at)})).collect();
+                let arr: Vec<Value> = r.factors.iter().map(|f| json!({"id": f.id, "kind": pb::FactorKind::try_from(f.kind).map(|k| k.as_str_name().trim_start_matches("FACTOR_KIND_").to_lowercase()).unwrap_or_default(), "name": f.name, "pending": f.pending, "created_at": ts(&f.created_at)})).collect();
                 let counters = r.counters.unwrap_or_default();
                 let mut text: String = arr
                     .iter()

@@ -182,6 +182,7 @@ fn totp_replay_lockout_and_unlock() {
         credential_json: String::new(),
         credential_id: String::new(),
         totp_seed: Some(Sealed(vec![1; 40])),
+        enrollment_code_sha256: None,
     };
     assert_eq!(
         c.apply(1, &env(0, add)).0,
@@ -282,23 +283,101 @@ fn webauthn_counter_must_advance() {
         credential_json: "{}".into(),
         credential_id: "Y3JlZA".into(),
         totp_seed: None,
+        enrollment_code_sha256: None,
     };
     assert!(c.apply(1, &env(0, add.clone())).0.is_ok());
     assert!(c.apply(2, &env(0, add)).0.is_err(), "same credential twice");
-    let used = |n| Command::RecordWebauthnUse {
+    let used = |n: u32| Command::RecordWebauthnUse {
         id: "fac-1".into(),
         sign_count: n,
+        challenge_sha256: format!("challenge-{n}"),
     };
     assert!(c.apply(3, &env(0, used(5))).0.is_ok());
     assert_eq!(
         c.apply(4, &env(0, used(5))).0,
+        Err(CommandError::Invalid(
+            "this challenge was already answered".into()
+        ))
+    );
+    let mut again = used(5);
+    if let Command::RecordWebauthnUse {
+        challenge_sha256, ..
+    } = &mut again
+    {
+        *challenge_sha256 = "fresh".into();
+    }
+    assert_eq!(
+        c.apply(5, &env(0, again)).0,
         Err(CommandError::CounterRegressed)
     );
     assert_eq!(
-        c.apply(5, &env(0, used(3))).0,
+        c.apply(6, &env(0, used(3))).0,
         Err(CommandError::CounterRegressed)
     );
-    assert!(c.apply(6, &env(0, used(6))).0.is_ok());
+    assert!(c.apply(7, &env(0, used(6))).0.is_ok());
+    // Used challenges are forgotten once no challenge of that age could still be answered.
+    let (r, _) = c.apply(8, &env(CHALLENGE_MEMORY_MS + 1, Command::CollectGarbage));
+    assert_eq!(r, Ok(Outcome::Collected(2)));
+    assert!(c.used_challenges.is_empty());
+}
+
+#[test]
+fn enrollment_code_is_checked_and_consumed() {
+    let mut c = Catalog::default();
+    let hash = "a".repeat(64);
+    let issue = Command::IssueEnrollmentCode {
+        user: alice(),
+        code_sha256: hash.clone(),
+        expires_at_ms: 10_000,
+    };
+    assert!(c.apply(1, &env(0, issue)).0.is_ok());
+    let add = |code: &str| Command::AddFactor {
+        user: alice(),
+        kind: FactorKind::SecurityKey,
+        name: "key".into(),
+        credential_json: "{}".into(),
+        credential_id: format!("cred-{code}"),
+        totp_seed: None,
+        enrollment_code_sha256: Some(code.to_string()),
+    };
+    assert!(
+        c.apply(2, &env(0, add(&"b".repeat(64)))).0.is_err(),
+        "wrong code"
+    );
+    assert!(c.factors.is_empty());
+    assert!(c.apply(3, &env(0, add(&hash))).0.is_ok());
+    assert!(c.apply(4, &env(0, add(&hash))).0.is_err(), "used once");
+}
+
+#[test]
+fn auth_events_are_kept_per_user_newest_first() {
+    let mut c = Catalog::default();
+    let ev = |i: i64| AuthEvent {
+        user: alice(),
+        at_ms: i,
+        action: "login.oidc".into(),
+        result: "ok".into(),
+        edge_id: "edge-1".into(),
+        request_id: format!("r{i}"),
+        session_id: format!("s{i}"),
+        details: Default::default(),
+    };
+    for i in 0..(AUTH_EVENTS_PER_USER as i64 + 5) {
+        let (r, changes) = c.apply(
+            1 + i as u64,
+            &env(
+                0,
+                Command::RecordAuthEvents {
+                    events: vec![ev(i)],
+                },
+            ),
+        );
+        assert!(r.is_ok());
+        assert!(changes.is_empty(), "edges are not told");
+    }
+    let got: Vec<i64> = c.auth_events(&alice()).map(|e| e.at_ms).collect();
+    assert_eq!(got.len(), AUTH_EVENTS_PER_USER);
+    assert_eq!(got[0], AUTH_EVENTS_PER_USER as i64 + 4);
 }
 
 #[test]

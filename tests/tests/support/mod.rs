@@ -240,6 +240,18 @@ pub fn policy(real: &str, forged: &str, upstream: SocketAddr) -> Value {
             {"id": "app-admin", "name": "E2E admin area", "hosts": [APP_HOST], "path_prefixes": ["/admin"],
              "upstreams": [up], "identity_providers": ["real"], "mfa": {"required": false},
              "rules": [{"name": "admins-only", "decision": "allow", "include": [{"group": "admins"}]}]},
+            {"id": "app-mfa", "name": "MFA-protected application", "hosts": [APP_HOST], "path_prefixes": ["/mfa"],
+             "upstreams": [up], "identity_providers": ["real"],
+             "mfa": {"required": true, "methods": ["totp", "security_key", "platform"], "max_age": "1h"},
+             "rules": [{"name": "example-staff", "decision": "allow", "include": [{"email_domain": "example.com"}]}]},
+            {"id": "app-keys", "name": "Keys-only application", "hosts": [APP_HOST], "path_prefixes": ["/keys"],
+             "upstreams": [up], "identity_providers": ["real"],
+             "mfa": {"required": true, "methods": ["security_key"], "max_age": "1h"},
+             "rules": [{"name": "security-keys-only", "decision": "allow", "include": [{"email_domain": "example.com"}]}]},
+            {"id": "app-platform", "name": "Device-authenticator application", "hosts": [APP_HOST], "path_prefixes": ["/platform"],
+             "upstreams": [up], "identity_providers": ["real"],
+             "mfa": {"required": true, "methods": ["platform"], "max_age": "1h"},
+             "rules": [{"name": "platform-only", "decision": "allow", "include": [{"email_domain": "example.com"}]}]},
             {"id": "forged", "name": "Forged-token target", "hosts": [FORGED_HOST], "upstreams": [up],
              "identity_providers": ["forged"], "mfa": {"required": false},
              "rules": [{"name": "anyone", "decision": "allow", "include": [{"everyone": true}]}]}
@@ -481,6 +493,31 @@ impl Browser {
         panic!("the sign-in did not come back to the edge");
     }
 
+    /// POSTs a form at an edge, keeping the edge's cookies.
+    pub async fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> Page {
+        let p = self
+            .send(self.http.post(url).form(form), &self.edge.clone())
+            .await;
+        absorb(&mut self.edge, &p.set_cookies);
+        p
+    }
+
+    /// POSTs JSON at an edge with the page's anti-CSRF token, keeping the edge's cookies.
+    pub async fn post_json(&mut self, url: &str, csrf: &str, body: &Value) -> Page {
+        let p = self
+            .send(
+                self.http
+                    .post(url)
+                    .header("x-palisade-csrf", csrf)
+                    .header("content-type", "application/json")
+                    .body(body.to_string()),
+                &self.edge.clone(),
+            )
+            .await;
+        absorb(&mut self.edge, &p.set_cookies);
+        p
+    }
+
     pub fn session(&self) -> Option<String> {
         self.edge.get("__Host-palisade-session").cloned()
     }
@@ -580,4 +617,31 @@ impl KeepAlive {
         let body = r.into_body().collect().await.expect("body").to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
     }
+}
+
+/// The value of the first `<input ... name=NAME value="...">` (or `id=NAME>text<`) on a page.
+pub fn field(body: &str, name: &str) -> Option<String> {
+    for pat in [
+        format!("name={name} value=\""),
+        format!("name=\"{name}\" value=\""),
+    ] {
+        if let Some(i) = body.find(&pat) {
+            let rest = &body[i + pat.len()..];
+            return rest.split('"').next().map(|v| v.replace("&amp;", "&"));
+        }
+    }
+    let pat = format!("id={name}>");
+    let i = body.find(&pat)?;
+    body[i + pat.len()..].split('<').next().map(str::to_string)
+}
+
+/// The anti-CSRF token of a portal or MFA page (forms carry it; scripted pages carry it on
+/// `<body data-csrf>`).
+pub fn csrf(body: &str) -> String {
+    field(body, "csrf")
+        .or_else(|| {
+            let i = body.find("data-csrf=\"")?;
+            body[i + 11..].split('"').next().map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no anti-CSRF token on the page: {body}"))
 }
