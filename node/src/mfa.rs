@@ -570,8 +570,19 @@ impl Gateway {
             ));
         }
         if usable.iter().any(|f| f.kind != pb::FactorKind::Totp as i32) {
+            let keys = usable
+                .iter()
+                .any(|f| f.kind == pb::FactorKind::SecurityKey as i32);
+            let device = usable
+                .iter()
+                .any(|f| f.kind == pb::FactorKind::Platform as i32);
+            let label = match (keys, device) {
+                (true, true) => "Use your security key or this device",
+                (true, false) => "Use your security key",
+                _ => "Use this device (Touch ID, Windows Hello)",
+            };
             body.push_str(&format!(
-                "<p><button type=button id=webauthn-auth data-rd=\"{}\">Use your security key or this device</button></p><p id=status role=status></p>",
+                "<p><button type=button id=webauthn-auth data-rd=\"{}\">{label}</button></p><p id=status role=status></p>",
                 escape(rd)
             ));
         }
@@ -1062,7 +1073,7 @@ impl Gateway {
             )
             .map(|(o, s)| (serde_json::to_value(o), serde_json::to_value(s)))
         };
-        let (options, state) = match started {
+        let (mut options, state) = match started {
             Ok((Ok(o), Ok(s))) => (o, s),
             _ => {
                 return json_error(
@@ -1071,6 +1082,16 @@ impl Gateway {
                 );
             }
         };
+        if kind == "security_key" {
+            // webauthn-rs asks security keys for credProtect "userVerificationRequired" while
+            // user verification itself is only "preferred"; Chromium refuses that combination
+            // ("protection policy is inconsistent"). The extension is not enforced, so it is
+            // left out; user verification is decided per application at authentication.
+            if let Some(ext) = options["publicKey"]["extensions"].as_object_mut() {
+                ext.remove("credentialProtectionPolicy");
+                ext.remove("enforceCredentialProtectionPolicy");
+            }
+        }
         let ceremony = Ceremony {
             sid: caller.session.sid.clone(),
             purpose: "register".into(),

@@ -1,0 +1,59 @@
+//! WebAuthn in a real browser: Debian's Chromium driven by playwright-core
+//! (`tests/peers/browser/webauthn.mjs`) with CDP virtual authenticators, against real edges and
+//! controllers and the certified `oidc-provider`. Registers a security key (usb) and a platform
+//! authenticator (internal) in the portal, signs in with each and reaches the application,
+//! removes one and is refused where it was required. Screenshots of the portal and the MFA
+//! prompt go to `artifacts/webauthn/`. `bash .ci/run` installs Chromium, certutil and
+//! playwright-core.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_key_and_platform_authenticator_in_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = root.join("tests/peers/browser/webauthn.mjs");
+    assert!(
+        root.join("tests/peers/browser/node_modules/playwright-core")
+            .is_dir(),
+        "playwright-core is not installed: run `npm ci` in tests/peers/browser (bash .ci/run does)"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "Chromium is not installed at {chromium}: apt-get install chromium libnss3-tools (bash .ci/run does)"
+    );
+    let s = Stack::start().await;
+    let out_dir = root.join("artifacts/webauthn");
+    let out = tokio::task::spawn_blocking({
+        let app = format!("https://{APP_HOST}:{}", s.edge_port(0));
+        let ca = s.cluster.pki().join("ca.pem");
+        let out_dir = out_dir.clone();
+        move || {
+            Command::new("node")
+                .arg(script)
+                .env("APP", app)
+                .env("CA", ca)
+                .env("OUT", out_dir)
+                .env("CHROMIUM", chromium)
+                .output()
+                .expect("node")
+        }
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == "ok"),
+        "browser run failed:\n{stdout}\n{stderr}"
+    );
+    for shot in ["portal.png", "mfa-prompt.png"] {
+        assert!(out_dir.join(shot).is_file(), "{shot} saved");
+    }
+}
