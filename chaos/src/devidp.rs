@@ -67,7 +67,8 @@ struct PendingCode {
     redirect_uri: String,
     nonce: String,
     challenge: String,
-    user: &'static DemoUser,
+    /// The signed-in user's claims.
+    user: Value,
     expires: Instant,
 }
 
@@ -78,7 +79,7 @@ struct State {
     key: EncodingKey,
     jwk: Jwk,
     codes: Mutex<HashMap<String, PendingCode>>,
-    tokens: Mutex<HashMap<String, (&'static DemoUser, Instant)>>,
+    tokens: Mutex<HashMap<String, (Value, Instant)>>,
 }
 
 /// A running development provider.
@@ -235,7 +236,7 @@ async fn handle(s: &State, req: Request<Incoming>) -> Resp {
                 .unwrap_or("");
             let tokens = s.tokens.lock().unwrap_or_else(|p| p.into_inner());
             match tokens.get(bearer) {
-                Some((u, exp)) if *exp > Instant::now() => json_resp(StatusCode::OK, claims(u)),
+                Some((u, exp)) if *exp > Instant::now() => json_resp(StatusCode::OK, u.clone()),
                 _ => oauth_error(StatusCode::UNAUTHORIZED, "invalid_token"),
             }
         }
@@ -254,6 +255,19 @@ async fn read_form(req: Request<Incoming>) -> HashMap<String, String> {
 
 fn claims(u: &DemoUser) -> Value {
     json!({"sub": u.login, "email": u.email, "email_verified": true, "name": u.name, "groups": u.groups})
+}
+
+/// The claims of a user who may sign in: a demo user, or a numbered load-test user `load-N`
+/// (`load-N@example.com`, group `engineering`) for benchmarks that need many distinct users.
+fn find_user(login: &str) -> Option<Value> {
+    if let Some(u) = USERS.iter().find(|u| u.login == login) {
+        return Some(claims(u));
+    }
+    let n = login.strip_prefix("load-")?;
+    (!n.is_empty() && n.len() <= 6 && n.bytes().all(|b| b.is_ascii_digit())).then(|| {
+        json!({"sub": login, "email": format!("{login}@example.com"), "email_verified": true,
+               "name": format!("Load user {n}"), "groups": ["engineering"]})
+    })
 }
 
 fn esc(s: &str) -> String {
@@ -326,7 +340,7 @@ fn authorize_submit(s: &State, p: &HashMap<String, String>) -> Resp {
             "unknown client or redirect_uri\n",
         );
     }
-    let Some(user) = USERS.iter().find(|u| u.login == get("login")) else {
+    let Some(user) = find_user(get("login")) else {
         return authorize_form(s, p, Some("unknown user"));
     };
     if get("password") != PASSWORD {
@@ -401,7 +415,7 @@ fn token(s: &State, auth: Option<&str>, p: &HashMap<String, String>) -> Resp {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
     }
     let now = jsonwebtoken::get_current_timestamp();
-    let mut id = claims(c.user);
+    let mut id = c.user.clone();
     id["iss"] = json!(s.issuer);
     id["aud"] = json!(s.client_id);
     id["iat"] = json!(now);
@@ -415,7 +429,7 @@ fn token(s: &State, auth: Option<&str>, p: &HashMap<String, String>) -> Resp {
     let access = random();
     s.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(
         access.clone(),
-        (c.user, Instant::now() + Duration::from_secs(300)),
+        (c.user.clone(), Instant::now() + Duration::from_secs(300)),
     );
     json_resp(
         StatusCode::OK,

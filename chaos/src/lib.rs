@@ -12,6 +12,7 @@ pub mod host;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod softkey;
 pub mod suite;
 pub mod up;
 pub mod upstream;

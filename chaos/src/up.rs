@@ -65,7 +65,7 @@ pub fn example_policy(issuer: &str, client_id: &str, upstream: SocketAddr) -> se
                 "hosts": ["admin.palisade.localhost"],
                 "upstreams": [up],
                 "session": {"lifetime": "1h", "idle_timeout": "15m"},
-                "mfa": {"required": false},
+                "mfa": {"required": true, "methods": ["totp", "security_key", "platform"], "max_age": "8h"},
                 "staleness": {"mode": "fail_closed", "max_staleness": "30s"},
                 "max_body_bytes": 1048576,
                 "rules": [
@@ -194,7 +194,12 @@ Try:
   1. Open https://hello.palisade.localhost:{p1}/ and sign in as alice: the sample app shows the
      identity headers and the verified assertion. bob gets in too; carol (partner.example) is
      denied, and the page names the rule.
-  2. https://admin.palisade.localhost:{p1}/ admits alice (group admins) and denies bob.
+  2. https://admin.palisade.localhost:{p1}/ admits alice (group admins) after a second factor,
+     and denies bob. Palisade asks alice to set one up in her portal
+     (https://admin.palisade.localhost:{p1}/.palisade/portal): scan the QR code with an
+     authenticator app, or add a security key / this device (browsers allow WebAuthn only when
+     they trust the certificate: import the CA below first). The portal also lists sign-ins,
+     sessions and factors; `palisadectl factors list {IDP_ID}/alice` shows them to admins.
   3. Revoke alice everywhere, then reload the page on either edge:
 
        export PALISADE_SERVER={servers}

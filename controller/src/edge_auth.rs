@@ -746,3 +746,77 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         Err(later("the device tunnel"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn code_at(seed: &[u8], t: u64) -> String {
+        totp(seed.to_vec(), "")
+            .expect("totp")
+            .generate(t)
+            .to_string()
+    }
+
+    #[test]
+    fn codes_match_within_one_step_only() {
+        let seed = [42u8; TOTP_SEED_BYTES];
+        let now = 1_800_000_015;
+        let seeds = || vec![("fac-1".to_string(), seed.to_vec())];
+        let step = now / TOTP_STEP;
+        for (dt, want) in [
+            (0i64, Some(step)),
+            (-30, Some(step - 1)),
+            (30, Some(step + 1)),
+        ] {
+            let c = code_at(&seed, now.saturating_add_signed(dt));
+            assert_eq!(
+                match_code(seeds(), &c, now).map(|(_, s)| s),
+                want,
+                "dt {dt}"
+            );
+        }
+        for dt in [-90i64, 90] {
+            let c = code_at(&seed, now.saturating_add_signed(dt));
+            if c != code_at(&seed, now)
+                && c != code_at(&seed, now - 30)
+                && c != code_at(&seed, now + 30)
+            {
+                assert_eq!(match_code(seeds(), &c, now), None, "dt {dt}");
+            }
+        }
+        assert_eq!(match_code(seeds(), "12345", now), None);
+        assert_eq!(match_code(seeds(), "12345a", now), None);
+        assert_eq!(match_code(seeds(), "1234567", now), None);
+    }
+
+    #[test]
+    fn the_matching_factor_is_reported() {
+        let a = [1u8; TOTP_SEED_BYTES];
+        let b = [2u8; TOTP_SEED_BYTES];
+        let now = 1_800_000_000;
+        let seeds = vec![
+            ("fac-a".to_string(), a.to_vec()),
+            ("fac-b".to_string(), b.to_vec()),
+        ];
+        let c = code_at(&b, now);
+        if c != code_at(&a, now) {
+            assert_eq!(
+                match_code(seeds, &c, now).map(|(id, _)| id).as_deref(),
+                Some("fac-b")
+            );
+        }
+    }
+
+    proptest! {
+        // Whatever a user types, checking it never panics and only 6 digits can match.
+        #[test]
+        fn totp_input_never_panics(code in ".{0,40}", seed in proptest::collection::vec(any::<u8>(), 0..64), now in 0u64..100_000_000_000) {
+            let r = match_code(vec![("f".into(), seed)], &code, now);
+            if r.is_some() {
+                prop_assert!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()));
+            }
+        }
+    }
+}

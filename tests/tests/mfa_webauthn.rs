@@ -6,8 +6,8 @@
 
 mod support;
 
+use palisade_chaos::softkey::SoftKey;
 use serde_json::{Value, json};
-use support::softkey::SoftKey;
 use support::*;
 
 fn url(port: u16, path: &str) -> String {

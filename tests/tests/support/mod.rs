@@ -5,8 +5,6 @@
 
 #![allow(dead_code)]
 
-pub mod softkey;
-
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};

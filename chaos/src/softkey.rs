@@ -3,7 +3,8 @@
 //! another user's credential. It builds the same bytes a CTAP2 authenticator and the browser
 //! would (authenticator data, client data JSON, CBOR attestation object, DER signature), so the
 //! edge's webauthn-rs checks run on real ceremonies. The positive paths are also tested with
-//! Chromium's virtual authenticators (`webauthn_browser.rs`).
+//! Chromium's virtual authenticators (`tests/tests/webauthn_browser.rs`); the MFA benchmark
+//! uses this key to time assertions. For tests and benchmarks only.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -12,11 +13,15 @@ use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+/// A software authenticator with one ES256 credential.
+#[derive(Debug)]
 pub struct SoftKey {
     key: EcdsaKeyPair,
+    /// The credential id.
     pub credential_id: Vec<u8>,
     /// The counter the next assertion carries (then incremented unless `fixed_counter`).
     pub counter: u32,
+    /// Whether the counter stays put (an authenticator without a counter sends 0).
     pub fixed_counter: bool,
 }
 
@@ -46,7 +51,14 @@ fn b64(b: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
+impl Default for SoftKey {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl SoftKey {
+    /// A new key with a random credential id.
     pub fn new() -> SoftKey {
         let rng = SystemRandom::new();
         let pkcs8 =
