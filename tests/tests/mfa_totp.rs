@@ -371,3 +371,154 @@ async fn factor_changes_need_a_recent_factor_and_bad_forms_change_nothing() {
     let factors = list["factors"].as_array().cloned().unwrap_or_default();
     assert_eq!(factors.len(), 1, "{list}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_sessions_devices_and_enrollment_codes() {
+    let s = Stack::start().await;
+    let (p1, p2) = (s.edge_port(0), s.edge_port(1));
+
+    // Policy: a first factor needs an admin-issued enrollment code.
+    let mut doc = policy(&s.idp.issuer, &s.forging.issuer, s.upstream.addr);
+    doc["mfa"] = serde_json::json!({"enrollment_requires_code": true});
+    let rev = s
+        .cluster
+        .apply_policy(&doc.to_string(), "codes")
+        .await
+        .expect("policy");
+    s.cluster
+        .wait_edges(rev, Duration::from_secs(10))
+        .await
+        .expect("edges");
+
+    // A device of alice's, to see and revoke in the portal.
+    let (rc, out) = s.palisadectl(&[
+        "devices",
+        "enroll",
+        "--owner",
+        "alice@example.com",
+        "--serial",
+        "SN-42",
+        "--name",
+        "Alice's laptop",
+    ]);
+    assert_eq!(rc, 0, "{out}");
+    let device = out["device"]["id"].as_str().expect("device id").to_string();
+
+    // Two sessions of alice's, at two edges.
+    let mut laptop = s.browser();
+    laptop.login(p1, "alice").await;
+    let mut phone = s.browser();
+    phone.login(p2, "alice").await;
+    let phone_app = phone.get(&url(p2, "/hello")).await;
+    assert_eq!(phone_app.status, 200);
+
+    let rev = s.cluster.latest_revision().await.expect("status");
+    s.cluster
+        .wait_edges(rev, Duration::from_secs(10))
+        .await
+        .expect("edges");
+    let portal = laptop.get(&url(p1, "/.palisade/portal")).await;
+    assert_eq!(portal.status, 200, "{}", portal.body);
+    assert!(
+        portal.body.contains("Alice&#39;s laptop"),
+        "{}",
+        portal.body
+    );
+    assert!(
+        portal.body.contains("id=enrollment_code"),
+        "code field shown"
+    );
+    assert!(portal.body.contains("login.oidc"), "history shows sign-ins");
+    let token = csrf(&portal.body);
+
+    // The other session is listed with a sign-out button; signing it out bites at once.
+    let phone_sid = session_claims(&phone.session().expect("cookie"))["sid"]
+        .as_str()
+        .expect("sid")
+        .to_string();
+    assert!(portal.body.contains(&phone_sid), "{}", portal.body);
+    let r = laptop
+        .post_form(
+            &url(p1, "/.palisade/portal/revoke"),
+            &[("csrf", &token), ("session_id", &phone_sid)],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let rev = s.cluster.latest_revision().await.expect("status");
+    s.cluster
+        .wait_edges(rev, Duration::from_secs(10))
+        .await
+        .expect("edges");
+    let phone_app = phone.get(&url(p2, "/hello")).await;
+    assert_eq!(phone_app.status, 302, "the revoked session signs in again");
+    // The laptop's own session is untouched.
+    assert_eq!(laptop.get(&url(p1, "/hello")).await.status, 200);
+    // A session that is not alice's (made up) cannot be revoked through her portal.
+    let r = laptop
+        .post_form(
+            &url(p1, "/.palisade/portal/revoke"),
+            &[("csrf", &token), ("session_id", "not-a-session-of-alice")],
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // Her device: revoked from the portal.
+    let r = laptop
+        .post_form(
+            &url(p1, "/.palisade/portal/revoke"),
+            &[("csrf", &token), ("device_id", &device)],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let portal = laptop.get(&url(p1, "/.palisade/portal?done=revoked")).await;
+    assert!(portal.body.contains(">revoked<"), "{}", portal.body);
+
+    // No code: refused, nothing created. A wrong code: refused. The issued code: accepted once.
+    let r = laptop
+        .post_form(
+            &url(p1, "/.palisade/portal/totp/begin"),
+            &[("csrf", &token), ("name", "Phone")],
+        )
+        .await;
+    assert!(r.body.contains("enrollment code"), "{}", r.body);
+    let r = laptop
+        .post_form(
+            &url(p1, "/.palisade/portal/totp/begin"),
+            &[
+                ("csrf", &token),
+                ("name", "Phone"),
+                ("enrollment_code", "guess"),
+            ],
+        )
+        .await;
+    assert!(r.body.contains("wrong or has expired"), "{}", r.body);
+    let (rc, out) = s.palisadectl(&["factors", "enrollment-code", "real/alice"]);
+    assert_eq!(rc, 0, "{out}");
+    let code = out["code"].as_str().expect("code").to_string();
+    let r = laptop
+        .post_form(
+            &url(p1, "/.palisade/portal/totp/begin"),
+            &[
+                ("csrf", &token),
+                ("name", "Phone"),
+                ("enrollment_code", &code),
+            ],
+        )
+        .await;
+    assert!(field(&r.body, "totp-secret").is_some(), "{}", r.body);
+    let r = laptop
+        .post_form(
+            &url(p1, "/.palisade/portal/totp/begin"),
+            &[
+                ("csrf", &token),
+                ("name", "Again"),
+                ("enrollment_code", &code),
+            ],
+        )
+        .await;
+    assert!(
+        r.body.contains("wrong or has expired"),
+        "used once: {}",
+        r.body
+    );
+}
