@@ -31,6 +31,25 @@ pub struct ClusterSpec {
     pub log_filter: String,
     /// Controller sync heartbeat, milliseconds.
     pub sync_heartbeat_ms: u64,
+    /// How the processes are connected.
+    pub network: Network,
+    /// A CA the edges trust for the identity provider (`--idp-ca`), besides the system's.
+    pub idp_ca: Option<PathBuf>,
+}
+
+/// How the cluster's processes reach each other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// Everything on 127.0.0.1.
+    #[default]
+    Loopback,
+    /// On 127.0.0.1, with a fault proxy in front of each controller (every link into a
+    /// controller goes through it): delay, jitter, loss, stalls, blocks.
+    Proxied,
+    /// Each process in its own network namespace on a bridge (root only): real partitions with
+    /// nftables and links set down.
+    Namespaces,
 }
 
 impl ClusterSpec {
@@ -44,6 +63,8 @@ impl ClusterSpec {
             edge_https_ports: Vec::new(),
             log_filter: "info,openraft=warn".into(),
             sync_heartbeat_ms: 200,
+            network: Network::Loopback,
+            idp_ca: None,
         }
     }
 }
@@ -53,6 +74,8 @@ impl ClusterSpec {
 pub struct ControllerProc {
     /// Raft node id.
     pub id: u64,
+    /// Its address (127.0.0.1, or its namespace's).
+    pub ip: std::net::IpAddr,
     /// Admin/Raft/sync port.
     pub port: u16,
     /// Prometheus port.
@@ -64,9 +87,9 @@ pub struct ControllerProc {
 }
 
 impl ControllerProc {
-    /// `127.0.0.1:port`.
+    /// `ip:port`, where it listens.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        std::net::SocketAddr::new(self.ip, self.port).to_string()
     }
 }
 
@@ -82,6 +105,7 @@ pub struct EdgeProc {
     /// Its log file.
     pub log: PathBuf,
     https_port: u16,
+    ip: std::net::IpAddr,
 }
 
 impl EdgeProc {
@@ -90,7 +114,7 @@ impl EdgeProc {
         self.addrs
             .as_ref()
             .map(|a| a.https)
-            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], self.https_port)))
+            .unwrap_or_else(|| std::net::SocketAddr::new(self.ip, self.https_port))
     }
 }
 
@@ -103,6 +127,10 @@ pub struct LocalCluster {
     pub controllers: BTreeMap<u64, ControllerProc>,
     /// Edges.
     pub edges: Vec<EdgeProc>,
+    /// The fault proxy in front of each controller (`Network::Proxied`).
+    pub proxies: BTreeMap<u64, crate::faultproxy::FaultProxy>,
+    /// The namespaces (`Network::Namespaces`); dropped after the processes.
+    pub lab: Option<crate::netns::Lab>,
     spec: ClusterSpec,
 }
 
@@ -147,36 +175,73 @@ impl LocalCluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
         std::fs::create_dir_all(&spec.dir)?;
         let ids: Vec<u64> = (1..=spec.controllers).collect();
+        // one spare controller identity, for membership changes
+        let with_spare: Vec<u64> = (1..=spec.controllers + 1).collect();
         let edge_ids: Vec<String> = (1..=spec.edges).map(|i| format!("edge-{i}")).collect();
-        palisade_controller::pki::init_dir(&spec.dir.join("pki"), &ids, &edge_ids)?;
+        palisade_controller::pki::init_dir(&spec.dir.join("pki"), &with_spare, &edge_ids)?;
+        let mut lab = match spec.network {
+            Network::Namespaces => Some(crate::netns::Lab::create()?),
+            _ => None,
+        };
+        let loopback: std::net::IpAddr = [127, 0, 0, 1].into();
         let mut controllers = BTreeMap::new();
         for id in &ids {
+            let (ip, port, metrics_port) = match lab.as_mut() {
+                Some(l) => (
+                    l.add_host(&format!("c{id}"), 10 + *id as u8)?.ip.into(),
+                    7400,
+                    9400,
+                ),
+                None => (loopback, free_port()?, free_port()?),
+            };
             controllers.insert(
                 *id,
                 ControllerProc {
                     id: *id,
-                    port: free_port()?,
-                    metrics_port: free_port()?,
+                    ip,
+                    port,
+                    metrics_port,
                     child: None,
                     log: spec.dir.join(format!("controller-{id}.log")),
                 },
             );
         }
-        let edges = edge_ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| EdgeProc {
+        let mut edges = Vec::new();
+        for (i, id) in edge_ids.iter().enumerate() {
+            let (ip, https_port) = match lab.as_mut() {
+                Some(l) => (l.add_host(id, 100 + i as u8)?.ip.into(), 8443),
+                None => (loopback, spec.edge_https_ports.get(i).copied().unwrap_or(0)),
+            };
+            edges.push(EdgeProc {
                 id: id.clone(),
                 addrs: None,
                 child: None,
                 log: spec.dir.join(format!("{id}.log")),
-                https_port: spec.edge_https_ports.get(i).copied().unwrap_or(0),
-            })
-            .collect();
+                https_port,
+                ip,
+            });
+        }
+        let mut proxies = BTreeMap::new();
+        if spec.network == Network::Proxied {
+            for c in controllers.values() {
+                let target = std::net::SocketAddr::new(c.ip, c.port);
+                proxies.insert(
+                    c.id,
+                    crate::faultproxy::FaultProxy::start(
+                        std::net::SocketAddr::new(loopback, 0),
+                        target,
+                        c.id,
+                    )
+                    .await?,
+                );
+            }
+        }
         let mut c = LocalCluster {
             dir: spec.dir.clone(),
             controllers,
             edges,
+            proxies,
+            lab,
             spec,
         };
         for id in ids {
@@ -201,28 +266,65 @@ impl LocalCluster {
         std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
     }
 
-    /// Controller addresses.
+    /// Controller addresses (where they listen; admin calls from the harness go there).
     pub fn controller_addrs(&self) -> Vec<String> {
         self.controllers.values().map(|c| c.addr()).collect()
     }
 
-    /// (Re)starts controller `id`.
+    /// The address other members and edges use for controller `id`: its fault proxy when the
+    /// network is proxied, else where it listens.
+    pub fn advertised(&self, id: u64) -> Option<String> {
+        match self.proxies.get(&id) {
+            Some(p) => Some(p.listen.to_string()),
+            None => self.controllers.get(&id).map(|c| c.addr()),
+        }
+    }
+
+    fn advertised_all(&self) -> Vec<String> {
+        self.controllers
+            .keys()
+            .filter_map(|id| self.advertised(*id))
+            .collect()
+    }
+
+    /// The harness's own address as the cluster's processes see it (where the identity
+    /// provider and the upstream must listen): 127.0.0.1, or the lab's bridge.
+    pub fn harness_ip(&self) -> std::net::IpAddr {
+        match &self.lab {
+            Some(l) => l.gateway().into(),
+            None => [127, 0, 0, 1].into(),
+        }
+    }
+
+    fn command(&self, host_name: &str) -> anyhow::Result<Command> {
+        match &self.lab {
+            Some(l) => l.command(host_name, &self.spec.host),
+            None => Ok(Command::new(&self.spec.host)),
+        }
+    }
+
+    /// (Re)starts controller `id`. A member of the initial set gets the initial member list; a
+    /// controller started later (see `add_controller`) waits to be added.
     pub fn spawn_controller(&mut self, id: u64) -> anyhow::Result<()> {
         let pki = self.pki();
-        let initial = self
-            .controllers
-            .values()
-            .map(|c| format!("{}={}", c.id, c.addr()))
-            .collect::<Vec<_>>()
-            .join(",");
+        let initial = if id <= self.spec.controllers {
+            (1..=self.spec.controllers)
+                .filter_map(|m| Some(format!("{m}={}", self.advertised(m)?)))
+                .collect::<Vec<_>>()
+                .join(",")
+        } else {
+            String::new()
+        };
+        let advertise = self.advertised(id).context("no such controller")?;
+        let mut cmd = self.command(&format!("c{id}"))?;
         let spec = &self.spec;
         let c = self
             .controllers
             .get_mut(&id)
             .context("no such controller")?;
-        let mut cmd = Command::new(&spec.host);
         cmd.arg("controller")
             .args(["--node-id", &id.to_string(), "--listen", &c.addr()])
+            .args(["--advertise", &advertise])
             .arg("--data-dir")
             .arg(spec.dir.join(format!("data-{id}")))
             .arg("--tls-cert")
@@ -233,16 +335,21 @@ impl LocalCluster {
             .arg(pki.join("ca.pem"))
             .arg("--data-key-file")
             .arg(pki.join("data.key"))
-            .args(["--initial-members", &initial])
             .args(["--election-timeout-min-ms", "600"])
             .args(["--election-timeout-max-ms", "1200"])
             .args(["--heartbeat-ms", "100"])
             .args(["--sync-heartbeat-ms", &spec.sync_heartbeat_ms.to_string()])
-            .args(["--metrics-listen", &format!("127.0.0.1:{}", c.metrics_port)])
+            .args([
+                "--metrics-listen",
+                &std::net::SocketAddr::new(c.ip, c.metrics_port).to_string(),
+            ])
             .env("PALISADE_LOG", &spec.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file(&c.log)?);
+        if !initial.is_empty() {
+            cmd.args(["--initial-members", &initial]);
+        }
         c.child = Some(
             cmd.spawn()
                 .with_context(|| format!("starting {}", spec.host.display()))?,
@@ -250,10 +357,96 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Starts a new controller (the spare identity, id `controllers + 1`, or later ones when
+    /// their certificates exist), adds it as a learner, waits until it caught up, and makes the
+    /// voters `voters`. Returns its id.
+    pub async fn add_controller(
+        &mut self,
+        voters_after: impl Fn(u64) -> Vec<u64>,
+    ) -> anyhow::Result<u64> {
+        let id = self.controllers.keys().max().copied().unwrap_or(0) + 1;
+        let loopback: std::net::IpAddr = [127, 0, 0, 1].into();
+        let (ip, port, metrics_port) = match self.lab.as_mut() {
+            Some(l) => (
+                l.add_host(&format!("c{id}"), 10 + id as u8)?.ip.into(),
+                7400,
+                9400,
+            ),
+            None => (loopback, free_port()?, free_port()?),
+        };
+        if self.spec.network == Network::Proxied {
+            let p = crate::faultproxy::FaultProxy::start(
+                std::net::SocketAddr::new(loopback, 0),
+                std::net::SocketAddr::new(ip, port),
+                id,
+            )
+            .await?;
+            self.proxies.insert(id, p);
+        }
+        self.controllers.insert(
+            id,
+            ControllerProc {
+                id,
+                ip,
+                port,
+                metrics_port,
+                child: None,
+                log: self.spec.dir.join(format!("controller-{id}.log")),
+            },
+        );
+        self.spawn_controller(id)?;
+        let addr = self.advertised(id).context("address")?;
+        let admin = self.admin()?.with_timeout(Duration::from_secs(30));
+        admin
+            .call(|ch| {
+                let addr = addr.clone();
+                async move {
+                    pb::cluster_service_client::ClusterServiceClient::new(ch)
+                        .add_learner(pb::AddLearnerRequest {
+                            id,
+                            raft_addr: addr.clone(),
+                            admin_addr: addr,
+                            wait_caught_up: true,
+                        })
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await
+            .context("adding the learner")?;
+        let voters = voters_after(id);
+        admin
+            .call(|ch| {
+                let voters = voters.clone();
+                async move {
+                    pb::cluster_service_client::ClusterServiceClient::new(ch)
+                        .change_membership(pb::ChangeMembershipRequest {
+                            voters,
+                            retain_as_learners: false,
+                        })
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await
+            .context("changing the voters")?;
+        Ok(id)
+    }
+
+    /// Stops controller `id` for good and forgets it (after it left the membership).
+    pub fn retire_controller(&mut self, id: u64) {
+        if let Some(mut c) = self.controllers.remove(&id) {
+            stop(&mut c.child);
+        }
+        self.proxies.remove(&id);
+    }
+
     /// (Re)starts edge `i` and waits until it listens.
     pub async fn spawn_edge(&mut self, i: usize) -> anyhow::Result<()> {
         let pki = self.pki();
-        let controllers = self.controller_addrs().join(",");
+        let controllers = self.advertised_all().join(",");
+        let name = self.edges.get(i).context("no such edge")?.id.clone();
+        let mut cmd = self.command(&name)?;
         let spec = &self.spec;
         let e = self.edges.get_mut(i).context("no such edge")?;
         let addr_file = spec.dir.join(format!("{}.addresses.json", e.id));
@@ -261,9 +454,8 @@ impl LocalCluster {
         let https = match &e.addrs {
             // a restarted edge keeps its address, as a real one would
             Some(a) => a.https.to_string(),
-            None => format!("127.0.0.1:{}", e.https_port),
+            None => std::net::SocketAddr::new(e.ip, e.https_port).to_string(),
         };
-        let mut cmd = Command::new(&spec.host);
         cmd.arg("edge")
             .args(["--edge-id", &e.id, "--controllers", &controllers])
             .args(["--labels", &format!("edge={}", e.id)])
@@ -275,7 +467,11 @@ impl LocalCluster {
             .arg(pki.join("ca.pem"))
             .args(["--controller-name", "localhost"])
             .args(["--https-listen", &https])
-            .args(["--http-listen", "off", "--ops-listen", "127.0.0.1:0"])
+            .args(["--http-listen", "off"])
+            .args([
+                "--ops-listen",
+                &std::net::SocketAddr::new(e.ip, 0).to_string(),
+            ])
             .arg("--cert")
             .arg(format!(
                 "{}:{}",
@@ -290,6 +486,9 @@ impl LocalCluster {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file(&e.log)?);
+        if let Some(ca) = &spec.idp_ca {
+            cmd.arg("--idp-ca").arg(ca);
+        }
         e.child = Some(
             cmd.spawn()
                 .with_context(|| format!("starting {}", spec.host.display()))?,
@@ -430,6 +629,25 @@ impl LocalCluster {
         }
     }
 
+    /// The controller an edge is subscribed to, as the cluster reports it.
+    pub async fn edge_controller(&self, edge_id: &str) -> Option<u64> {
+        let admin = self.admin().ok()?.with_timeout(Duration::from_secs(2));
+        let r = admin
+            .call(|ch| async move {
+                pb::cluster_service_client::ClusterServiceClient::new(ch)
+                    .get_propagation_status(pb::GetPropagationStatusRequest::default())
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await
+            .ok()?;
+        r.edges
+            .iter()
+            .find(|e| e.id == edge_id)
+            .map(|e| e.connected_to)
+            .filter(|c| *c != 0)
+    }
+
     /// The revision the cluster has applied (as the contacted member reports it).
     pub async fn latest_revision(&self) -> anyhow::Result<u64> {
         let s = self.status().await?;
@@ -563,9 +781,15 @@ pub async fn revoke_session(
 /// GETs a path from an edge's plain-HTTP ops listener (`/metrics`, `/readyz`); `None` when it
 /// does not answer within 2 s.
 pub async fn ops_get(port: u16, path: &str) -> Option<String> {
+    ops_get_at(std::net::SocketAddr::from(([127, 0, 0, 1], port)), path).await
+}
+
+/// GETs a path from an ops listener at `addr`; `None` when it does not answer within 2 s.
+pub async fn ops_get_at(addr: std::net::SocketAddr, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
         .await
+        .ok()?
         .ok()?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: ops\r\n\r\n").as_bytes())
         .await
@@ -581,4 +805,14 @@ pub async fn ops_get(port: u16, path: &str) -> Option<String> {
 /// The status code of an ops listener's answer.
 pub async fn ops_status(port: u16, path: &str) -> Option<u16> {
     ops_get(port, path).await?.split(' ').nth(1)?.parse().ok()
+}
+
+/// The status code of the answer of an ops listener at `addr`.
+pub async fn ops_status_at(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    ops_get_at(addr, path)
+        .await?
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
 }

@@ -110,8 +110,43 @@ impl DevIdp {
     /// Starts on `addr` (port 0 for any). Redirect URIs are accepted when they are
     /// `https://<name>.localhost[:port]/.palisade/callback` or on `localhost`/`127.0.0.1`.
     pub async fn start(addr: SocketAddr, client_id: &str) -> anyhow::Result<DevIdp> {
+        Self::serve(addr, client_id, None).await
+    }
+
+    /// Starts with HTTPS on `addr`, with a certificate for its IP address from `ca` (edges in
+    /// network namespaces reach it by address, and issuers other than `localhost` must be
+    /// https).
+    pub async fn start_tls(
+        addr: SocketAddr,
+        client_id: &str,
+        ca: &palisade_controller::pki::DevCa,
+    ) -> anyhow::Result<DevIdp> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let pair = ca.issue_server(&[addr.ip().to_string()])?;
+        let certs = CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes())?;
+        let mut cfg = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self::serve(
+            addr,
+            client_id,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
+        )
+        .await
+    }
+
+    async fn serve(
+        addr: SocketAddr,
+        client_id: &str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> anyhow::Result<DevIdp> {
         let listener = TcpListener::bind(addr).await?;
-        let issuer = format!("http://{}", listener.local_addr()?);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let issuer = format!("{scheme}://{}", listener.local_addr()?);
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let key = EncodingKey::from_ec_der(&pair.serialize_der());
         let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256)?;
@@ -132,14 +167,27 @@ impl DevIdp {
                     continue;
                 };
                 let state = state.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(handle(&state, req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(Ok(s)) =
+                                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                                    .await
+                            {
+                                let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+                        }
+                    }
                 });
             }
         });

@@ -8,7 +8,9 @@
 
 pub mod cluster;
 pub mod devidp;
+pub mod faultproxy;
 pub mod host;
+pub mod netns;
 pub mod report;
 pub mod run;
 pub mod scenario;

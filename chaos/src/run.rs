@@ -18,8 +18,9 @@ use palisade_proto::v1 as pb;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cluster::{ClusterSpec, LocalCluster, ops_get, ops_status};
+use crate::cluster::{ClusterSpec, LocalCluster, ops_get_at, ops_status_at};
 use crate::devidp::DevIdp;
+use crate::faultproxy::Faults;
 use crate::scenario::{FaultKind, Scenario, Schedule, ScheduledFault};
 use crate::upstream::Upstream;
 
@@ -114,8 +115,9 @@ pub struct Report {
 
 /// Everything the probers share.
 struct Probe {
-    http: reqwest::Client,
-    ports: Vec<Arc<Mutex<u16>>>,
+    /// One client per edge, resolving the probed names to that edge (edges keep their address
+    /// across restarts).
+    clients: Vec<(reqwest::Client, u16)>,
     probes: std::sync::atomic::AtomicU64,
     violations: Mutex<Vec<String>>,
 }
@@ -124,8 +126,8 @@ impl Probe {
     async fn status(&self, host: &str, edge: usize, cookie: Option<&str>) -> Option<u16> {
         self.probes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = *self.ports[edge].lock().unwrap_or_else(|p| p.into_inner());
-        let mut r = self.http.get(format!("https://{host}:{port}/"));
+        let (http, port) = &self.clients[edge];
+        let mut r = http.get(format!("https://{host}:{port}/"));
         if let Some(c) = cookie {
             r = r.header("cookie", format!("__Host-palisade-session={c}"));
         }
@@ -157,7 +159,7 @@ impl Probe {
         current: Option<(Arc<std::sync::atomic::AtomicU64>, u64)>,
     ) -> Option<Instant> {
         let mut tasks = Vec::new();
-        for edge in 0..self.ports.len() {
+        for edge in 0..self.clients.len() {
             let p = self.clone();
             let cookie = cookie.clone();
             let what = what.clone();
@@ -340,6 +342,18 @@ fn timeline(s: &Schedule, controllers: u64) -> Vec<(f64, Action)> {
     out
 }
 
+/// The addresses of every controller but `except` (namespaces only).
+fn controller_ips(c: &LocalCluster, except: u64) -> Vec<std::net::Ipv4Addr> {
+    c.controllers
+        .values()
+        .filter(|p| p.id != except)
+        .filter_map(|p| match p.ip {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
 fn phase_of(t: f64, faults: &[ScheduledFault]) -> String {
     faults
         .iter()
@@ -381,8 +395,8 @@ fn environment() -> serde_json::Value {
     })
 }
 
-async fn scrape(port: u16) -> Option<String> {
-    ops_get(port, "/metrics").await
+async fn scrape(addr: std::net::SocketAddr) -> Option<String> {
+    ops_get_at(addr, "/metrics").await
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {
@@ -403,10 +417,25 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
     let dir = dir.unwrap_or_else(|| tmp.path().to_path_buf());
     let mut spec = ClusterSpec::new(sc.controllers, sc.edges, host, dir.clone());
     spec.log_filter = "info,openraft=warn".into();
+    spec.network = sc.network;
+    // In namespaces the edges reach the identity provider by the bridge's address, so it
+    // serves HTTPS with a certificate from its own CA, which the edges are told to trust.
+    let idp_ca = match sc.network {
+        crate::cluster::Network::Namespaces => {
+            let ca = palisade_controller::pki::DevCa::new()?;
+            std::fs::create_dir_all(&dir)?;
+            let path = dir.join("idp-ca.pem");
+            std::fs::write(&path, &ca.ca_pem)?;
+            spec.idp_ca = Some(path);
+            Some(ca)
+        }
+        _ => None,
+    };
     let mut cluster = LocalCluster::start(spec).await?;
     let ca = cluster.pki_file("ca.pem")?;
+    let harness = cluster.harness_ip();
     let upstream = Upstream::start(
-        "127.0.0.1:0".parse()?,
+        std::net::SocketAddr::new(harness, 0),
         format!(
             "https://localhost:{}/.well-known/palisade/jwks.json",
             cluster.edges[0].https().port()
@@ -415,7 +444,11 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
         None,
     )
     .await?;
-    let idp = DevIdp::start("127.0.0.1:0".parse()?, "palisade-chaos").await?;
+    let idp_addr = std::net::SocketAddr::new(harness, 0);
+    let idp = match &idp_ca {
+        Some(ca) => DevIdp::start_tls(idp_addr, "palisade-chaos", ca).await?,
+        None => DevIdp::start(idp_addr, "palisade-chaos").await?,
+    };
     cluster
         .put_secret("dev-oidc", idp.client_secret.as_bytes())
         .await?;
@@ -428,42 +461,48 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
         .await?;
     cluster.wait_edges(rev, Duration::from_secs(20)).await?;
 
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes())?)
-        .resolve(PROBE_HOST, "127.0.0.1:0".parse()?)
-        .resolve(GUARDED_HOST, "127.0.0.1:0".parse()?)
-        .resolve(MARKER_HOST, "127.0.0.1:0".parse()?)
-        .timeout(Duration::from_secs(2))
-        .connect_timeout(Duration::from_millis(500))
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build()?;
+    let client_for = |edge: std::net::SocketAddr| -> anyhow::Result<reqwest::Client> {
+        let at = std::net::SocketAddr::new(edge.ip(), 0);
+        let mut b = reqwest::Client::builder();
+        if let Some(idp) = &idp_ca {
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(idp.ca_pem.as_bytes())?);
+        }
+        Ok(b.redirect(reqwest::redirect::Policy::none())
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes())?)
+            .resolve(PROBE_HOST, at)
+            .resolve(GUARDED_HOST, at)
+            .resolve(MARKER_HOST, at)
+            .timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_millis(500))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?)
+    };
+    let mut clients = Vec::new();
+    for e in &cluster.edges {
+        clients.push((client_for(e.https())?, e.https().port()));
+    }
     // one session per revocation, plus a canary that is never revoked
     let port0 = cluster.edges[0].https().port();
     let mut cookies = Vec::new();
     for _ in 0..=schedule.revocations_s.len() {
         cookies.push(
-            crate::devidp::sign_in(&http, PROBE_HOST, port0, "alice")
+            crate::devidp::sign_in(&clients[0].0, PROBE_HOST, port0, "alice")
                 .await
                 .context("signing in for the workload")?,
         );
     }
     let canary = cookies.pop().context("canary")?;
     let probe = Arc::new(Probe {
-        http,
-        ports: cluster
-            .edges
-            .iter()
-            .map(|e| Arc::new(Mutex::new(e.https().port())))
-            .collect(),
+        clients,
         probes: Default::default(),
         violations: Mutex::new(Vec::new()),
     });
-    let ops_ports: Arc<Mutex<Vec<(u64, u16)>>> = Arc::new(Mutex::new(
+    let unknown = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    let ops_ports: Arc<Mutex<Vec<(u64, std::net::SocketAddr)>>> = Arc::new(Mutex::new(
         cluster
             .edges
             .iter()
-            .map(|e| (0u64, e.addrs.as_ref().map(|a| a.ops.port()).unwrap_or(0)))
+            .map(|e| (0u64, e.addrs.as_ref().map(|a| a.ops).unwrap_or(unknown)))
             .collect(),
     ));
     // revision monitor: per edge incarnation, the applied revision never goes back
@@ -676,6 +715,93 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
                         }
                     }
                     FaultKind::RollingRestart => {}
+                    FaultKind::PartitionLeader | FaultKind::OneWayPartition => {
+                        let l = cluster.leader().await;
+                        let others = controller_ips(&cluster, l);
+                        if let Some(lab) = &cluster.lab {
+                            lab.partition(
+                                &format!("c{l}"),
+                                &others,
+                                f.kind == FaultKind::OneWayPartition,
+                            )?;
+                        }
+                        faulted.insert(i, vec![l]);
+                    }
+                    FaultKind::PartitionEdge => {
+                        let edge_id = cluster.edges[f.edge].id.clone();
+                        let to = cluster.edge_controller(&edge_id).await.unwrap_or(0);
+                        if let (Some(lab), Some(c)) = (&cluster.lab, cluster.controllers.get(&to)) {
+                            let ip = match c.ip {
+                                std::net::IpAddr::V4(v4) => vec![v4],
+                                std::net::IpAddr::V6(_) => Vec::new(),
+                            };
+                            lab.partition(&edge_id, &ip, false)?;
+                        }
+                        tracing::info!(edge = %edge_id, controller = to, "edge cut off from its controller");
+                    }
+                    FaultKind::LinkDown => {
+                        let l = cluster.leader().await;
+                        if let Some(lab) = &cluster.lab {
+                            lab.link(&format!("c{l}"), false)?;
+                        }
+                        faulted.insert(i, vec![l]);
+                    }
+                    FaultKind::LinkDelay | FaultKind::LinkLoss => {
+                        let faults = if f.kind == FaultKind::LinkDelay {
+                            Faults {
+                                delay: Duration::from_millis(f.delay_ms),
+                                jitter: Duration::from_millis(f.jitter_ms),
+                                ..Faults::none()
+                            }
+                        } else {
+                            Faults {
+                                loss: f.loss,
+                                ..Faults::none()
+                            }
+                        };
+                        for p in cluster.proxies.values() {
+                            p.set(faults);
+                        }
+                    }
+                    FaultKind::StallLeader => {
+                        let l = cluster.leader().await;
+                        if let Some(p) = cluster.proxies.get(&l) {
+                            p.set(Faults {
+                                stalled: true,
+                                ..Faults::none()
+                            });
+                        }
+                        faulted.insert(i, vec![l]);
+                    }
+                    FaultKind::MembershipChange => {
+                        let l = cluster.leader().await;
+                        let followers: Vec<u64> = cluster
+                            .controllers
+                            .keys()
+                            .copied()
+                            .filter(|c| *c != l)
+                            .collect();
+                        let victim = followers[f.follower % followers.len()];
+                        let current: Vec<u64> = cluster.controllers.keys().copied().collect();
+                        let t = Instant::now();
+                        match cluster
+                            .add_controller(|new| {
+                                current
+                                    .iter()
+                                    .copied()
+                                    .filter(|c| *c != victim)
+                                    .chain([new])
+                                    .collect()
+                            })
+                            .await
+                        {
+                            Ok(new) => {
+                                tracing::info!(added = new, removed = victim, took = ?t.elapsed(), "membership changed");
+                                cluster.retire_controller(victim);
+                            }
+                            Err(e) => probe.violation(format!("membership change failed: {e:#}")),
+                        }
+                    }
                 }
             }
             Action::Heal(i) => {
@@ -696,10 +822,7 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
                         cluster.spawn_edge(f.edge).await?;
                         incarnation += 1;
                         let e = &cluster.edges[f.edge];
-                        *probe.ports[f.edge]
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner()) = e.https().port();
-                        let ops = e.addrs.as_ref().map(|a| a.ops.port()).unwrap_or(0);
+                        let ops = e.addrs.as_ref().map(|a| a.ops).unwrap_or(unknown);
                         ops_ports.lock().unwrap_or_else(|p| p.into_inner())[f.edge] =
                             (incarnation, ops);
                         // while it has no snapshot, it must serve nothing
@@ -711,7 +834,9 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
                                 let s = probe.status(PROBE_HOST, edge, Some(&canary)).await;
                                 // readiness only ever turns true, so a 200 followed by a
                                 // not-ready answer was served without a snapshot
-                                if s == Some(200) && ops_status(ops, "/readyz").await != Some(200) {
+                                if s == Some(200)
+                                    && ops_status_at(ops, "/readyz").await != Some(200)
+                                {
                                     served_unready += 1;
                                 }
                                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -719,7 +844,31 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
                             (edge, served_unready)
                         }));
                     }
-                    FaultKind::RollingRestart => {}
+                    FaultKind::RollingRestart | FaultKind::MembershipChange => {}
+                    FaultKind::PartitionLeader
+                    | FaultKind::OneWayPartition
+                    | FaultKind::PartitionEdge => {
+                        if let Some(lab) = &cluster.lab {
+                            let names: Vec<String> = lab.hosts.keys().cloned().collect();
+                            for n in names {
+                                lab.heal(&n)?;
+                            }
+                        }
+                        faulted.remove(&i);
+                    }
+                    FaultKind::LinkDown => {
+                        for id in faulted.remove(&i).unwrap_or_default() {
+                            if let Some(lab) = &cluster.lab {
+                                lab.link(&format!("c{id}"), true)?;
+                            }
+                        }
+                    }
+                    FaultKind::LinkDelay | FaultKind::LinkLoss | FaultKind::StallLeader => {
+                        for p in cluster.proxies.values() {
+                            p.set(Faults::none());
+                        }
+                        faulted.remove(&i);
+                    }
                 }
             }
             Action::RollKill(id) => cluster.kill_controller(id),
@@ -907,8 +1056,8 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
 
     let mut edge_propagation = BTreeMap::new();
     for e in &cluster.edges {
-        if let Some(port) = e.addrs.as_ref().map(|a| a.ops.port())
-            && let Some(text) = scrape(port).await
+        if let Some(addr) = e.addrs.as_ref().map(|a| a.ops)
+            && let Some(text) = scrape(addr).await
         {
             edge_propagation.insert(
                 e.id.clone(),

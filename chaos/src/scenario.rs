@@ -26,6 +26,11 @@ pub struct Scenario {
     /// Edges.
     #[serde(default = "two")]
     pub edges: usize,
+    /// How the processes are connected: `loopback` (default), `proxied` (a fault proxy in front
+    /// of each controller, for link faults) or `namespaces` (each process in its own network
+    /// namespace, for partitions; root only).
+    #[serde(default)]
+    pub network: crate::cluster::Network,
     /// The load applied while faults happen.
     #[serde(default)]
     pub workload: Workload,
@@ -84,6 +89,24 @@ pub enum FaultKind {
     PauseAllControllers,
     /// Restart every controller in turn, `duration_s` apart.
     RollingRestart,
+    /// Cut the leader off from every other controller, both ways (`namespaces`).
+    PartitionLeader,
+    /// Cut an edge off from the controller it is subscribed to, both ways (`namespaces`).
+    PartitionEdge,
+    /// The leader stops hearing the other controllers; what it sends still arrives
+    /// (`namespaces`).
+    OneWayPartition,
+    /// Set the leader's network link down (`namespaces`).
+    LinkDown,
+    /// Delay (`delay_ms` ± `jitter_ms`) on every link into every controller (`proxied`).
+    LinkDelay,
+    /// Loss (`loss`, as retransmission delays) on every link into every controller (`proxied`).
+    LinkLoss,
+    /// Stall every link into the leader: connections stay open, nothing moves (`proxied`).
+    StallLeader,
+    /// Under load: add a new controller as a voter and remove a follower from the voters (the
+    /// removed one is stopped). Not undone at the heal.
+    MembershipChange,
 }
 
 impl FaultKind {
@@ -96,6 +119,29 @@ impl FaultKind {
             FaultKind::PauseLeader => "pause_leader",
             FaultKind::PauseAllControllers => "pause_all_controllers",
             FaultKind::RollingRestart => "rolling_restart",
+            FaultKind::PartitionLeader => "partition_leader",
+            FaultKind::PartitionEdge => "partition_edge",
+            FaultKind::OneWayPartition => "one_way_partition",
+            FaultKind::LinkDown => "link_down",
+            FaultKind::LinkDelay => "link_delay",
+            FaultKind::LinkLoss => "link_loss",
+            FaultKind::StallLeader => "stall_leader",
+            FaultKind::MembershipChange => "membership_change",
+        }
+    }
+
+    /// The network a fault needs, if a particular one.
+    pub fn needs(self) -> Option<crate::cluster::Network> {
+        use crate::cluster::Network;
+        match self {
+            FaultKind::PartitionLeader
+            | FaultKind::PartitionEdge
+            | FaultKind::OneWayPartition
+            | FaultKind::LinkDown => Some(Network::Namespaces),
+            FaultKind::LinkDelay | FaultKind::LinkLoss | FaultKind::StallLeader => {
+                Some(Network::Proxied)
+            }
+            _ => None,
         }
     }
 }
@@ -114,10 +160,28 @@ pub struct FaultSpec {
     /// Up to this much random delay added to `at_s` (from the seed).
     #[serde(default)]
     pub jitter_s: f64,
+    /// For `link_delay`: added delay, milliseconds.
+    #[serde(default = "default_delay_ms")]
+    pub delay_ms: u64,
+    /// For `link_delay`: up to this much more, milliseconds.
+    #[serde(default = "default_jitter_ms")]
+    pub jitter_ms: u64,
+    /// For `link_loss`: the fraction of chunks lost (0..1).
+    #[serde(default = "default_loss")]
+    pub loss: f64,
 }
 
 fn default_fault_len() -> f64 {
     3.0
+}
+fn default_delay_ms() -> u64 {
+    50
+}
+fn default_jitter_ms() -> u64 {
+    20
+}
+fn default_loss() -> f64 {
+    0.05
 }
 
 /// One fault as scheduled.
@@ -133,6 +197,15 @@ pub struct ScheduledFault {
     pub edge: usize,
     /// Which follower (for `kill_follower`): the n-th follower at that moment.
     pub follower: usize,
+    /// Link fault parameters (`link_delay`, `link_loss`).
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// Jitter, milliseconds.
+    #[serde(default)]
+    pub jitter_ms: u64,
+    /// Loss fraction.
+    #[serde(default)]
+    pub loss: f64,
 }
 
 impl ScheduledFault {
@@ -201,12 +274,34 @@ impl Scenario {
                     "faults[{i}]: at_s + jitter_s + duration_s must fall within duration_s, all non-negative"
                 ));
             }
+            if let Some(net) = f.kind.needs()
+                && net != self.network
+            {
+                return bad(format!(
+                    "faults[{i}]: {} needs \"network\": \"{}\"",
+                    f.kind.as_str(),
+                    serde_json::to_value(net)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default()
+                ));
+            }
+            if !(0.0..=0.5).contains(&f.loss) || f.delay_ms > 5_000 || f.jitter_ms > 5_000 {
+                return bad(format!(
+                    "faults[{i}]: loss must be 0..=0.5, delay_ms and jitter_ms at most 5000"
+                ));
+            }
             let needs_majority = matches!(
                 f.kind,
                 FaultKind::KillLeader
                     | FaultKind::KillFollower
                     | FaultKind::PauseLeader
                     | FaultKind::RollingRestart
+                    | FaultKind::PartitionLeader
+                    | FaultKind::OneWayPartition
+                    | FaultKind::LinkDown
+                    | FaultKind::StallLeader
+                    | FaultKind::MembershipChange
             );
             if needs_majority && self.controllers < 3 {
                 return bad(format!(
@@ -254,6 +349,9 @@ impl Scenario {
                     kind: f.kind,
                     edge: rng.random_range(0..self.edges),
                     follower: rng.random_range(0..(self.controllers.max(2) - 1) as usize),
+                    delay_ms: f.delay_ms,
+                    jitter_ms: f.jitter_ms,
+                    loss: f.loss,
                 }
             })
             .collect();
@@ -308,6 +406,14 @@ mod tests {
             (
                 r#"{"name": "t", "seed": 1, "duration_s": 5, "controllers": 1, "faults": [{"at_s": 1, "kind": "kill_leader"}]}"#,
                 "3 controllers",
+            ),
+            (
+                r#"{"name": "t", "seed": 1, "duration_s": 5, "faults": [{"at_s": 1, "kind": "partition_leader"}]}"#,
+                "namespaces",
+            ),
+            (
+                r#"{"name": "t", "seed": 1, "duration_s": 5, "network": "proxied", "faults": [{"at_s": 1, "kind": "link_loss", "loss": 0.9}]}"#,
+                "loss",
             ),
         ] {
             let e = Scenario::from_json(bad).unwrap_err().to_string();

@@ -13,6 +13,14 @@ const SMOKE: &[(&str, &str)] = &[
         "smoke/pause-and-stale.json",
         include_str!("../scenarios/smoke/pause-and-stale.json"),
     ),
+    (
+        "smoke/partition-and-membership.json",
+        include_str!("../scenarios/smoke/partition-and-membership.json"),
+    ),
+    (
+        "smoke/link-faults.json",
+        include_str!("../scenarios/smoke/link-faults.json"),
+    ),
 ];
 
 const FULL: &[(&str, &str)] = &[
@@ -35,6 +43,18 @@ const FULL: &[(&str, &str)] = &[
     (
         "full/rolling-restart.json",
         include_str!("../scenarios/full/rolling-restart.json"),
+    ),
+    (
+        "full/partitions.json",
+        include_str!("../scenarios/full/partitions.json"),
+    ),
+    (
+        "full/link-faults.json",
+        include_str!("../scenarios/full/link-faults.json"),
+    ),
+    (
+        "full/membership.json",
+        include_str!("../scenarios/full/membership.json"),
     ),
 ];
 
