@@ -656,6 +656,18 @@ impl LocalCluster {
 
     /// Applies a policy document; returns the revision.
     pub async fn apply_policy(&self, json: &str, comment: &str) -> anyhow::Result<u64> {
+        Ok(self.apply_policy_if(json, comment, 0).await?.0)
+    }
+
+    /// Applies a policy document only if version `expected` is current (0: any); returns the
+    /// revision and the new version. A write whose answer was lost and that arrives late is
+    /// then refused instead of undoing newer changes.
+    pub async fn apply_policy_if(
+        &self,
+        json: &str,
+        comment: &str,
+        expected: u64,
+    ) -> anyhow::Result<(u64, u64)> {
         let admin = self.admin()?;
         let r = admin
             .call(|ch| async move {
@@ -663,14 +675,33 @@ impl LocalCluster {
                     .apply_policy(pb::ApplyPolicyRequest {
                         document_json: json.to_string(),
                         comment: comment.to_string(),
-                        expected_version: 0,
+                        expected_version: expected,
                     })
                     .await
                     .map(|r| r.into_inner())
             })
             .await
             .map_err(|s| anyhow::anyhow!("applying the policy: {}", s.message()))?;
-        Ok(r.write.map(|w| w.revision).unwrap_or(0))
+        Ok((
+            r.write.map(|w| w.revision).unwrap_or(0),
+            r.version.map(|v| v.version).unwrap_or(0),
+        ))
+    }
+
+    /// The current policy version and document, as the leader knows it.
+    pub async fn current_policy(&self) -> anyhow::Result<(u64, String)> {
+        let admin = self.admin()?;
+        let r = admin
+            .call(|ch| async move {
+                pb::policy_service_client::PolicyServiceClient::new(ch)
+                    .get_policy(pb::GetPolicyRequest::default())
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("reading the policy: {}", s.message()))?;
+        let v = r.version.unwrap_or_default();
+        Ok((v.version, v.document_json))
     }
 
     /// Stores a named secret; returns the revision.

@@ -453,10 +453,11 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
         .put_secret("dev-oidc", idp.client_secret.as_bytes())
         .await?;
     let mut marker_open = true;
-    let rev = cluster
-        .apply_policy(
+    let (rev, mut policy_version) = cluster
+        .apply_policy_if(
             &policy(&idp.issuer, &idp.client_id, upstream.addr, marker_open),
             "chaos: initial",
+            0,
         )
         .await?;
     cluster.wait_edges(rev, Duration::from_secs(20)).await?;
@@ -611,7 +612,12 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
                 let doc = policy(&idp.issuer, &idp.client_id, upstream.addr, marker_open);
                 // a newer change is in flight from here on: the previous one stops its checks
                 let mine = generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                let r = cluster.apply_policy(&doc, "chaos: flip the marker").await;
+                // Conditional on the version last seen: a write whose answer was lost (a
+                // timeout through a stalled link) may still arrive later; it must then be
+                // refused, not silently undo a newer change.
+                let r = cluster
+                    .apply_policy_if(&doc, "chaos: flip the marker", policy_version)
+                    .await;
                 let ack = Instant::now();
                 match r {
                     Err(e) => {
@@ -620,9 +626,17 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .policy_changes_failed += 1;
-                        marker_open = !marker_open;
+                        // its outcome is unknown: learn what is current
+                        match cluster.current_policy().await {
+                            Ok((v, doc)) => {
+                                policy_version = v;
+                                marker_open = !doc.contains("\"closed\"");
+                            }
+                            Err(_) => marker_open = !marker_open,
+                        }
                     }
-                    Ok(_) => {
+                    Ok((_, version)) => {
+                        policy_version = version;
                         counts
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())

@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use openraft::ChangeMembers;
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use palisade_policy::catalog::{self as cat, Command, Outcome};
 use palisade_policy::request::{
     Device as PDevice, DeviceState as PState, Identity, MfaMethod, MfaProof, Protocol,
@@ -299,6 +299,32 @@ impl Admin {
                         .is_some_and(|r| r.get(id).is_some_and(|l| l.is_some())),
             })
             .collect()
+    }
+
+    /// Runs a membership change, waiting (up to 5 s) while a previous one is still being
+    /// committed: right after a cluster forms, its initial membership is, and an admin's
+    /// `AddLearner` then would fail for no reason the caller could act on.
+    async fn membership_change<F, Fut, T>(&self, f: F) -> Result<T, Status>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<
+                Output = Result<
+                    T,
+                    RaftError<crate::raft::TypeConfig, ClientWriteError<crate::raft::TypeConfig>>,
+                >,
+            >,
+    {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match f().await {
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other.map_err(Self::membership_error),
+            }
+        }
     }
 
     fn membership_error(
@@ -1069,19 +1095,17 @@ impl pb::cluster_service_server::ClusterService for Admin {
         } else {
             r.admin_addr
         };
+        let member = Member {
+            raft_addr: r.raft_addr,
+            admin_addr,
+        };
         let resp = self
-            .ctl
-            .raft
-            .add_learner(
-                r.id,
-                Member {
-                    raft_addr: r.raft_addr,
-                    admin_addr,
-                },
-                r.wait_caught_up,
-            )
-            .await
-            .map_err(Self::membership_error)?;
+            .membership_change(|| {
+                self.ctl
+                    .raft
+                    .add_learner(r.id, member.clone(), r.wait_caught_up)
+            })
+            .await?;
         tracing::info!(actor = %who, id = r.id, "learner added");
         Ok(Response::new(pb::MembershipResponse {
             members: self.membership_status(),
@@ -1103,14 +1127,13 @@ impl pb::cluster_service_server::ClusterService for Admin {
         }
         let voters: BTreeSet<u64> = r.voters.into_iter().collect();
         let resp = self
-            .ctl
-            .raft
-            .change_membership(
-                ChangeMembers::ReplaceAllVoters(voters.clone()),
-                r.retain_as_learners,
-            )
-            .await
-            .map_err(Self::membership_error)?;
+            .membership_change(|| {
+                self.ctl.raft.change_membership(
+                    ChangeMembers::ReplaceAllVoters(voters.clone()),
+                    r.retain_as_learners,
+                )
+            })
+            .await?;
         tracing::info!(actor = %who, ?voters, "membership changed");
         Ok(Response::new(pb::MembershipResponse {
             members: self.membership_status(),
@@ -1137,11 +1160,12 @@ impl pb::cluster_service_server::ClusterService for Admin {
         let mut last = None;
         if is_voter {
             last = Some(
-                self.ctl
-                    .raft
-                    .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
-                    .await
-                    .map_err(Self::membership_error)?,
+                self.membership_change(|| {
+                    self.ctl
+                        .raft
+                        .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
+                })
+                .await?,
             );
         }
         let still_node = self
@@ -1155,11 +1179,12 @@ impl pb::cluster_service_server::ClusterService for Admin {
             .is_some();
         if still_node {
             last = Some(
-                self.ctl
-                    .raft
-                    .change_membership(ChangeMembers::RemoveNodes(ids), false)
-                    .await
-                    .map_err(Self::membership_error)?,
+                self.membership_change(|| {
+                    self.ctl
+                        .raft
+                        .change_membership(ChangeMembers::RemoveNodes(ids.clone()), false)
+                })
+                .await?,
             );
         }
         let last =

@@ -10,6 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// How long a member whose session failed is tried last.
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
+/// TCP and TLS connect timeout to a controller: an unreachable member costs this much per try.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 use arc_swap::ArcSwapOption;
 use palisade_proto::v1 as pb;
 use rand::Rng;
@@ -201,6 +206,10 @@ async fn run(cfg: SyncConfig, replica: Arc<Replica>, mut shutdown: watch::Receiv
     let mut next = 0usize;
     let mut backoff = Duration::from_millis(50);
     let mut want_snapshot = false;
+    // Members whose session just failed (silent, unreachable, out of contact) are tried last
+    // for a while: a member cut off from the network can cost a connect timeout per attempt,
+    // and the other members are the ones that can bring this edge up to date.
+    let mut suspects: HashMap<String, Instant> = HashMap::new();
     loop {
         if *shutdown.borrow() || cfg.controllers.is_empty() {
             return;
@@ -222,6 +231,15 @@ async fn run(cfg: SyncConfig, replica: Arc<Replica>, mut shutdown: watch::Receiv
                 continue;
             }
         }
+        suspects.retain(|_, at| at.elapsed() < SUSPECT_FOR);
+        if suspects.contains_key(&targets[next])
+            && let Some(k) = (0..targets.len())
+                .map(|k| (next + k) % targets.len())
+                .find(|i| !suspects.contains_key(&targets[*i]))
+        {
+            // take a healthy member's turn instead; the suspect keeps its place in the rotation
+            targets.swap(next, k);
+        }
         let addr = targets[next].clone();
         next += 1;
         let started = Instant::now();
@@ -235,7 +253,8 @@ async fn run(cfg: SyncConfig, replica: Arc<Replica>, mut shutdown: watch::Receiv
                 want_snapshot = true;
             }
             other => {
-                tracing::warn!(controller = %addr, reason = %other, "subscription ended; failing over")
+                tracing::warn!(controller = %addr, reason = %other, "subscription ended; failing over");
+                suspects.insert(addr.clone(), Instant::now());
             }
         }
         metrics::counter!("palisade_edge_reconnects_total").increment(1);
@@ -283,7 +302,7 @@ async fn session(
     let ep = match Endpoint::from_shared(format!("https://{addr}"))
         .and_then(|e| e.tls_config(tls.clone()))
     {
-        Ok(e) => e.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true),
+        Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true),
         Err(e) => return SessionEnd::Connect(e.to_string()),
     };
     let ch = match ep.connect().await {

@@ -186,6 +186,24 @@ impl Cluster {
             c.spawn(id);
         }
         c.wait_leader(Duration::from_secs(20)).await;
+        // and every running member has heard of it (a write to a member that has not yet is
+        // answered UNAVAILABLE "retry shortly", which is right, but not what tests start from)
+        eventually(
+            "every member to know the leader",
+            Duration::from_secs(20),
+            || async {
+                for (id, m) in &c.members {
+                    if m.child.is_some() && c.initial.contains(id) {
+                        let s = c.status(*id).await.ok()?;
+                        if s.leader_id == 0 {
+                            return None;
+                        }
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
         c
     }
 
