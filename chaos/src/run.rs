@@ -118,6 +118,9 @@ struct Probe {
     /// One client per edge, resolving the probed names to that edge (edges keep their address
     /// across restarts).
     clients: Vec<(reqwest::Client, u16)>,
+    /// Edges the runner killed (not answering counts as refusing only for them; a running
+    /// edge that does not answer in time has not refused anything).
+    down: Vec<std::sync::atomic::AtomicBool>,
     probes: std::sync::atomic::AtomicU64,
     violations: Mutex<Vec<String>>,
 }
@@ -168,7 +171,8 @@ impl Probe {
                 let start = Instant::now();
                 let at = loop {
                     let s = p.status(host, edge, cookie.as_deref()).await;
-                    if done(s) {
+                    let down = p.down[edge].load(std::sync::atomic::Ordering::SeqCst);
+                    if (s.is_some() || down) && done(s) {
                         break Instant::now();
                     }
                     let superseded = current.as_ref().is_some_and(|(g, mine)| {
@@ -494,6 +498,10 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
     }
     let canary = cookies.pop().context("canary")?;
     let probe = Arc::new(Probe {
+        down: clients
+            .iter()
+            .map(|_| std::sync::atomic::AtomicBool::new(false))
+            .collect(),
         clients,
         probes: Default::default(),
         violations: Mutex::new(Vec::new()),
@@ -700,7 +708,10 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
                         cluster.kill_controller(victim);
                         faulted.insert(i, vec![victim]);
                     }
-                    FaultKind::KillEdge => cluster.kill_edge(f.edge),
+                    FaultKind::KillEdge => {
+                        probe.down[f.edge].store(true, std::sync::atomic::Ordering::SeqCst);
+                        cluster.kill_edge(f.edge);
+                    }
                     FaultKind::PauseAllControllers => {
                         let ids: Vec<u64> = cluster.controllers.keys().copied().collect();
                         for id in &ids {
@@ -834,6 +845,7 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
                     }
                     FaultKind::KillEdge => {
                         cluster.spawn_edge(f.edge).await?;
+                        probe.down[f.edge].store(false, std::sync::atomic::Ordering::SeqCst);
                         incarnation += 1;
                         let e = &cluster.edges[f.edge];
                         let ops = e.addrs.as_ref().map(|a| a.ops).unwrap_or(unknown);

@@ -83,10 +83,8 @@ pub struct Controller {
     /// handshake per poll made `WaitForRevision` tens of milliseconds slower than the edges).
     pub peer_channels:
         Arc<std::sync::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>>,
-    /// When this member last accepted entries or a heartbeat from a leader (followers).
-    pub leader_contact: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
-    /// How long a member may go without hearing from the cluster (a follower from its leader,
-    /// a leader from a quorum) before it stops vouching for its view to edges.
+    /// How long a leader may go without a quorum acknowledging it before it stops vouching
+    /// for its view to edges.
     pub contact_timeout: std::time::Duration,
 }
 
@@ -137,39 +135,24 @@ pub fn unavailable_with_leader(msg: &str, leader: Option<(u64, &Member)>) -> Sta
 }
 
 impl Controller {
-    /// Whether this member is in contact with the cluster: a leader acknowledged by a quorum
-    /// (or the only voter), or a follower that heard from its leader, within
-    /// `contact_timeout`. A member cut off from the others (a partition, even one way) keeps a
-    /// view that stops advancing while it still looks current; edges subscribed to it must move
-    /// to a member that is in contact.
-    pub fn in_contact(&self) -> bool {
+    /// Whether this member, if it is the leader, has lost contact with the cluster: no quorum
+    /// acknowledged it within `contact_timeout` (and it is not the only voter). A leader cut
+    /// off from the others (a partition, even one way) keeps a view that stops advancing while
+    /// the rest elect another leader and move on; edges subscribed to it must move. Followers
+    /// are not judged here: one that loses its leader stops knowing a leader when it starts an
+    /// election, which the edge sync already handles.
+    pub fn leader_out_of_contact(&self) -> bool {
         use openraft::Instant as _;
         let m = self.raft.metrics().borrow_watched().clone();
-        let Some(leader) = m.current_leader else {
+        if m.current_leader != Some(self.id) {
             return false;
-        };
-        if leader == self.id {
-            let voters = m.membership_config.membership().voter_ids().count();
-            if voters <= 1 {
-                return true;
-            }
-            return m
+        }
+        let voters = m.membership_config.membership().voter_ids().count();
+        voters > 1
+            && !m
                 .last_quorum_acked
                 .as_ref()
-                .is_some_and(|t| t.elapsed() <= self.contact_timeout);
-        }
-        self.leader_contact
-            .lock()
-            .ok()
-            .and_then(|t| *t)
-            .is_some_and(|t| t.elapsed() <= self.contact_timeout)
-    }
-
-    /// Records that a leader's entries or heartbeat were accepted.
-    pub fn touch_leader_contact(&self) {
-        if let Ok(mut t) = self.leader_contact.lock() {
-            *t = Some(std::time::Instant::now());
-        }
+                .is_some_and(|t| t.elapsed() <= self.contact_timeout)
     }
 
     /// The leader's id and member record, if known.

@@ -112,7 +112,6 @@ pub async fn start(cfg: Config, members: Vec<InitialMember>) -> anyhow::Result<R
         edges: Arc::default(),
         ttl_cache: Arc::default(),
         peer_channels: Arc::default(),
-        leader_contact: Arc::default(),
         contact_timeout: std::time::Duration::from_millis(
             cfg.election_timeout_max_ms + 2 * cfg.heartbeat_ms,
         ),

@@ -29,10 +29,11 @@ use crate::seal::DataKey;
 
 /// Snapshot entries per chunk.
 const CHUNK: usize = 1000;
-/// How long a member may be out of contact with the cluster (no leader, or a leader or
-/// follower cut off from the others; see `Controller::in_contact`) before it ends its
-/// subscriptions, on top of the contact timeout itself.
-const LEADERLESS_LIMIT: Duration = Duration::from_millis(300);
+/// How long a member may go without a leader before it ends its subscriptions.
+const LEADERLESS_LIMIT: Duration = Duration::from_secs(3);
+/// How long a leader that lost its quorum keeps its subscriptions (without heartbeats) before
+/// ending them, on top of the contact timeout itself.
+const CUT_OFF_LIMIT: Duration = Duration::from_millis(300);
 
 /// What one controller knows of the edges subscribed to it.
 #[derive(Debug, Default)]
@@ -332,11 +333,13 @@ impl Subscription {
                 }
                 _ = tick.tick() => {
                     let hb = self.heartbeat();
-                    if hb.leader_id == 0 || !self.ctl.in_contact() {
-                        // No heartbeat while out of contact: the edge's view must not look
-                        // current. Soon after, the stream ends and the edge moves on.
+                    let cut_off = self.ctl.leader_out_of_contact();
+                    if hb.leader_id == 0 || cut_off {
+                        // No heartbeat then: the edge's view must not look current. Soon
+                        // after, the stream ends and the edge moves on.
                         let since = *leaderless_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() > LEADERLESS_LIMIT {
+                        let limit = if cut_off { CUT_OFF_LIMIT } else { LEADERLESS_LIMIT };
+                        if since.elapsed() > limit {
                             let _ = self.tx.send(Err(Status::unavailable("this controller is out of contact with the cluster; subscribe to another member"))).await;
                             return;
                         }
@@ -370,9 +373,17 @@ impl EdgeSync for SyncService {
                 r.edge_id
             )));
         }
-        if !self.ctl.in_contact() {
+        if self
+            .ctl
+            .raft
+            .metrics()
+            .borrow_watched()
+            .current_leader
+            .is_none()
+            || self.ctl.leader_out_of_contact()
+        {
             return Err(Status::unavailable(
-                "this controller is out of contact with the cluster; subscribe to another member",
+                "this controller has no leader or is cut off from the cluster; subscribe to another member",
             ));
         }
         let (tx, rx) = mpsc::channel(256);

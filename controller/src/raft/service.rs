@@ -56,9 +56,6 @@ impl RaftTransport for RaftService {
         require_controller(&req)?;
         let r = wire::append_from_pb(req.into_inner())?;
         let resp = self.ctl.raft.append_entries(r).await.map_err(raft_err)?;
-        if resp.is_success() {
-            self.ctl.touch_leader_contact();
-        }
         Ok(Response::new(wire::append_resp_to_pb(&resp)))
     }
 
