@@ -149,10 +149,10 @@ impl Controller {
         }
         let voters = m.membership_config.membership().voter_ids().count();
         voters > 1
-            && !m
+            && m
                 .last_quorum_acked
                 .as_ref()
-                .is_some_and(|t| t.elapsed() <= self.contact_timeout)
+                .is_none_or(|t| t.elapsed() > self.contact_timeout)
     }
 
     /// The leader's id and member record, if known.
