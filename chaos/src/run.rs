@@ -200,6 +200,12 @@ impl Probe {
                         break;
                     }
                     let s = p.status(host, edge, cookie.as_deref()).await;
+                    // a newer change may have been made while the request was in flight
+                    if current.as_ref().is_some_and(|(g, mine)| {
+                        g.load(std::sync::atomic::Ordering::SeqCst) != *mine
+                    }) {
+                        break;
+                    }
                     // no answer (the edge is down) serves nothing: not a regression
                     if s.is_some() && !done(s) {
                         p.violation(format!(

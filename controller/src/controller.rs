@@ -149,8 +149,7 @@ impl Controller {
         }
         let voters = m.membership_config.membership().voter_ids().count();
         voters > 1
-            && m
-                .last_quorum_acked
+            && m.last_quorum_acked
                 .as_ref()
                 .is_none_or(|t| t.elapsed() > self.contact_timeout)
     }
