@@ -199,6 +199,31 @@ fn relying_party(policy: &CompiledPolicy, authority: &str, host: &str) -> Option
         .ok()
 }
 
+fn no_relying_party() -> Response<Body> {
+    json_error(
+        StatusCode::BAD_REQUEST,
+        "WebAuthn is not possible on this host name",
+    )
+}
+
+/// Opens the ceremony cookie for `purpose` and builds the relying party, or the error answer.
+#[allow(clippy::too_many_arguments)]
+fn ceremony_and_rp(
+    view: &View,
+    policy: &CompiledPolicy,
+    authority: &str,
+    host: &str,
+    caller: &Caller,
+    sealed: Option<&str>,
+    purpose: &str,
+    expired: &str,
+) -> Result<(Ceremony, Webauthn), Box<Response<Body>>> {
+    let c = open_ceremony(view, sealed, caller, purpose, now_secs())
+        .ok_or_else(|| Box::new(json_error(StatusCode::BAD_REQUEST, expired)))?;
+    let wa = relying_party(policy, authority, host).ok_or_else(|| Box::new(no_relying_party()))?;
+    Ok((c, wa))
+}
+
 fn challenge_of(options: &Value) -> String {
     options["publicKey"]["challenge"]
         .as_str()
@@ -786,10 +811,7 @@ impl Gateway {
             );
         }
         let Some(wa) = relying_party(policy, authority, host) else {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "WebAuthn is not possible on this host name",
-            );
+            return no_relying_party();
         };
         // User verification is required when the application asks for it or when only
         // platform authenticators are allowed (they always verify the user).
@@ -854,17 +876,18 @@ impl Gateway {
         rid: &str,
     ) -> Response<Body> {
         let now = now_secs();
-        let Some(c) = open_ceremony(view, sealed, caller, "authenticate", now) else {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "this security key prompt expired or belongs to another session; start again",
-            );
-        };
-        let Some(wa) = relying_party(policy, authority, host) else {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "WebAuthn is not possible on this host name",
-            );
+        let (c, wa) = match ceremony_and_rp(
+            view,
+            policy,
+            authority,
+            host,
+            caller,
+            sealed,
+            "authenticate",
+            "this security key prompt expired or belongs to another session; start again",
+        ) {
+            Ok(x) => x,
+            Err(r) => return *r,
         };
         let Ok(cred) = serde_json::from_value::<PublicKeyCredential>(body["credential"].clone())
         else {
@@ -1034,10 +1057,7 @@ impl Gateway {
             );
         }
         let Some(wa) = relying_party(policy, authority, host) else {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "WebAuthn is not possible on this host name",
-            );
+            return no_relying_party();
         };
         let exclude: Vec<Vec<u8>> = factors
             .iter()
@@ -1128,18 +1148,18 @@ impl Gateway {
         sealed: Option<&str>,
         rid: &str,
     ) -> Response<Body> {
-        let now = now_secs();
-        let Some(c) = open_ceremony(view, sealed, caller, "register", now) else {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "this registration expired or belongs to another session; start again",
-            );
-        };
-        let Some(wa) = relying_party(policy, authority, host) else {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "WebAuthn is not possible on this host name",
-            );
+        let (c, wa) = match ceremony_and_rp(
+            view,
+            policy,
+            authority,
+            host,
+            caller,
+            sealed,
+            "register",
+            "this registration expired or belongs to another session; start again",
+        ) {
+            Ok(x) => x,
+            Err(r) => return *r,
         };
         let Ok(reg) =
             serde_json::from_value::<RegisterPublicKeyCredential>(body["credential"].clone())
