@@ -352,6 +352,18 @@ fn timeline(s: &Schedule, controllers: u64) -> Vec<(f64, Action)> {
     out
 }
 
+/// The `n`-th follower (modulo their number) at this moment.
+async fn nth_follower(c: &LocalCluster, n: usize) -> u64 {
+    let l = c.leader().await;
+    let followers: Vec<u64> = c
+        .controllers
+        .keys()
+        .copied()
+        .filter(|id| *id != l)
+        .collect();
+    followers[n % followers.len()]
+}
+
 /// The addresses of every controller but `except` (namespaces only).
 fn controller_ips(c: &LocalCluster, except: u64) -> Vec<std::net::Ipv4Addr> {
     c.controllers
@@ -703,14 +715,7 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
                         faulted.insert(i, vec![l]);
                     }
                     FaultKind::KillFollower => {
-                        let l = cluster.leader().await;
-                        let followers: Vec<u64> = cluster
-                            .controllers
-                            .keys()
-                            .copied()
-                            .filter(|c| *c != l)
-                            .collect();
-                        let victim = followers[f.follower % followers.len()];
+                        let victim = nth_follower(&cluster, f.follower).await;
                         cluster.kill_controller(victim);
                         faulted.insert(i, vec![victim]);
                     }
@@ -805,14 +810,7 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
                         faulted.insert(i, vec![l]);
                     }
                     FaultKind::MembershipChange => {
-                        let l = cluster.leader().await;
-                        let followers: Vec<u64> = cluster
-                            .controllers
-                            .keys()
-                            .copied()
-                            .filter(|c| *c != l)
-                            .collect();
-                        let victim = followers[f.follower % followers.len()];
+                        let victim = nth_follower(&cluster, f.follower).await;
                         let current: Vec<u64> = cluster.controllers.keys().copied().collect();
                         let t = Instant::now();
                         match cluster

@@ -126,6 +126,13 @@ impl EdgeAuthService {
         Ok((failed, until, w.revision))
     }
 
+    /// A factor as edges see it.
+    fn factor_pb(&self, id: &str) -> Option<pb::Factor> {
+        self.ctl
+            .state
+            .read(|s| s.catalog.factors.get(id).map(convert::factor))
+    }
+
     /// A user's own factor, or NOT_FOUND (another user's factor is not found either).
     fn own_factor(&self, key: &UserKey, id: &str) -> Result<FactorRecord, Status> {
         self.ctl
@@ -443,10 +450,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
                 },
             )
             .await?;
-        let factor = self
-            .ctl
-            .state
-            .read(|s| s.catalog.factors.get(&f.id).map(convert::factor));
+        let factor = self.factor_pb(&f.id);
         Ok(Response::new(pb::ConfirmTotpEnrollmentResponse {
             factor,
             write: Some(w.to_pb()),
@@ -503,10 +507,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
             )
             .await?;
         let factor = match &w.outcome {
-            Outcome::Factor(id) => self
-                .ctl
-                .state
-                .read(|s| s.catalog.factors.get(id).map(convert::factor)),
+            Outcome::Factor(id) => self.factor_pb(id),
             _ => None,
         };
         Ok(Response::new(pb::FactorWriteResponse {
@@ -605,10 +606,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
                 },
             )
             .await?;
-        let factor = self
-            .ctl
-            .state
-            .read(|s| s.catalog.factors.get(&f.id).map(convert::factor));
+        let factor = self.factor_pb(&f.id);
         Ok(Response::new(pb::FactorWriteResponse {
             factor,
             write: Some(w.to_pb()),
