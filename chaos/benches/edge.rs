@@ -252,7 +252,7 @@ async fn run() {
         .wait_edges(commit, Duration::from_secs(120))
         .await
         .expect("edge applies everything");
-    let ca = cluster.pki_file("ca.pem").expect("ca");
+    let ca = cluster.pki_file("ingress-ca.pem").expect("ca");
     let port = cluster.edges[0].https().port();
     let cookie = sign_in(&ca, port).await;
 

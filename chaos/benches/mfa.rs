@@ -121,7 +121,7 @@ async fn run() {
         .wait_edges(rev, Duration::from_secs(30))
         .await
         .expect("edge");
-    let ca = cluster.pki_file("ca.pem").expect("ca");
+    let ca = cluster.pki_file("ingress-ca.pem").expect("ca");
     let port = cluster.edges[0].https().port();
     let origin = format!("https://{HOST}:{port}");
     let http = reqwest::Client::builder()

@@ -454,7 +454,7 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
         _ => None,
     };
     let mut cluster = LocalCluster::start(spec).await?;
-    let ca = cluster.pki_file("ca.pem")?;
+    let ca = cluster.pki_file("ingress-ca.pem")?;
     let harness = cluster.harness_ip();
     let upstream = Upstream::start(
         std::net::SocketAddr::new(harness, 0),

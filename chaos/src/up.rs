@@ -116,7 +116,7 @@ pub async fn up(opts: UpOptions, host: PathBuf) -> anyhow::Result<()> {
     spec.edge_https_ports = opts.https_ports.clone();
     let cluster = LocalCluster::start(spec).await?;
     let edge1 = cluster.edges[0].https();
-    let ca = cluster.pki_file("ca.pem")?;
+    let ca = cluster.pki_file("ingress-ca.pem")?;
     let upstream = Upstream::start(
         "127.0.0.1:0".parse()?,
         format!(
@@ -182,7 +182,7 @@ fn print_guide(c: &LocalCluster, idp: &DevIdp, upstream: &Upstream, dir: &std::p
         ));
     }
     let p1 = c.edges[0].https().port();
-    let ca = pki.join("ca.pem");
+    let ca = pki.join("ingress-ca.pem");
     let cert = pki.join("admin-admin.pem");
     let key = pki.join("admin-admin.key");
     s.push_str(&format!(

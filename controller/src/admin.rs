@@ -357,7 +357,7 @@ impl pb::policy_service_server::PolicyService for Admin {
         let written = self
             .ctl
             .write(
-                who.actor(),
+                crate::identity::actor(&who),
                 Command::ApplyPolicy {
                     document_json: r.document_json,
                     comment: r.comment,
@@ -523,7 +523,7 @@ impl pb::policy_service_server::PolicyService for Admin {
         let written = self
             .ctl
             .write(
-                who.actor(),
+                crate::identity::actor(&who),
                 Command::RollbackPolicy {
                     to_version: r.to_version,
                     comment: r.comment,
@@ -638,7 +638,9 @@ impl pb::revocation_service_server::RevocationService for Admin {
         if ttl > MAX_REVOCATION_TTL {
             return Err(Status::invalid_argument("ttl may be at most 400 days"));
         }
-        let (write, revocation) = self.revoke_as(who.actor(), target, r.reason, ttl).await?;
+        let (write, revocation) = self
+            .revoke_as(crate::identity::actor(&who), target, r.reason, ttl)
+            .await?;
         tracing::info!(actor = %who, revision = write.revision, "revoked");
         Ok(Response::new(pb::RevokeResponse {
             revocation,
@@ -685,7 +687,7 @@ impl pb::device_service_server::DeviceService for Admin {
         let written = self
             .ctl
             .write(
-                who.actor(),
+                crate::identity::actor(&who),
                 Command::CreateDevice {
                     owner: r.owner,
                     serial: r.serial,
@@ -793,7 +795,7 @@ impl pb::device_service_server::DeviceService for Admin {
         let written = self
             .ctl
             .write(
-                who.actor(),
+                crate::identity::actor(&who),
                 Command::RecordPosture {
                     id: r.id.clone(),
                     posture,
@@ -824,7 +826,7 @@ impl Admin {
         let written = self
             .ctl
             .write(
-                who.actor(),
+                crate::identity::actor(&who),
                 Command::SetDeviceState {
                     id: r.id.clone(),
                     state,
@@ -886,7 +888,10 @@ impl pb::factor_service_server::FactorService for Admin {
         required(&r.reason, "reason")?;
         let written = self
             .ctl
-            .write(who.actor(), Command::RemoveFactor { id: r.factor_id })
+            .write(
+                crate::identity::actor(&who),
+                Command::RemoveFactor { id: r.factor_id },
+            )
             .await?;
         Ok(Response::new(pb::RemoveFactorResponse {
             write: Some(written.to_pb()),
@@ -907,7 +912,10 @@ impl pb::factor_service_server::FactorService for Admin {
         };
         let written = self
             .ctl
-            .write(who.actor(), Command::UnlockUser { user: user.clone() })
+            .write(
+                crate::identity::actor(&who),
+                Command::UnlockUser { user: user.clone() },
+            )
             .await?;
         let counters = match &written.outcome {
             Outcome::Counters(c) => Some(convert::counters(&user, c)),
@@ -933,7 +941,7 @@ impl pb::factor_service_server::FactorService for Admin {
         let written = self
             .ctl
             .write(
-                who.actor(),
+                crate::identity::actor(&who),
                 Command::IssueEnrollmentCode {
                     user: cat::UserKey {
                         provider: r.identity_provider,
@@ -971,7 +979,7 @@ impl pb::key_service_server::KeyService for Admin {
         let written = self
             .ctl
             .write(
-                who.actor(),
+                crate::identity::actor(&who),
                 Command::RotateSigningKey {
                     secret: cat::Sealed(sealed),
                     overlap_ms: overlap.as_millis() as i64,
@@ -1022,7 +1030,7 @@ impl pb::key_service_server::KeyService for Admin {
         let written = self
             .ctl
             .write(
-                who.actor(),
+                crate::identity::actor(&who),
                 Command::PutSecret {
                     name: r.name.clone(),
                     value: cat::Sealed(sealed),

@@ -6,16 +6,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use palisade_link::{Expect, LinkOptions, LinkTls};
 use palisade_proto::v1 as pb;
 use prost::Message;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Credentials and servers.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
     servers: Vec<String>,
-    tls: ClientTlsConfig,
+    /// `None` when the credentials do not parse; every call then fails with the reason.
+    tls: Result<LinkTls, String>,
     timeout: Duration,
     /// Open channels by address; a channel multiplexes calls over one HTTP/2 connection.
     channels: Arc<Mutex<HashMap<String, Channel>>>,
@@ -44,13 +46,11 @@ pub fn validation_failure(s: &Status) -> Option<pb::ValidationFailure> {
 }
 
 impl AdminClient {
-    /// A client presenting `cert`/`key` (PEM) and trusting `ca` (PEM).
+    /// A client presenting `cert`/`key` (PEM) and trusting `ca` (PEM); it speaks only to
+    /// servers holding a controller identity.
     pub fn new(servers: Vec<String>, cert_pem: &str, key_pem: &str, ca_pem: &str) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let tls = ClientTlsConfig::new()
-            .identity(Identity::from_pem(cert_pem, key_pem))
-            .ca_certificate(Certificate::from_pem(ca_pem))
-            .domain_name("localhost");
+        let tls = LinkTls::new(cert_pem, key_pem, ca_pem).map_err(|e| e.to_string());
         Self {
             servers,
             tls,
@@ -81,13 +81,21 @@ impl AdminClient {
         {
             return Ok(ch.clone());
         }
-        let ep = Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("server address {addr:?}: {e}")))?
-            .tls_config(self.tls.clone())
-            .map_err(|e| Status::invalid_argument(format!("TLS: {e}")))?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .timeout(self.timeout);
+        let tls = self
+            .tls
+            .as_ref()
+            .map_err(|e| Status::invalid_argument(format!("TLS credentials: {e}")))?;
+        let ep = tls
+            .endpoint(
+                addr,
+                Expect::AnyController,
+                &LinkOptions {
+                    connect_timeout: Duration::from_secs(3),
+                    call_timeout: Some(self.timeout),
+                    ..LinkOptions::default()
+                },
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let ch = ep
             .connect()
             .await

@@ -12,7 +12,6 @@ use palisade_policy::catalog::{Actor, Command, CommandError, Envelope, Outcome};
 use palisade_proto::v1 as pb;
 use palisade_proto::v1::raft_transport_client::RaftTransportClient;
 use prost::Message;
-use tonic::transport::{ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::raft::state_machine::StateHandle;
@@ -70,8 +69,8 @@ pub struct Controller {
     pub state: StateHandle,
     /// The data key for secrets.
     pub key: Arc<DataKey>,
-    /// TLS for calls to other members.
-    pub client_tls: ClientTlsConfig,
+    /// TLS for calls to other members (each must hold the identity of the member dialled).
+    pub client_tls: palisade_link::LinkTls,
     /// Largest policy document accepted.
     pub max_document_bytes: usize,
     /// The edges subscribed to this member.
@@ -205,7 +204,7 @@ impl Controller {
                 let leader = f.leader_id.zip(f.leader_node);
                 match leader {
                     Some((id, node)) if may_forward && id != self.id => {
-                        let written = self.forward(&node, actor, command).await?;
+                        let written = self.forward(id, &node, actor, command).await?;
                         // read-your-writes on this member: what the caller reads here next
                         // includes its write
                         let mut applied = self.state.applied();
@@ -233,6 +232,7 @@ impl Controller {
 
     async fn forward(
         &self,
+        leader_id: u64,
         leader: &Member,
         actor: Actor,
         command: Command,
@@ -240,7 +240,7 @@ impl Controller {
         // One cached channel per leader address: a TLS handshake per forwarded write would
         // add milliseconds to every write a follower takes (edges write through any member).
         let channel = self
-            .forward_channel(&leader.raft_addr)
+            .forward_channel(leader_id, &leader.raft_addr)
             .ok_or_else(|| unavailable_with_leader("the leader is unreachable", None))?;
         let mut client = RaftTransportClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
@@ -289,41 +289,42 @@ impl Controller {
         }
     }
 
-    /// A (lazily connecting, cached) channel to another member's Raft endpoint for forwarded
-    /// writes.
-    fn forward_channel(&self, raft_addr: &str) -> Option<tonic::transport::Channel> {
-        let key = format!("forward:{raft_addr}");
+    /// A (lazily connecting, cached) channel to member `id`'s Raft endpoint for forwarded
+    /// writes; it accepts only that member's certificate.
+    fn forward_channel(&self, id: u64, raft_addr: &str) -> Option<tonic::transport::Channel> {
+        let key = format!("forward:{id}@{raft_addr}");
+        let opts = palisade_link::LinkOptions::default();
+        self.cached_channel(key, id, raft_addr, &opts)
+    }
+
+    /// A (lazily connecting, cached) channel to member `id` for status queries (short
+    /// deadlines: a member that does not answer within a second is skipped).
+    fn peer_channel(&self, id: u64, addr: &str) -> Option<tonic::transport::Channel> {
+        let opts = palisade_link::LinkOptions {
+            connect_timeout: std::time::Duration::from_secs(1),
+            call_timeout: Some(std::time::Duration::from_secs(1)),
+            ..palisade_link::LinkOptions::default()
+        };
+        self.cached_channel(format!("{id}@{addr}"), id, addr, &opts)
+    }
+
+    fn cached_channel(
+        &self,
+        key: String,
+        id: u64,
+        addr: &str,
+        opts: &palisade_link::LinkOptions,
+    ) -> Option<tonic::transport::Channel> {
         let mut cache = self.peer_channels.lock().ok()?;
         if let Some(ch) = cache.get(&key) {
             return Some(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("https://{raft_addr}"))
+        let ch = self
+            .client_tls
+            .endpoint(addr, palisade_link::Expect::Controller(id), opts)
             .ok()?
-            .tls_config(self.client_tls.clone())
-            .ok()?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .timeout(std::time::Duration::from_secs(10))
-            .tcp_nodelay(true)
             .connect_lazy();
         cache.insert(key, ch.clone());
-        Some(ch)
-    }
-
-    /// A (lazily connecting, cached) channel to another member.
-    fn peer_channel(&self, addr: &str) -> Option<tonic::transport::Channel> {
-        let mut cache = self.peer_channels.lock().ok()?;
-        if let Some(ch) = cache.get(addr) {
-            return Some(ch.clone());
-        }
-        let ch = Endpoint::from_shared(format!("https://{addr}"))
-            .ok()?
-            .tls_config(self.client_tls.clone())
-            .ok()?
-            .connect_timeout(std::time::Duration::from_secs(1))
-            .timeout(std::time::Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        cache.insert(addr.to_string(), ch.clone());
         Some(ch)
     }
 
@@ -346,8 +347,8 @@ impl Controller {
                 .map(|(id, n)| (*id, n.clone()))
                 .collect()
         };
-        let calls = members.into_iter().map(|(_, member)| {
-            let ch = self.peer_channel(&member.raft_addr);
+        let calls = members.into_iter().map(|(id, member)| {
+            let ch = self.peer_channel(id, &member.raft_addr);
             let cache = self.peer_channels.clone();
             async move {
                 let ch = ch?;
@@ -359,7 +360,7 @@ impl Controller {
                     Err(_) => {
                         // reconnect next time (the member may have restarted elsewhere)
                         if let Ok(mut c) = cache.lock() {
-                            c.remove(&member.raft_addr);
+                            c.remove(&format!("{id}@{}", member.raft_addr));
                         }
                         None
                     }

@@ -1,8 +1,15 @@
-//! A development PKI: one CA, and certificates for controllers, edges and admins whose
+//! A development PKI: an internal CA with certificates for controllers, edges and admins whose
 //! identities are SAN URIs (`urn:palisade:controller:<id>`, `urn:palisade:edge:<id>`,
-//! `urn:palisade:admin:<role>`). `palisadectl pki init` writes one for a local cluster; tests
-//! make one in a temporary directory. Production deployments bring certificates from their own
-//! CA with the same SAN URIs.
+//! `urn:palisade:admin:<role>`), and a separate CA for the public ingress certificate.
+//! `palisadectl pki init` writes one for a local cluster; tests make one in a temporary
+//! directory. Production deployments bring certificates from their own CAs with the same SAN
+//! URIs and extended key usages.
+//!
+//! Each certificate carries only the usages it needs: controllers are TLS servers and clients
+//! (they serve the cluster and dial each other), edges and admins are clients only, and the
+//! ingress certificate is a server certificate from another CA entirely. So neither an edge's
+//! key, an admin's key nor the key on every internet-facing edge can serve as a controller.
+//! Leaf certificates are valid for a year (`LEAF_VALIDITY`).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -13,6 +20,21 @@ use rcgen::{
 };
 
 use crate::identity::Role;
+
+/// How long a development leaf certificate is valid.
+pub const LEAF_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+/// How long a development CA is valid.
+const CA_VALIDITY: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
+
+/// Sets a validity from yesterday (clock skew between hosts) for `valid`.
+fn validity(params: &mut CertificateParams, valid: std::time::Duration) {
+    let today = jiff::tz::TimeZone::UTC
+        .to_datetime(jiff::Timestamp::now())
+        .date();
+    let d = today.yesterday().unwrap_or(today);
+    params.not_before = rcgen::date_time_ymd(i32::from(d.year()), d.month() as u8, d.day() as u8);
+    params.not_after = params.not_before + valid;
+}
 
 /// A certificate and its key, PEM.
 #[derive(Clone)]
@@ -59,14 +81,20 @@ pub enum Subject {
 }
 
 impl DevCa {
-    /// Creates a new CA.
+    /// Creates a new CA for the cluster's identities.
     pub fn new() -> anyhow::Result<Self> {
+        Self::named("Palisade development CA")
+    }
+
+    /// Creates a new CA with this common name.
+    pub fn named(common_name: &str) -> anyhow::Result<Self> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        validity(&mut params, CA_VALIDITY);
         params
             .distinguished_name
-            .push(DnType::CommonName, "Palisade development CA");
+            .push(DnType::CommonName, common_name);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -79,14 +107,22 @@ impl DevCa {
         })
     }
 
-    /// Issues a certificate for `subject`, valid as both TLS server (for `localhost` and
-    /// 127.0.0.1) and client.
+    /// Issues a certificate for `subject`: a controller's is a TLS server (also for
+    /// `localhost` and 127.0.0.1, for tools that check names) and client certificate; an
+    /// edge's or an admin's is a client certificate only.
     pub fn issue(&self, subject: &Subject) -> anyhow::Result<CertPair> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        let server = matches!(subject, Subject::Controller(_));
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        validity(&mut params, LEAF_VALIDITY);
+        if server {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName("localhost".try_into()?));
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        }
         let (cn, uri) = match subject {
             Subject::Controller(id) => (
                 format!("controller-{id}"),
@@ -102,14 +138,15 @@ impl DevCa {
             .subject_alt_names
             .push(SanType::URI(uri.as_str().try_into()?));
         params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.extended_key_usages = if server {
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        };
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(CertPair {
             cert_pem: cert.pem(),
@@ -124,6 +161,7 @@ impl DevCa {
     pub fn issue_server(&self, names: &[String]) -> anyhow::Result<CertPair> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
+        validity(&mut params, LEAF_VALIDITY);
         for n in names {
             match n.parse::<IpAddr>() {
                 Ok(ip) => params.subject_alt_names.push(SanType::IpAddress(ip)),
@@ -165,9 +203,11 @@ pub struct IdentityFiles {
     pub key: PathBuf,
 }
 
-/// Writes a CA, `controllers` controller identities, `edges` edge identities, admin identities
-/// for every role, a serving certificate for the ingress (`ingress.pem`, for
-/// `DEV_INGRESS_NAMES`), the identity assertion key (`assertion.key`) and a data key into `dir`. Keys are written with mode 0600.
+/// Writes the internal CA (`ca.pem`), `controllers` controller identities, `edges` edge
+/// identities, admin identities for every role, the ingress CA (`ingress-ca.pem`, what
+/// browsers and HTTP clients trust) with a serving certificate for the ingress
+/// (`ingress.pem`, for `DEV_INGRESS_NAMES`), the identity assertion key (`assertion.key`) and
+/// a data key into `dir`. Keys are written with mode 0600.
 pub fn init_dir(dir: &Path, controllers: &[u64], edges: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let ca = DevCa::new()?;
@@ -195,7 +235,9 @@ pub fn init_dir(dir: &Path, controllers: &[u64], edges: &[String]) -> anyhow::Re
         write(dir, &format!("{name}.pem"), &pair.cert_pem, false)?;
         write(dir, &format!("{name}.key"), &pair.key_pem, true)?;
     }
-    let ingress = ca.issue_server(
+    let ingress_ca = DevCa::named("Palisade development ingress CA")?;
+    write(dir, "ingress-ca.pem", &ingress_ca.ca_pem, false)?;
+    let ingress = ingress_ca.issue_server(
         &DEV_INGRESS_NAMES
             .iter()
             .map(|n| n.to_string())

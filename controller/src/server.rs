@@ -12,7 +12,7 @@ use palisade_policy::catalog::{Actor, Command, Sealed};
 use palisade_proto::v1 as pb;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::admin::Admin;
 use crate::config::{Config, InitialMember};
@@ -76,12 +76,10 @@ pub async fn start(cfg: Config, members: Vec<InitialMember>) -> anyhow::Result<R
     let ca = read(&cfg.tls_ca)?;
     let identity = Identity::from_pem(&cert, &tls_key);
     let server_tls = ServerTlsConfig::new()
-        .identity(identity.clone())
-        .client_ca_root(Certificate::from_pem(&ca));
-    let client_tls = ClientTlsConfig::new()
         .identity(identity)
-        .ca_certificate(Certificate::from_pem(&ca))
-        .domain_name("localhost");
+        .client_ca_root(Certificate::from_pem(&ca));
+    let client_tls = palisade_link::LinkTls::new(&cert, &tls_key, &ca)
+        .map_err(|e| anyhow::anyhow!("--tls-ca: {e}"))?;
 
     let db = open_db(&cfg.data_dir.join("raft.redb"))
         .with_context(|| format!("opening {}", cfg.data_dir.display()))?;

@@ -6,14 +6,15 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use palisade_link::{Expect, LinkOptions, LinkTls};
 use palisade_proto::v1 as pb;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 /// Client for the controllers' edge-facing write API.
 #[derive(Debug)]
 pub struct ControllerClient {
     controllers: Vec<String>,
-    tls: ClientTlsConfig,
+    tls: Result<LinkTls, String>,
     current: Mutex<Option<(String, Channel)>>,
 }
 
@@ -29,18 +30,16 @@ pub enum CallError {
 }
 
 impl ControllerClient {
-    /// A client using this edge's certificate.
+    /// A client using this edge's certificate; it speaks only to servers holding a controller
+    /// identity. `_server_name` is not used for trust.
     pub fn new(
         controllers: Vec<String>,
         cert_pem: &str,
         key_pem: &str,
         ca_pem: &str,
-        server_name: &str,
+        _server_name: &str,
     ) -> Self {
-        let tls = ClientTlsConfig::new()
-            .identity(Identity::from_pem(cert_pem, key_pem))
-            .ca_certificate(Certificate::from_pem(ca_pem))
-            .domain_name(server_name.to_string());
+        let tls = LinkTls::new(cert_pem, key_pem, ca_pem).map_err(|e| e.to_string());
         Self {
             controllers,
             tls,
@@ -50,6 +49,9 @@ impl ControllerClient {
 
     async fn channels(&self) -> Vec<(String, Channel)> {
         let mut out = Vec::new();
+        let Ok(tls) = &self.tls else {
+            return out;
+        };
         if let Some(c) = self.current.lock().ok().and_then(|c| c.clone()) {
             out.push(c);
         }
@@ -57,14 +59,13 @@ impl ControllerClient {
             if out.iter().any(|(a, _)| *a == addr) {
                 continue;
             }
-            let ep = match Endpoint::from_shared(format!("https://{addr}"))
-                .and_then(|e| e.tls_config(self.tls.clone()))
-            {
-                Ok(e) => e
-                    .connect_timeout(Duration::from_secs(2))
-                    .timeout(Duration::from_secs(10))
-                    .tcp_nodelay(true),
-                Err(_) => continue,
+            let opts = LinkOptions {
+                connect_timeout: Duration::from_secs(2),
+                call_timeout: Some(Duration::from_secs(10)),
+                ..LinkOptions::default()
+            };
+            let Ok(ep) = tls.endpoint(&addr, Expect::AnyController, &opts) else {
+                continue;
             };
             out.push((addr, ep.connect_lazy()));
         }
@@ -78,7 +79,10 @@ impl ControllerClient {
         F: Fn(pb::edge_auth_client::EdgeAuthClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let mut last = String::from("no controller configured");
+        let mut last = match &self.tls {
+            Ok(_) => String::from("no controller configured"),
+            Err(e) => format!("the controllers' CA cannot be used: {e}"),
+        };
         for (addr, ch) in self.channels().await {
             match f(pb::edge_auth_client::EdgeAuthClient::new(ch.clone())).await {
                 Ok(r) => {

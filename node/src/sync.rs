@@ -16,11 +16,11 @@ const SUSPECT_FOR: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 use arc_swap::ArcSwapOption;
+use palisade_link::{Expect, LinkOptions, LinkTls};
 use palisade_proto::v1 as pb;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::replica::{ReplicaError, View};
 
@@ -39,7 +39,8 @@ pub struct SyncConfig {
     pub key_pem: String,
     /// CA certificate (PEM).
     pub ca_pem: String,
-    /// Name expected in the controllers' certificates.
+    /// Not used for trust (controllers are recognised by the identity in their certificates,
+    /// `urn:palisade:controller:<id>`); kept so existing configurations still parse.
     pub server_name: String,
     /// A stream that is silent for this long is considered dead (a few heartbeats).
     pub silence_timeout: Duration,
@@ -198,10 +199,13 @@ pub fn spawn(
 
 async fn run(cfg: SyncConfig, replica: Arc<Replica>, mut shutdown: watch::Receiver<bool>) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = ClientTlsConfig::new()
-        .identity(Identity::from_pem(&cfg.cert_pem, &cfg.key_pem))
-        .ca_certificate(Certificate::from_pem(&cfg.ca_pem))
-        .domain_name(cfg.server_name.clone());
+    let tls = match LinkTls::new(&cfg.cert_pem, &cfg.key_pem, &cfg.ca_pem) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot use the controllers' CA; the edge stays not ready");
+            return;
+        }
+    };
     let mut targets: Vec<String> = Vec::new();
     let mut next = 0usize;
     let mut backoff = Duration::from_millis(50);
@@ -293,16 +297,21 @@ pub(crate) async fn resolve(configured: &[String]) -> Vec<String> {
 
 async fn session(
     cfg: &SyncConfig,
-    tls: &ClientTlsConfig,
+    tls: &LinkTls,
     addr: &str,
     replica: &Replica,
     want_snapshot: bool,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
-    let ep = match Endpoint::from_shared(format!("https://{addr}"))
-        .and_then(|e| e.tls_config(tls.clone()))
-    {
-        Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true),
+    // The subscription lives as long as the connection: no call deadline, but keepalive pings
+    // notice a frozen controller long before the silence timeout.
+    let opts = LinkOptions {
+        connect_timeout: CONNECT_TIMEOUT,
+        call_timeout: None,
+        ..LinkOptions::default()
+    };
+    let ep = match tls.endpoint(addr, Expect::AnyController, &opts) {
+        Ok(e) => e,
         Err(e) => return SessionEnd::Connect(e.to_string()),
     };
     let ch = match ep.connect().await {

@@ -57,7 +57,7 @@ async fn stale_fail_closed_apps_and_edges_without_a_snapshot_refuse_traffic() {
         dir.path().to_path_buf(),
     );
     let mut c = LocalCluster::start(spec).await.expect("cluster");
-    let ca = c.pki_file("ca.pem").expect("ca");
+    let ca = c.pki_file("ingress-ca.pem").expect("ca");
     let port = c.edges[0].https().port();
     let up = Upstream::start(
         "127.0.0.1:0".parse().expect("addr"),

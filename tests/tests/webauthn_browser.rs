@@ -31,7 +31,7 @@ async fn security_key_and_platform_authenticator_in_chromium() {
     let out_dir = root.join("artifacts/webauthn");
     let out = tokio::task::spawn_blocking({
         let app = format!("https://{APP_HOST}:{}", s.edge_port(0));
-        let ca = s.cluster.pki().join("ca.pem");
+        let ca = s.cluster.pki().join("ingress-ca.pem");
         let out_dir = out_dir.clone();
         move || {
             Command::new("node")

@@ -2,7 +2,6 @@
 //! `RaftTransport` service.
 
 use std::io::Cursor;
-use std::time::Duration;
 
 use futures::Future;
 use openraft::RaftNetworkFactory;
@@ -13,9 +12,10 @@ use openraft::network::v2::RaftNetworkV2;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
+use palisade_link::{Expect, LinkOptions, LinkTls};
 use palisade_proto::v1 as pb;
 use palisade_proto::v1::raft_transport_client::RaftTransportClient;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 
 use super::wire;
 use super::{Member, TypeConfig};
@@ -28,13 +28,23 @@ const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 /// Creates connections to other members.
 #[derive(Debug, Clone)]
 pub struct Network {
-    tls: ClientTlsConfig,
+    tls: LinkTls,
 }
 
 impl Network {
-    /// A network whose connections present this controller's certificate.
-    pub fn new(tls: ClientTlsConfig) -> Self {
+    /// A network whose connections present this controller's certificate and accept only the
+    /// member they dial.
+    pub fn new(tls: LinkTls) -> Self {
         Self { tls }
+    }
+}
+
+/// Raft links: openraft sets a deadline on each RPC itself (snapshot chunks may take long), so
+/// the link adds none; keepalive pings notice a frozen member within about two seconds.
+fn raft_link() -> LinkOptions {
+    LinkOptions {
+        call_timeout: None,
+        ..LinkOptions::default()
     }
 }
 
@@ -50,14 +60,10 @@ impl RaftNetworkFactory<C> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: u64, node: &Member) -> Self::Network {
-        let built = Endpoint::from_shared(format!("https://{}", node.raft_addr))
-            .and_then(|e| e.tls_config(self.tls.clone()))
-            .map(|e| {
-                e.connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .connect_lazy()
-            });
+        let built = self
+            .tls
+            .endpoint(&node.raft_addr, Expect::Controller(target), &raft_link())
+            .map(|e| e.connect_lazy());
         match built {
             Ok(ch) => Connection {
                 target,

@@ -292,7 +292,7 @@ impl Stack {
             dir.path().to_path_buf(),
         );
         let cluster = LocalCluster::start(spec).await.expect("cluster");
-        let ca = cluster.pki_file("ca.pem").expect("ca");
+        let ca = cluster.pki_file("ingress-ca.pem").expect("ca");
         let upstream = Upstream::start(
             "127.0.0.1:0".parse().expect("addr"),
             format!(

@@ -1,0 +1,159 @@
+//! Palisade's internal links: every gRPC connection one Palisade process opens to another
+//! (edge → controller, controller → controller, `palisadectl` → controller).
+//!
+//! Mutual TLS alone only proves that the server holds *some* certificate from the cluster's
+//! CA. Edges, admins and the public ingress hold such certificates too, so a client that only
+//! checked the CA would take any of them for a controller (contract 9: only the holder of a
+//! controller identity speaks for the cluster). Here every client checks the server's Palisade
+//! identity, the SAN URI `urn:palisade:controller:<id>`, and the Raft client checks that it is
+//! the member it dialled. Host names play no part: controllers are found by address, and a
+//! certificate proves who it is by its identity, not by the name it was reached under.
+//!
+//! Links also carry what a client needs to notice a frozen peer: HTTP/2 keepalive pings with a
+//! timeout, a connect timeout and a deadline on every call.
+//!
+//! This crate must never accept a server for anything but the identity it was asked to expect.
+
+#![forbid(unsafe_code)]
+
+pub mod identity;
+mod verify;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tonic::transport::{ClientTlsConfig, Endpoint, Identity};
+
+pub use identity::{Principal, Role};
+pub use verify::ServerIdentityVerifier;
+
+/// Which server identity a link accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Any controller of the cluster (edges and admins reach whichever member answers).
+    AnyController,
+    /// Exactly this controller (Raft peers and forwarded writes dial one member).
+    Controller(u64),
+}
+
+impl Expect {
+    /// Whether `p` is acceptable.
+    pub fn accepts(self, p: &Principal) -> bool {
+        match (self, p) {
+            (Expect::AnyController, Principal::Controller(_)) => true,
+            (Expect::Controller(want), Principal::Controller(got)) => want == *got,
+            _ => false,
+        }
+    }
+}
+
+/// Why a link could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The CA bundle holds no usable certificate.
+    #[error("the CA bundle holds no usable certificate: {0}")]
+    Ca(String),
+    /// The address does not form a URI.
+    #[error("bad address {addr:?}: {reason}")]
+    Address {
+        /// The address as given.
+        addr: String,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+/// Timeouts of one link. The defaults detect a frozen peer (one that accepts TCP but never
+/// answers) in about two seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkOptions {
+    /// TCP connect plus TLS handshake.
+    pub connect_timeout: Duration,
+    /// Deadline of every call, unless the call sets a shorter one (`None`: streams that live
+    /// as long as the connection, such as the edge subscription).
+    pub call_timeout: Option<Duration>,
+    /// Interval of HTTP/2 keepalive pings, also while idle.
+    pub keepalive_interval: Duration,
+    /// A ping not answered within this closes the connection, failing every call on it.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for LinkOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            call_timeout: Some(Duration::from_secs(10)),
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// This process's client identity and the cluster's CA: everything needed to open links.
+#[derive(Clone)]
+pub struct LinkTls {
+    identity: Identity,
+    roots: Arc<RootCertStore>,
+}
+
+impl std::fmt::Debug for LinkTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkTls")
+            .field("roots", &self.roots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkTls {
+    /// Presents `cert_pem`/`key_pem` and trusts the CA certificates in `ca_pem`.
+    pub fn new(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Self, LinkError> {
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            let c = c.map_err(|e| LinkError::Ca(e.to_string()))?;
+            roots.add(c).map_err(|e| LinkError::Ca(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(LinkError::Ca("no certificate in it".into()));
+        }
+        Ok(Self {
+            identity: Identity::from_pem(cert_pem, key_pem),
+            roots: Arc::new(roots),
+        })
+    }
+
+    /// An endpoint to `addr` (`host:port`) that accepts only a server holding `expect`.
+    pub fn endpoint(
+        &self,
+        addr: &str,
+        expect: Expect,
+        opts: &LinkOptions,
+    ) -> Result<Endpoint, LinkError> {
+        let bad = |reason: String| LinkError::Address {
+            addr: addr.to_string(),
+            reason,
+        };
+        let verifier = Arc::new(ServerIdentityVerifier::new(self.roots.clone(), expect));
+        let tls = ClientTlsConfig::new()
+            .identity(self.identity.clone())
+            .assume_http2(true);
+        let mut ep = Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(|e| bad(e.to_string()))?
+            .tls_config_with_verifier(tls, verifier)
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(opts.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(opts.keepalive_interval)
+            .keep_alive_timeout(opts.keepalive_timeout)
+            .keep_alive_while_idle(true);
+        if let Some(t) = opts.call_timeout {
+            ep = ep.timeout(t);
+        }
+        Ok(ep)
+    }
+}
+
+#[cfg(test)]
+mod tests;
