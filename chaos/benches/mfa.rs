@@ -96,6 +96,20 @@ async fn run() {
         dir.path().to_path_buf(),
     );
     spec.log_filter = "warn".into();
+    // The benchmark is one client signing in and passing MFA as many users, as fast as it
+    // can: the rate limits are for real clients.
+    spec.edge_args = [
+        "--rate-sign-in",
+        "0/0",
+        "--rate-mfa",
+        "0/0",
+        "--rate-portal",
+        "0/0",
+        "--rate-reserved",
+        "0/0",
+    ]
+    .map(String::from)
+    .to_vec();
     let cluster = LocalCluster::start(spec).await.expect("cluster");
     let idp = DevIdp::start("127.0.0.1:0".parse().expect("addr"), "bench")
         .await
@@ -109,6 +123,7 @@ async fn run() {
         "schema_version": 1,
         "identity_providers": [{"id": "dev", "issuer": idp.issuer, "client_id": "bench",
             "client_secret_ref": "dev-oidc", "scopes": ["openid", "email", "groups"]}],
+        "mfa": {"enrollment_requires_code": false},
         "apps": [{"id": "bench", "hosts": [HOST], "upstreams": ["http://127.0.0.1:9"],
             "mfa": {"required": true, "methods": ["totp", "security_key"], "max_age": "1h"},
             "rules": [{"name": "staff", "decision": "allow", "include": [{"email_domain": "example.com"}]}]}]

@@ -35,6 +35,8 @@ pub struct ClusterSpec {
     pub network: Network,
     /// A CA the edges trust for the identity provider (`--idp-ca`), besides the system's.
     pub idp_ca: Option<PathBuf>,
+    /// Extra arguments for every edge (tests that need other limits).
+    pub edge_args: Vec<String>,
 }
 
 /// How the cluster's processes reach each other.
@@ -65,6 +67,7 @@ impl ClusterSpec {
             sync_heartbeat_ms: 200,
             network: Network::Loopback,
             idp_ca: None,
+            edge_args: Vec::new(),
         }
     }
 }
@@ -489,6 +492,7 @@ impl LocalCluster {
         if let Some(ca) = &spec.idp_ca {
             cmd.arg("--idp-ca").arg(ca);
         }
+        cmd.args(&spec.edge_args);
         e.child = Some(
             cmd.spawn()
                 .with_context(|| format!("starting {}", spec.host.display()))?,

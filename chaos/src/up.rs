@@ -146,14 +146,44 @@ pub async fn up(opts: UpOptions, host: PathBuf) -> anyhow::Result<()> {
         .wait_edges(revision, Duration::from_secs(20))
         .await
         .context("waiting for the edges to apply the example policy")?;
-    print_guide(&cluster, &idp, &upstream, &dir);
+    // A first factor needs an enrollment code from an admin (the policy default): issue one
+    // for each demo user, as an admin would hand them out.
+    let admin = cluster.admin()?;
+    let mut codes = Vec::new();
+    for u in devidp::USERS {
+        let req = palisade_proto::v1::IssueFactorEnrollmentCodeRequest {
+            subject: u.login.into(),
+            identity_provider: IDP_ID.into(),
+            ttl: None,
+        };
+        let r = admin
+            .call(|ch| {
+                let req = req.clone();
+                async move {
+                    palisade_proto::v1::factor_service_client::FactorServiceClient::new(ch)
+                        .issue_factor_enrollment_code(req)
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await
+            .context("issuing enrollment codes")?;
+        codes.push((u.login, r.code));
+    }
+    print_guide(&cluster, &idp, &upstream, &dir, &codes);
     shutdown_signal().await?;
     println!("\nStopping ...");
     drop(cluster);
     Ok(())
 }
 
-fn print_guide(c: &LocalCluster, idp: &DevIdp, upstream: &Upstream, dir: &std::path::Path) {
+fn print_guide(
+    c: &LocalCluster,
+    idp: &DevIdp,
+    upstream: &Upstream,
+    dir: &std::path::Path,
+    codes: &[(&str, String)],
+) {
     let pki = c.pki();
     let servers = c.controller_addrs().join(",");
     let mut s = String::new();
@@ -174,8 +204,13 @@ fn print_guide(c: &LocalCluster, idp: &DevIdp, upstream: &Upstream, dir: &std::p
     s.push_str(devidp::PASSWORD);
     s.push_str(")\n");
     for u in devidp::USERS {
+        let code = codes
+            .iter()
+            .find(|(l, _)| *l == u.login)
+            .map(|(_, c)| c.as_str())
+            .unwrap_or("-");
         s.push_str(&format!(
-            "  {:<6} {:<24} groups: {}\n",
+            "  {:<6} {:<24} groups: {:<22} first-factor enrollment code: {code}\n",
             u.login,
             u.email,
             u.groups.join(", ")
@@ -196,9 +231,9 @@ Try:
      denied, and the page names the rule.
   2. https://admin.palisade.localhost:{p1}/ admits alice (group admins) after a second factor,
      and denies bob. Palisade asks alice to set one up in her portal
-     (https://admin.palisade.localhost:{p1}/.palisade/portal): scan the QR code with an
-     authenticator app, or add a security key / this device (browsers allow WebAuthn only when
-     they trust the certificate: import the CA below first). The portal also lists sign-ins,
+     (https://admin.palisade.localhost:{p1}/.palisade/portal) with her enrollment code above:
+     scan the QR code with an authenticator app, or add a security key / this device (browsers
+     allow WebAuthn only when they trust the certificate: import the CA below first). The portal also lists sign-ins,
      sessions and factors; `palisadectl factors list {IDP_ID}/alice` shows them to admins.
   3. Revoke alice everywhere, then reload the page on either edge:
 

@@ -3,8 +3,16 @@
 //! way a real application should: against the JWKS an edge publishes.
 //!
 //! - `GET /stream?bytes=N` streams N bytes back in 64 KiB chunks;
+//! - `GET /events` is a server-sent event stream: one event every 100 ms, at most 6,000;
+//! - `GET /set-cookie` answers with a `Set-Cookie` for Palisade's own session cookie (a hostile
+//!   or buggy application) and one of its own;
 //! - any request with a body gets the body's length and SHA-256 in the answer (read streaming);
 //! - an `Upgrade: websocket` request switches protocols and then echoes bytes.
+//!
+//! The answer also says which path servers with other rules would serve (`servlet_path`: a
+//! Java servlet container, which drops `;parameters` from each segment and then resolves dot
+//! segments; `iis_path`: a case-insensitive server honouring `X-Original-URL` and
+//! `X-Rewrite-URL`), so tests can show that routing and the application agree on the path.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -146,6 +154,36 @@ async fn handle(v: &Verifier, mut req: Request<Incoming>, peer: SocketAddr) -> R
     {
         return upgrade(&mut req);
     }
+    if req.uri().path() == "/events" {
+        let ticks = futures::stream::unfold(0u32, |i| async move {
+            if i >= 6000 {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from(format!("data: tick {i}\n\n")))),
+                i + 1,
+            ))
+        });
+        let mut r = Response::new(StreamBody::new(ticks).boxed_unsync());
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        return r;
+    }
+    if req.uri().path() == "/set-cookie" {
+        let mut r = Response::new(full("cookies set\n"));
+        r.headers_mut().append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("__Host-palisade-session=planted; Path=/; Secure; HttpOnly"),
+        );
+        r.headers_mut().append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("app-pref=dark; Path=/"),
+        );
+        return r;
+    }
     if req.uri().path() == "/stream" {
         let n: usize = req
             .uri()
@@ -188,6 +226,15 @@ async fn handle(v: &Verifier, mut req: Request<Incoming>, peer: SocketAddr) -> R
         .collect();
     let method = req.method().to_string();
     let uri = req.uri().to_string();
+    let servlet = servlet_path(req.uri().path());
+    let iis = req
+        .headers()
+        .get("x-original-url")
+        .or_else(|| req.headers().get("x-rewrite-url"))
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split('?').next().unwrap_or(v).to_string())
+        .unwrap_or_else(|| req.uri().path().to_string())
+        .to_ascii_lowercase();
     let mut len = 0u64;
     let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
     let mut body = req.into_body();
@@ -206,6 +253,8 @@ async fn handle(v: &Verifier, mut req: Request<Incoming>, peer: SocketAddr) -> R
         "app": "sample upstream",
         "method": method,
         "uri": uri,
+        "servlet_path": servlet,
+        "iis_path": iis,
         "peer": peer.to_string(),
         "identity": identity,
         "headers": headers,
@@ -217,6 +266,23 @@ async fn handle(v: &Verifier, mut req: Request<Incoming>, peer: SocketAddr) -> R
         HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// The path a Java servlet container serves for `raw`: `;parameters` are removed from every
+/// segment first, then `.` and `..` segments are resolved (so `/a/..;/b` is `/b`).
+fn servlet_path(raw: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for seg in raw.split('/') {
+        let seg = seg.split(';').next().unwrap_or("");
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
 }
 
 fn hex(b: &[u8]) -> String {

@@ -20,9 +20,9 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Request, Response, Status};
 
+use crate::authz::caller;
 use crate::controller::{Controller, now_ms, ts, unavailable_with_leader};
 use crate::convert;
-use crate::identity::{Role, require_role};
 use crate::raft::Member;
 
 const DEFAULT_PAGE: usize = 100;
@@ -206,14 +206,17 @@ impl Admin {
 
     /// Writes a revocation kept for `ttl` as `actor`; returns the write and the revocation as
     /// committed (shared by the admin API and the edges' `RevokeOwn`).
+    /// Without a `ttl` the catalog keeps the revocation as long as its target needs (every
+    /// session a session or user revocation can cover; a revoked factor or device stays
+    /// revoked regardless); with one, a session or user revocation still lasts at least that.
     pub(crate) async fn revoke_as(
         &self,
         actor: cat::Actor,
         target: cat::RevocationTarget,
         reason: String,
-        ttl: Duration,
+        ttl: Option<Duration>,
     ) -> Result<(pb::WriteResult, Option<pb::Revocation>), Status> {
-        let expires_at_ms = now_ms().saturating_add(ttl.as_millis() as i64);
+        let expires_at_ms = ttl.map_or(0, |t| now_ms().saturating_add(t.as_millis() as i64));
         let written = self
             .ctl
             .write(
@@ -233,39 +236,6 @@ impl Admin {
             .state
             .read(|s| s.catalog.revocations.get(id).map(convert::revocation));
         Ok((written.to_pb(), revocation))
-    }
-
-    /// The longest session lifetime in the current policy (12 h without one): a revocation
-    /// must outlive everything it revokes. Cached per policy version, since it compiles the
-    /// policy (a quarter of a second at 10,000 applications).
-    pub(crate) fn default_revocation_ttl(&self) -> Duration {
-        const NO_POLICY: Duration = Duration::from_secs(12 * 3600);
-        let version = self
-            .ctl
-            .state
-            .read(|s| s.catalog.current_policy().map(|p| p.version));
-        let Some(version) = version else {
-            return NO_POLICY;
-        };
-        let cache = |c: &std::sync::Mutex<Option<(u64, Duration)>>| {
-            c.lock()
-                .ok()
-                .and_then(|g| *g)
-                .filter(|(v, _)| *v == version)
-        };
-        if let Some((_, ttl)) = cache(&self.ctl.ttl_cache) {
-            return ttl;
-        }
-        let Some((read_version, doc)) = self.current_document() else {
-            return NO_POLICY;
-        };
-        let ttl = CompiledPolicy::compile(&doc)
-            .map(|p| p.longest_session_lifetime())
-            .unwrap_or(NO_POLICY);
-        if let Ok(mut g) = self.ctl.ttl_cache.lock() {
-            *g = Some((read_version, ttl));
-        }
-        ttl
     }
 
     fn membership_status(&self) -> Vec<pb::MemberStatus> {
@@ -350,7 +320,7 @@ impl pb::policy_service_server::PolicyService for Admin {
         &self,
         req: Request<pb::ApplyPolicyRequest>,
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
-        let who = require_role(&req, Role::Operator)?;
+        let who = caller(&req)?;
         let r = req.into_inner();
         let (doc, _) = self.parse_checked(&r.document_json)?;
         let diff = self.diff_against(&doc, 0)?;
@@ -373,7 +343,6 @@ impl pb::policy_service_server::PolicyService for Admin {
         &self,
         req: Request<pb::DiffPolicyRequest>,
     ) -> Result<Response<pb::DiffPolicyResponse>, Status> {
-        require_role(&req, Role::Viewer)?;
         let r = req.into_inner();
         let read = self.ctl.read_info(0).await?;
         match self.parse_checked(&r.document_json) {
@@ -398,7 +367,6 @@ impl pb::policy_service_server::PolicyService for Admin {
         &self,
         req: Request<pb::SimulatePolicyRequest>,
     ) -> Result<Response<pb::SimulatePolicyResponse>, Status> {
-        require_role(&req, Role::Viewer)?;
         let r = req.into_inner();
         let json = if r.document_json.is_empty() {
             self.ctl.linearizable().await?;
@@ -453,7 +421,6 @@ impl pb::policy_service_server::PolicyService for Admin {
         &self,
         req: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::GetPolicyResponse>, Status> {
-        require_role(&req, Role::Viewer)?;
         let r = req.into_inner();
         let read = self.ctl.read_info(r.consistency).await?;
         let version = self.ctl.state.read(|s| {
@@ -481,7 +448,6 @@ impl pb::policy_service_server::PolicyService for Admin {
         &self,
         req: Request<pb::ListPolicyHistoryRequest>,
     ) -> Result<Response<pb::ListPolicyHistoryResponse>, Status> {
-        require_role(&req, Role::Viewer)?;
         let r = req.into_inner();
         let read = self.ctl.read_info(r.consistency).await?;
         let all: Vec<pb::PolicyVersion> = self.ctl.state.read(|s| {
@@ -504,7 +470,7 @@ impl pb::policy_service_server::PolicyService for Admin {
         &self,
         req: Request<pb::RollbackPolicyRequest>,
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
-        let who = require_role(&req, Role::Operator)?;
+        let who = caller(&req)?;
         let r = req.into_inner();
         if r.to_version == 0 {
             return Err(Status::invalid_argument("to_version is required"));
@@ -586,6 +552,7 @@ fn sim_request(r: pb::SimulatedRequest) -> Result<SimRequest, String> {
                 .map(|(k, v)| (k, vec![v]))
                 .collect::<BTreeMap<_, _>>(),
             mfa,
+            session: None,
         })
     });
     let identity = identity.transpose()?;
@@ -630,12 +597,12 @@ impl pb::revocation_service_server::RevocationService for Admin {
         &self,
         req: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
-        let who = require_role(&req, Role::Operator)?;
+        let who = caller(&req)?;
         let r = req.into_inner();
         let target = convert::target_from_pb(r.target).map_err(Status::invalid_argument)?;
         required(&r.reason, "reason")?;
-        let ttl = duration(r.ttl)?.unwrap_or_else(|| self.default_revocation_ttl());
-        if ttl > MAX_REVOCATION_TTL {
+        let ttl = duration(r.ttl)?;
+        if ttl.is_some_and(|t| t > MAX_REVOCATION_TTL) {
             return Err(Status::invalid_argument("ttl may be at most 400 days"));
         }
         let (write, revocation) = self
@@ -652,7 +619,6 @@ impl pb::revocation_service_server::RevocationService for Admin {
         &self,
         req: Request<pb::ListRevocationsRequest>,
     ) -> Result<Response<pb::ListRevocationsResponse>, Status> {
-        require_role(&req, Role::Viewer)?;
         let r = req.into_inner();
         let read = self.ctl.read_info(r.consistency).await?;
         let mut all: Vec<pb::Revocation> = self.ctl.state.read(|s| {
@@ -678,7 +644,7 @@ impl pb::device_service_server::DeviceService for Admin {
         &self,
         req: Request<pb::EnrollDeviceRequest>,
     ) -> Result<Response<pb::EnrollDeviceResponse>, Status> {
-        let who = require_role(&req, Role::Operator)?;
+        let who = caller(&req)?;
         let r = req.into_inner();
         required(&r.owner, "owner")?;
         let ttl = duration(r.token_ttl)?.unwrap_or(Duration::from_secs(86_400));
@@ -717,7 +683,6 @@ impl pb::device_service_server::DeviceService for Admin {
         &self,
         req: Request<pb::GetDeviceRequest>,
     ) -> Result<Response<pb::GetDeviceResponse>, Status> {
-        require_role(&req, Role::Viewer)?;
         let r = req.into_inner();
         let read = self.ctl.read_info(r.consistency).await?;
         let device = self
@@ -735,7 +700,6 @@ impl pb::device_service_server::DeviceService for Admin {
         &self,
         req: Request<pb::ListDevicesRequest>,
     ) -> Result<Response<pb::ListDevicesResponse>, Status> {
-        require_role(&req, Role::Viewer)?;
         let r = req.into_inner();
         let read = self.ctl.read_info(r.consistency).await?;
         let all: Vec<pb::Device> = self.ctl.state.read(|s| {
@@ -773,7 +737,7 @@ impl pb::device_service_server::DeviceService for Admin {
         &self,
         req: Request<pb::RecordPostureRequest>,
     ) -> Result<Response<pb::DeviceActionResponse>, Status> {
-        let who = require_role(&req, Role::Operator)?;
+        let who = caller(&req)?;
         let r = req.into_inner();
         let p = r
             .posture
@@ -819,7 +783,7 @@ impl Admin {
         req: Request<pb::DeviceActionRequest>,
         state: cat::DeviceState,
     ) -> Result<Response<pb::DeviceActionResponse>, Status> {
-        let who = require_role(&req, Role::Operator)?;
+        let who = caller(&req)?;
         let r = req.into_inner();
         required(&r.id, "id")?;
         required(&r.reason, "reason")?;
@@ -851,7 +815,6 @@ impl pb::factor_service_server::FactorService for Admin {
         &self,
         req: Request<pb::ListFactorsRequest>,
     ) -> Result<Response<pb::ListFactorsResponse>, Status> {
-        require_role(&req, Role::Viewer)?;
         let r = req.into_inner();
         required(&r.subject, "subject")?;
         required(&r.identity_provider, "identity_provider")?;
@@ -882,7 +845,7 @@ impl pb::factor_service_server::FactorService for Admin {
         &self,
         req: Request<pb::RemoveFactorRequest>,
     ) -> Result<Response<pb::RemoveFactorResponse>, Status> {
-        let who = require_role(&req, Role::Operator)?;
+        let who = caller(&req)?;
         let r = req.into_inner();
         required(&r.factor_id, "factor_id")?;
         required(&r.reason, "reason")?;
@@ -902,7 +865,7 @@ impl pb::factor_service_server::FactorService for Admin {
         &self,
         req: Request<pb::UnlockUserRequest>,
     ) -> Result<Response<pb::UnlockUserResponse>, Status> {
-        let who = require_role(&req, Role::Operator)?;
+        let who = caller(&req)?;
         let r = req.into_inner();
         required(&r.subject, "subject")?;
         required(&r.identity_provider, "identity_provider")?;
@@ -931,7 +894,7 @@ impl pb::factor_service_server::FactorService for Admin {
         &self,
         req: Request<pb::IssueFactorEnrollmentCodeRequest>,
     ) -> Result<Response<pb::IssueFactorEnrollmentCodeResponse>, Status> {
-        let who = require_role(&req, Role::Operator)?;
+        let who = caller(&req)?;
         let r = req.into_inner();
         required(&r.subject, "subject")?;
         required(&r.identity_provider, "identity_provider")?;
@@ -966,15 +929,24 @@ impl pb::key_service_server::KeyService for Admin {
         &self,
         req: Request<pb::RotateSigningKeyRequest>,
     ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
-        let who = require_role(&req, Role::Admin)?;
+        let who = caller(&req)?;
         let r = req.into_inner();
-        let overlap = duration(r.overlap)?.unwrap_or_else(|| self.default_revocation_ttl());
+        // Without an overlap, the previous key verifies as long as any session it signed lives.
+        let overlap = match duration(r.overlap)? {
+            Some(d) => d,
+            None => Duration::from_millis(
+                self.ctl
+                    .state
+                    .read(|s| s.catalog.session_coverage_ms())
+                    .max(0) as u64,
+            ),
+        };
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
         let sealed = self
             .ctl
             .key
-            .seal("signing-key", &secret)
+            .seal(crate::seal::Slot::SigningKey, &secret)
             .map_err(|e| Status::internal(e.to_string()))?;
         let written = self
             .ctl
@@ -997,9 +969,8 @@ impl pb::key_service_server::KeyService for Admin {
 
     async fn list_signing_keys(
         &self,
-        req: Request<pb::ListSigningKeysRequest>,
+        _req: Request<pb::ListSigningKeysRequest>,
     ) -> Result<Response<pb::ListSigningKeysResponse>, Status> {
-        require_role(&req, Role::Viewer)?;
         self.ctl.linearizable().await?;
         let keys = self.ctl.state.read(|s| {
             s.catalog
@@ -1015,7 +986,7 @@ impl pb::key_service_server::KeyService for Admin {
         &self,
         req: Request<pb::PutSecretRequest>,
     ) -> Result<Response<pb::PutSecretResponse>, Status> {
-        let who = require_role(&req, Role::Admin)?;
+        let who = caller(&req)?;
         let r = req.into_inner();
         if r.value.is_empty() || r.value.len() > MAX_SECRET_BYTES {
             return Err(Status::invalid_argument(format!(
@@ -1025,7 +996,7 @@ impl pb::key_service_server::KeyService for Admin {
         let sealed = self
             .ctl
             .key
-            .seal("secret", &r.value)
+            .seal(crate::seal::Slot::Secret(&r.name), &r.value)
             .map_err(|e| Status::internal(e.to_string()))?;
         let written = self
             .ctl
@@ -1045,9 +1016,8 @@ impl pb::key_service_server::KeyService for Admin {
 
     async fn list_secrets(
         &self,
-        req: Request<pb::ListSecretsRequest>,
+        _req: Request<pb::ListSecretsRequest>,
     ) -> Result<Response<pb::ListSecretsResponse>, Status> {
-        require_role(&req, Role::Viewer)?;
         self.ctl.linearizable().await?;
         let secrets = self.ctl.state.read(|s| {
             s.catalog
@@ -1068,9 +1038,8 @@ impl pb::key_service_server::KeyService for Admin {
 impl pb::cluster_service_server::ClusterService for Admin {
     async fn get_cluster_status(
         &self,
-        req: Request<pb::GetClusterStatusRequest>,
+        _req: Request<pb::GetClusterStatusRequest>,
     ) -> Result<Response<pb::GetClusterStatusResponse>, Status> {
-        require_role(&req, Role::Viewer)?;
         let m = self.ctl.raft.metrics().borrow_watched().clone();
         Ok(Response::new(pb::GetClusterStatusResponse {
             node_id: self.ctl.id,
@@ -1092,7 +1061,7 @@ impl pb::cluster_service_server::ClusterService for Admin {
         &self,
         req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let who = require_role(&req, Role::Admin)?;
+        let who = caller(&req)?;
         let r = req.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument("id must be greater than 0"));
@@ -1128,7 +1097,7 @@ impl pb::cluster_service_server::ClusterService for Admin {
         &self,
         req: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let who = require_role(&req, Role::Admin)?;
+        let who = caller(&req)?;
         let r = req.into_inner();
         if r.voters.is_empty() {
             return Err(Status::invalid_argument("voters must not be empty"));
@@ -1156,7 +1125,7 @@ impl pb::cluster_service_server::ClusterService for Admin {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let who = require_role(&req, Role::Admin)?;
+        let who = caller(&req)?;
         let r = req.into_inner();
         let ids: BTreeSet<u64> = [r.id].into();
         let m = self.ctl.raft.metrics().borrow_watched().clone();
@@ -1211,7 +1180,6 @@ impl pb::cluster_service_server::ClusterService for Admin {
         &self,
         req: Request<pb::GetPropagationStatusRequest>,
     ) -> Result<Response<pb::GetPropagationStatusResponse>, Status> {
-        require_role(&req, Role::Viewer)?;
         let selector = req.into_inner().selector.unwrap_or_default();
         let edges: Vec<pb::EdgeStatus> = self
             .ctl
@@ -1236,7 +1204,6 @@ impl pb::cluster_service_server::ClusterService for Admin {
         &self,
         req: Request<pb::WaitForRevisionRequest>,
     ) -> Result<Response<pb::WaitForRevisionResponse>, Status> {
-        require_role(&req, Role::Viewer)?;
         let r = req.into_inner();
         if r.revision == 0 {
             return Err(Status::invalid_argument("revision is required"));
@@ -1290,7 +1257,6 @@ impl pb::audit_service_server::AuditService for Admin {
         &self,
         req: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        require_role(&req, Role::Viewer)?;
         let r = req.into_inner();
         self.ctl.linearizable().await?;
         let since_ms = r.since.map(|t| t.seconds * 1000).unwrap_or(i64::MIN);

@@ -1,6 +1,7 @@
-//! The controller core: one Raft member, its write path (followers forward to the leader), its
-//! read path (linearizable unless a local read is asked for) and the error mapping to gRPC
-//! statuses. The gRPC services in `admin` and `raft::service` are thin layers over this.
+//! The controller core: one Raft member, its write path (followers forward to the leader) and
+//! its read path (linearizable unless a local read is asked for). Both return typed errors
+//! (`crate::error`); the gRPC services in `admin`, `edge_auth` and `raft::service` are thin
+//! layers over this.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,9 +12,9 @@ use openraft::error::{ClientWriteError, RaftError};
 use palisade_policy::catalog::{Actor, Command, CommandError, Envelope, Outcome};
 use palisade_proto::v1 as pb;
 use palisade_proto::v1::raft_transport_client::RaftTransportClient;
-use prost::Message;
-use tonic::{Code, Status};
+use tonic::Status;
 
+use crate::error::{ReadError, WriteError};
 use crate::raft::state_machine::StateHandle;
 use crate::raft::{Member, Request, Response, StateMachine, TypeConfig};
 use crate::seal::DataKey;
@@ -87,51 +88,7 @@ pub struct Controller {
     pub contact_timeout: std::time::Duration,
 }
 
-/// Maps a command's refusal to a status; messages are written for operators.
-pub fn command_status(e: CommandError) -> Status {
-    match &e {
-        CommandError::InvalidPolicy(v) => {
-            let failure = pb::ValidationFailure {
-                violations: v
-                    .iter()
-                    .map(|line| {
-                        let (path, reason) = line.split_once(": ").unwrap_or(("$", line));
-                        pb::FieldViolation {
-                            path: path.into(),
-                            reason: reason.into(),
-                        }
-                    })
-                    .collect(),
-            };
-            Status::with_details(
-                Code::InvalidArgument,
-                e.to_string(),
-                failure.encode_to_vec().into(),
-            )
-        }
-        CommandError::VersionConflict { .. } => Status::failed_precondition(e.to_string()),
-        CommandError::NotFound { .. } => Status::not_found(e.to_string()),
-        CommandError::TotpReplayed | CommandError::CounterRegressed => {
-            Status::failed_precondition(e.to_string())
-        }
-        CommandError::Invalid(_) => Status::invalid_argument(e.to_string()),
-    }
-}
-
-/// `UNAVAILABLE` with a `LeaderHint` so clients can retry at the leader.
-pub fn unavailable_with_leader(msg: &str, leader: Option<(u64, &Member)>) -> Status {
-    let hint = pb::LeaderHint {
-        leader_id: leader.map(|(id, _)| id).unwrap_or(0),
-        leader_admin_addr: leader
-            .map(|(_, m)| m.admin_addr.clone())
-            .unwrap_or_default(),
-    };
-    let text = match leader {
-        Some((id, m)) => format!("{msg}; the leader is node {id} at {}", m.admin_addr),
-        None => format!("{msg}; no leader is known yet, retry shortly"),
-    };
-    Status::with_details(Code::Unavailable, text, hint.encode_to_vec().into())
-}
+pub use crate::error::unavailable_with_leader;
 
 impl Controller {
     /// Whether this member, if it is the leader, has lost contact with the cluster: no quorum
@@ -164,7 +121,7 @@ impl Controller {
     /// Proposes a command as `actor` and waits until it is committed and applied. A follower
     /// forwards it to the leader, then waits (at most 5 s) until it has applied the write
     /// itself, so a read on this member right after sees it.
-    pub async fn write(&self, actor: Actor, command: Command) -> Result<Written, Status> {
+    pub async fn write(&self, actor: Actor, command: Command) -> Result<Written, WriteError> {
         self.write_inner(actor, command, true).await
     }
 
@@ -173,7 +130,7 @@ impl Controller {
         actor: Actor,
         command: Command,
         may_forward: bool,
-    ) -> Result<Written, Status> {
+    ) -> Result<Written, WriteError> {
         let at_ms = now_ms();
         let env = Envelope {
             actor: actor.clone(),
@@ -192,7 +149,7 @@ impl Controller {
                         outcome,
                         at_ms,
                     }),
-                    Response::Applied(Err(e)) => Err(command_status(e)),
+                    Response::Applied(Err(e)) => Err(WriteError::Refused(e)),
                     Response::Empty => Ok(Written {
                         revision,
                         outcome: Outcome::Done,
@@ -215,17 +172,23 @@ impl Controller {
                         .await;
                         Ok(written)
                     }
-                    Some((id, node)) => Err(unavailable_with_leader(
-                        "this member is not the leader",
-                        Some((id, &node)),
-                    )),
-                    None => Err(unavailable_with_leader("no leader", None)),
+                    Some((id, node)) => Err(WriteError::NotLeader {
+                        leader: Some((id, node)),
+                    }),
+                    None => Err(WriteError::NotLeader { leader: None }),
                 }
             }
-            Err(RaftError::APIError(e)) => Err(Status::failed_precondition(e.to_string())),
+            Err(RaftError::APIError(e)) => {
+                tracing::warn!(error = %e, "raft refused a write");
+                Err(WriteError::Unavailable(format!(
+                    "this member cannot take the write now: {e}"
+                )))
+            }
             Err(RaftError::Fatal(e)) => {
                 tracing::error!(error = %e, "raft is shut down");
-                Err(Status::unavailable("this member is shutting down"))
+                Err(WriteError::Unavailable(
+                    "this member is shutting down".into(),
+                ))
             }
         }
     }
@@ -236,17 +199,18 @@ impl Controller {
         leader: &Member,
         actor: Actor,
         command: Command,
-    ) -> Result<Written, Status> {
+    ) -> Result<Written, WriteError> {
         // One cached channel per leader address: a TLS handshake per forwarded write would
         // add milliseconds to every write a follower takes (edges write through any member).
         let channel = self
             .forward_channel(leader_id, &leader.raft_addr)
-            .ok_or_else(|| unavailable_with_leader("the leader is unreachable", None))?;
+            .ok_or_else(|| WriteError::Forward(Status::unavailable("bad leader address")))?;
         let mut client = RaftTransportClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
         let req = pb::ForwardWriteRequest {
-            command: serde_json::to_vec(&command).map_err(|e| Status::internal(e.to_string()))?,
+            command: serde_json::to_vec(&command)
+                .map_err(|e| WriteError::Unavailable(format!("encoding the command: {e}")))?,
             actor: Some(pb::Actor {
                 subject: actor.subject,
                 kind: actor_kind(&actor.kind) as i32,
@@ -254,10 +218,16 @@ impl Controller {
                 origin: format!("forwarded by controller {}", self.id),
             }),
         };
-        let resp = client.forward_write(req).await?.into_inner();
+        let resp = client
+            .forward_write(req)
+            .await
+            .map_err(WriteError::Forward)?
+            .into_inner();
         let write = resp.write.unwrap_or_default();
-        let outcome: Outcome =
-            serde_json::from_slice(&resp.response).map_err(|e| Status::internal(e.to_string()))?;
+        // The leader answers a catalog refusal as a result, so it arrives typed.
+        let result: Result<Outcome, CommandError> = serde_json::from_slice(&resp.response)
+            .map_err(|e| WriteError::Forward(Status::internal(e.to_string())))?;
+        let outcome = result?;
         let at_ms = write
             .committed_at
             .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
@@ -271,20 +241,14 @@ impl Controller {
 
     /// Waits until this member can serve a linearizable read (read index confirmed by a quorum
     /// and applied locally). A follower answers `UNAVAILABLE` with the leader's address.
-    pub async fn linearizable(&self) -> Result<(), Status> {
+    pub async fn linearizable(&self) -> Result<(), ReadError> {
         match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => Ok(()),
             Err(e) => match e.forward_to_leader() {
-                Some(f) => {
-                    let leader = f.leader_id.zip(f.leader_node.clone());
-                    Err(unavailable_with_leader(
-                        "linearizable reads are served by the leader",
-                        leader.as_ref().map(|(i, m)| (*i, m)),
-                    ))
-                }
-                None => Err(Status::unavailable(format!(
-                    "cannot confirm leadership: {e}"
-                ))),
+                Some(f) => Err(ReadError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node.clone()),
+                }),
+                None => Err(ReadError::Unavailable(e.to_string())),
             },
         }
     }
@@ -397,7 +361,7 @@ impl Controller {
     }
 
     /// Prepares a read at the requested consistency; returns how it was served.
-    pub async fn read_info(&self, consistency: i32) -> Result<pb::ReadInfo, Status> {
+    pub async fn read_info(&self, consistency: i32) -> Result<pb::ReadInfo, ReadError> {
         let local = consistency == pb::ReadConsistency::Local as i32;
         if !local {
             self.linearizable().await?;

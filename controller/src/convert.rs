@@ -45,7 +45,7 @@ pub fn target(t: &cat::RevocationTarget) -> pb::RevocationTarget {
         } => T::User(pb::UserRevocation {
             subject: user.subject.clone(),
             identity_provider: user.provider.clone(),
-            issued_before: Some(ts(issued_before.saturating_mul(1000))),
+            issued_before: (*issued_before > 0).then(|| ts(issued_before.saturating_mul(1000))),
         }),
         cat::RevocationTarget::Device(d) => T::DeviceId(d.clone()),
         cat::RevocationTarget::Factor(f) => T::FactorId(f.clone()),
@@ -79,10 +79,8 @@ pub fn target_from_pb(t: Option<pb::RevocationTarget>) -> Result<cat::Revocation
                 provider: nonempty(u.identity_provider, "identity provider")?,
                 subject: nonempty(u.subject, "subject")?,
             },
-            issued_before: u
-                .issued_before
-                .map(|t| t.seconds)
-                .ok_or("user revocations need issued_before")?,
+            // Optional: without it, the revocation covers sessions by revision alone.
+            issued_before: u.issued_before.map(|t| t.seconds).unwrap_or(0),
         },
     })
 }

@@ -8,14 +8,26 @@
 //! never leave the controllers: the edge forwards the code, the controller checks it and records
 //! the step in one Raft write.
 //!
-//! Adding or removing a factor while the user already has one needs a factor passed within the
-//! last 10 minutes; the controller checks that itself from the MFA assertion token the edge
-//! forwards (signed with the catalog keys, bound to the session), not from the edge's word.
+//! Every code check reserves an attempt in Raft first (`ReserveMfaAttempt`), so concurrent
+//! guesses across edges are serialised and a locked user's code is never checked; once a user
+//! is locked out nothing more about their MFA attempts is written. A WebAuthn ceremony counts
+//! at most one failure (its challenge is used up either way).
+//!
+//! Adding or removing a factor while the user already has one needs a factor passed by the same
+//! SSO session within the last 10 minutes, as the controllers recorded it when they checked the
+//! TOTP code or the WebAuthn counter: never an edge-signed token, since edges hold the keys that
+//! sign those. Adding or removing a phishing-resistant factor (a security key or platform
+//! authenticator) needs a phishing-resistant pass when the user has one. A pending TOTP
+//! enrollment can only be confirmed by the browser that began it, five wrong codes end it, and
+//! confirming never counts as passing a factor.
 
 use palisade_policy::catalog::{
-    Actor, AuthEvent, Command, FactorKind, FactorRecord, Outcome, RevocationTarget, UserKey,
+    Actor, AuthEvent, Command, CommandError, Counters, FactorKind, FactorRecord, Outcome,
+    RevocationTarget, UserKey,
 };
-use palisade_policy::token::{KeyRing, SigningKey};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use palisade_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
@@ -23,10 +35,13 @@ use tonic::{Request, Response, Status};
 use crate::admin::{Admin, sha256_hex};
 use crate::controller::{Controller, now_ms, ts};
 use crate::convert;
+use crate::error::WriteError;
 use crate::identity::require_edge;
+use crate::seal::Slot;
 
-/// A factor passed this long ago still allows adding or removing factors.
-pub const RECENT_MFA_SECS: i64 = 600;
+/// The one answer to every refused first-code confirmation, so that refusals tell an attacker
+/// nothing (which factor ids exist, whose they are, whether the code or the binding was wrong).
+const CONFIRM_REFUSED: &str = "that code was not accepted; check the authenticator's clock and enter the next code, or start again";
 /// TOTP parameters (RFC 6238 defaults every authenticator app supports).
 const TOTP_DIGITS: usize = 6;
 const TOTP_STEP: u64 = 30;
@@ -39,56 +54,73 @@ const MAX_CREDENTIAL_JSON: usize = 16 * 1024;
 #[derive(Debug, Clone)]
 pub struct EdgeAuthService {
     ctl: Controller,
+    /// Users with a code check in progress at this controller: one at a time per user, so a
+    /// burst of guesses does not even propose the reservations the lockout would refuse.
+    checking: Arc<Mutex<HashSet<UserKey>>>,
+}
+
+/// One user's code check in progress; ends when dropped.
+struct Checking {
+    users: Arc<Mutex<HashSet<UserKey>>>,
+    user: UserKey,
+}
+
+impl Drop for Checking {
+    fn drop(&mut self) {
+        self.users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.user);
+    }
 }
 
 impl EdgeAuthService {
     /// The service for `ctl`.
     pub fn new(ctl: Controller) -> Self {
-        Self { ctl }
+        Self {
+            ctl,
+            checking: Arc::default(),
+        }
     }
 
-    /// The signing keys from the catalog, opened, for checking the MFA assertion an edge
-    /// forwards.
-    fn keyring(&self) -> KeyRing {
-        let sealed: Vec<_> = self
-            .ctl
-            .state
-            .read(|s| s.catalog.signing_keys.values().cloned().collect());
-        KeyRing::new(sealed.into_iter().filter_map(|k| {
-            Some(SigningKey {
-                kid: k.kid.clone(),
-                secret: self.ctl.key.open("signing-key", &k.secret.0).ok()?,
-                active: k.active,
-            })
-        }))
+    /// Starts checking a code for `user`, unless one is being checked already.
+    fn one_check_at_a_time(&self, user: &UserKey) -> Result<Checking, Status> {
+        let mut users = self.checking.lock().unwrap_or_else(|p| p.into_inner());
+        if !users.insert(user.clone()) {
+            return Err(Status::resource_exhausted(
+                "another code for this user is being checked; try again in a moment",
+            ));
+        }
+        Ok(Checking {
+            users: self.checking.clone(),
+            user: user.clone(),
+        })
     }
 
-    /// Refuses a factor change unless the user has no active factor yet, or passed one within
-    /// `RECENT_MFA_SECS` (checked from the forwarded MFA assertion). Returns whether the user
-    /// has an active factor.
-    fn require_recent_mfa(&self, user: &pb::UserRef, key: &UserKey) -> Result<bool, Status> {
-        let active: Vec<String> = self.ctl.state.read(|s| {
-            s.catalog
-                .user_factors(key)
-                .filter(|f| f.active)
-                .map(|f| f.id.clone())
-                .collect()
-        });
-        if active.is_empty() {
-            return Ok(false);
-        }
-        let now = now_ms() / 1000;
-        let claims = self
-            .keyring()
-            .verify_mfa(&user.mfa_assertion, &user.session_id, now)
-            .map_err(|_| recent_mfa_needed())?;
-        if claims.sub != user.subject
-            || !active.contains(&claims.factor_id)
-            || now - claims.auth_time > RECENT_MFA_SECS
-        {
-            return Err(recent_mfa_needed());
-        }
-        Ok(true)
+    /// Refuses a factor change unless the user has no usable factor yet, or this session
+    /// passed one within `RECENT_MFA_MS` by the controllers' own record. A change that
+    /// concerns a phishing-resistant factor needs a phishing-resistant pass when the user holds
+    /// such a factor. Returns whether the user has a usable factor.
+    fn require_recent_mfa(
+        &self,
+        user: &pb::UserRef,
+        key: &UserKey,
+        phishing_resistant_change: bool,
+    ) -> Result<bool, Status> {
+        let now = now_ms();
+        self.ctl.state.read(|s| {
+            let c = &s.catalog;
+            let usable: Vec<&FactorRecord> = c.user_factors(key).filter(|f| f.usable()).collect();
+            if usable.is_empty() {
+                return Ok(false);
+            }
+            let strong_held = usable.iter().any(|f| f.kind != FactorKind::Totp);
+            let need_strong = phishing_resistant_change && strong_held;
+            match c.recent_pass(&user.session_id, key, now) {
+                Some(p) if !need_strong || p.kind != FactorKind::Totp => Ok(true),
+                _ => Err(recent_mfa_needed(need_strong)),
+            }
+        })
     }
 
     /// The enrollment code hash to put in `AddFactor`, when policy requires one for a first
@@ -114,16 +146,78 @@ impl EdgeAuthService {
         Ok(Some(sha256_hex(code.trim())))
     }
 
-    async fn count_failure(&self, actor: Actor, key: &UserKey) -> Result<(u32, i64, u64), Status> {
+    /// Counts a failed attempt (with the WebAuthn challenge it answered, if any). Nothing is
+    /// written for a user who is locked out, or for a challenge already used: the counters are
+    /// returned as they are. Returns the counters and the write's revision (0 without one).
+    async fn count_failure(
+        &self,
+        actor: Actor,
+        key: &UserKey,
+        challenge: &[u8],
+    ) -> Result<(Counters, u64), Status> {
+        let challenge_sha256 = if challenge.is_empty() {
+            String::new()
+        } else {
+            hex(&Sha256::digest(challenge))
+        };
+        // Checked here before proposing: a refused command is still a Raft entry.
+        let (locked, used) = self.ctl.state.read(|s| {
+            (
+                s.catalog.locked_until(key, now_ms()).is_some(),
+                !challenge_sha256.is_empty()
+                    && s.catalog.used_challenges.contains_key(&challenge_sha256),
+            )
+        });
+        if locked || used {
+            return Ok((self.counters(key), 0));
+        }
+        match self
+            .ctl
+            .write(
+                actor,
+                Command::RecordMfaFailure {
+                    user: key.clone(),
+                    challenge_sha256,
+                },
+            )
+            .await
+        {
+            Ok(w) => match w.outcome {
+                Outcome::Counters(c) => Ok((c, w.revision)),
+                _ => Ok((self.counters(key), w.revision)),
+            },
+            Err(WriteError::Refused(
+                CommandError::LockedOut { .. } | CommandError::ChallengeUsed,
+            )) => Ok((self.counters(key), 0)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn counters(&self, key: &UserKey) -> Counters {
+        self.ctl.state.read(|s| s.catalog.counters(key))
+    }
+
+    /// Reserves an attempt at a code (`pending_factor`: a first code for that enrollment).
+    async fn reserve(
+        &self,
+        actor: Actor,
+        key: &UserKey,
+        pending_factor: Option<String>,
+    ) -> Result<(u64, Counters), WriteError> {
         let w = self
             .ctl
-            .write(actor, Command::RecordMfaFailure { user: key.clone() })
+            .write(
+                actor,
+                Command::ReserveMfaAttempt {
+                    user: key.clone(),
+                    pending_factor,
+                },
+            )
             .await?;
-        let (failed, until) = match &w.outcome {
-            Outcome::Counters(c) => (c.failed_attempts, c.locked_until_ms),
-            _ => (0, 0),
-        };
-        Ok((failed, until, w.revision))
+        match w.outcome {
+            Outcome::Attempt { ticket, counters } => Ok((ticket, counters)),
+            _ => Err(WriteError::Unavailable("unexpected outcome".into())),
+        }
     }
 
     /// A factor as edges see it.
@@ -143,10 +237,16 @@ impl EdgeAuthService {
     }
 }
 
-fn recent_mfa_needed() -> Status {
-    Status::permission_denied(
-        "changing factors needs one of your existing factors passed within the last 10 minutes",
-    )
+fn recent_mfa_needed(phishing_resistant: bool) -> Status {
+    Status::permission_denied(if phishing_resistant {
+        "changing a security key or device authenticator needs one of your security keys or device authenticators passed within the last 10 minutes"
+    } else {
+        "changing factors needs one of your existing factors passed within the last 10 minutes"
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The actor for a user acting through an edge.
@@ -276,8 +376,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
             r.reason.chars().take(200).collect()
         };
         let admin = Admin::new(self.ctl.clone());
-        let ttl = admin.default_revocation_ttl();
-        let (write, revocation) = admin.revoke_as(actor.clone(), target, reason, ttl).await?;
+        let (write, revocation) = admin.revoke_as(actor.clone(), target, reason, None).await?;
         tracing::info!(actor = %actor.subject, revision = write.revision, "session revoked by its user");
         Ok(Response::new(pb::RevokeOwnResponse {
             revocation,
@@ -294,65 +393,82 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         let (actor, user) = user_actor(&edge, r.user.as_ref())?;
         let key = user_key(&user);
         let now = now_ms();
-        let (sealed, counters) = self.ctl.state.read(|s| {
+        let (sealed, locked_now) = self.ctl.state.read(|s| {
             let seeds: Vec<(String, Vec<u8>)> = s
                 .catalog
                 .user_factors(&key)
-                .filter(|f| f.active && f.kind == FactorKind::Totp)
+                .filter(|f| f.usable() && f.kind == FactorKind::Totp)
                 .filter_map(|f| Some((f.id.clone(), s.catalog.totp_seeds.get(&f.id)?.0.clone())))
                 .collect();
-            (seeds, s.catalog.counters(&key))
+            (seeds, s.catalog.locked_until(&key, now))
         });
         let mut resp = pb::VerifyTotpResponse::default();
         if sealed.is_empty() {
             resp.result = pb::TotpResult::NoFactor as i32;
             return Ok(Response::new(resp));
         }
-        if counters.locked_until_ms > now {
+        let locked_out = |resp: &mut pb::VerifyTotpResponse, c: &Counters| {
             resp.result = pb::TotpResult::LockedOut as i32;
-            resp.failed_attempts = counters.failed_attempts;
-            resp.locked_until = locked(counters.locked_until_ms);
+            resp.failed_attempts = c.failed_attempts;
+            resp.locked_until = locked(c.locked_until_ms);
+        };
+        if locked_now.is_some() {
+            locked_out(&mut resp, &self.counters(&key));
             return Ok(Response::new(resp));
         }
+        let _checking = self.one_check_at_a_time(&key)?;
+        // The attempt is counted before the code is checked: concurrent guesses are serialised
+        // here, and none is checked once the lock is in force.
+        let (ticket, counters) = match self.reserve(actor.clone(), &key, None).await {
+            Ok(x) => x,
+            Err(WriteError::Refused(CommandError::LockedOut { .. })) => {
+                locked_out(&mut resp, &self.counters(&key));
+                return Ok(Response::new(resp));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let seeds = sealed
             .into_iter()
-            .filter_map(|(id, s)| Some((id, self.ctl.key.open("totp-seed", &s).ok()?)))
+            .filter_map(|(id, s)| Some((id, self.ctl.key.open(Slot::TotpSeed(&key), &s).ok()?)))
             .collect();
         let code: String = r.code.chars().filter(|c| !c.is_whitespace()).collect();
-        let matched = match_code(seeds, &code, (now / 1000) as u64);
-        if let Some((factor_id, step)) = matched {
-            match self
-                .ctl
-                .write(
-                    actor.clone(),
-                    Command::RecordTotpUse {
-                        user: key.clone(),
-                        step,
-                    },
-                )
-                .await
-            {
-                Ok(w) => {
-                    resp.result = pb::TotpResult::Ok as i32;
-                    resp.factor_id = factor_id;
-                    resp.write = Some(w.to_pb());
-                    return Ok(Response::new(resp));
+        match match_code(seeds, &code, (now / 1000) as u64) {
+            Some((factor_id, step)) => {
+                match self
+                    .ctl
+                    .write(
+                        actor,
+                        Command::RecordTotpUse {
+                            user: key.clone(),
+                            step,
+                            attempt: ticket,
+                            factor_id: factor_id.clone(),
+                            session_id: user.session_id.clone(),
+                        },
+                    )
+                    .await
+                {
+                    Ok(w) => {
+                        resp.result = pb::TotpResult::Ok as i32;
+                        resp.factor_id = factor_id;
+                        resp.write = Some(w.to_pb());
+                        return Ok(Response::new(resp));
+                    }
+                    // The step was already used (here or at another edge): a replay, which
+                    // stays counted as a failed attempt.
+                    Err(WriteError::Refused(CommandError::TotpReplayed)) => {
+                        resp.result = pb::TotpResult::Replayed as i32;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) if e.code() == tonic::Code::FailedPrecondition => {
-                    // The step was already used (here or at another edge): a replay.
-                    resp.result = pb::TotpResult::Replayed as i32;
-                }
-                Err(e) => return Err(e),
             }
-        } else {
-            resp.result = pb::TotpResult::Invalid as i32;
+            None => resp.result = pb::TotpResult::Invalid as i32,
         }
-        let (failed, until, revision) = self.count_failure(actor, &key).await?;
-        tracing::info!(request_id = %r.request_id, failed_attempts = failed, "TOTP code refused");
-        resp.failed_attempts = failed;
-        resp.locked_until = locked(until);
+        tracing::info!(request_id = %r.request_id, failed_attempts = counters.failed_attempts, "TOTP code refused");
+        resp.failed_attempts = counters.failed_attempts;
+        resp.locked_until = locked(counters.locked_until_ms);
         resp.write = Some(pb::WriteResult {
-            revision,
+            revision: ticket,
             ..Default::default()
         });
         Ok(Response::new(resp))
@@ -366,7 +482,13 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         let r = req.into_inner();
         let (actor, user) = user_actor(&edge, r.user.as_ref())?;
         let key = user_key(&user);
-        let has_factor = self.require_recent_mfa(&user, &key)?;
+        let binding = r.binding_sha256.trim().to_ascii_lowercase();
+        if binding.len() != 64 || !binding.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(
+                "binding_sha256 (SHA-256 hex of the browser's secret) is required",
+            ));
+        }
+        let has_factor = self.require_recent_mfa(&user, &key, false)?;
         let code = self.enrollment_code(has_factor, &r.enrollment_code)?;
         let name = factor_name(&r.name, "Authenticator app")?;
         let mut seed = vec![0u8; TOTP_SEED_BYTES];
@@ -382,7 +504,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         let sealed = self
             .ctl
             .key
-            .seal("totp-seed", &seed)
+            .seal(Slot::TotpSeed(&key), &seed)
             .map_err(|_| Status::internal("sealing the seed"))?;
         let w = self
             .ctl
@@ -396,6 +518,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
                     credential_id: String::new(),
                     totp_seed: Some(palisade_policy::catalog::Sealed(sealed)),
                     enrollment_code_sha256: code,
+                    binding_sha256: binding,
                 },
             )
             .await?;
@@ -416,29 +539,54 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         let r = req.into_inner();
         let (actor, user) = user_actor(&edge, r.user.as_ref())?;
         let key = user_key(&user);
-        let f = self.own_factor(&key, &r.factor_id)?;
-        if f.active || f.kind != FactorKind::Totp {
-            return Err(Status::failed_precondition(
-                "this factor is not waiting for a first code",
-            ));
-        }
-        let sealed = self
+        let refused = || Status::invalid_argument(CONFIRM_REFUSED);
+        let now = now_ms();
+        let binding = hex(&Sha256::digest(&r.binding));
+        let (f, sealed) = self
             .ctl
             .state
-            .read(|s| s.catalog.totp_seeds.get(&f.id).cloned())
-            .ok_or_else(|| Status::not_found("no such factor"))?;
+            .read(|s| {
+                let f = s
+                    .catalog
+                    .factors
+                    .get(&r.factor_id)
+                    .filter(|f| f.user == key && f.pending())?
+                    .clone();
+                let sealed = s.catalog.totp_seeds.get(&f.id)?.clone();
+                Some((f, sealed))
+            })
+            .ok_or_else(refused)?;
+        let bound = !f.binding_sha256.is_empty()
+            && bool::from(subtle::ConstantTimeEq::ct_eq(
+                f.binding_sha256.as_bytes(),
+                binding.as_bytes(),
+            ));
+        if !bound
+            || self
+                .ctl
+                .state
+                .read(|s| s.catalog.locked_until(&key, now).is_some())
+        {
+            return Err(refused());
+        }
+        let _checking = self.one_check_at_a_time(&key).map_err(|_| refused())?;
+        // Counted before the code is checked, against the user and against this enrollment.
+        let (ticket, _) = self
+            .reserve(actor.clone(), &key, Some(f.id.clone()))
+            .await
+            .map_err(|e| match e {
+                WriteError::Refused(_) => refused(),
+                other => other.into(),
+            })?;
         let seed = self
             .ctl
             .key
-            .open("totp-seed", &sealed.0)
+            .open(Slot::TotpSeed(&key), &sealed.0)
             .map_err(|_| Status::internal("opening the seed"))?;
         let code: String = r.code.chars().filter(|c| !c.is_whitespace()).collect();
-        let Some((_, step)) =
-            match_code(vec![(f.id.clone(), seed)], &code, (now_ms() / 1000) as u64)
+        let Some((_, step)) = match_code(vec![(f.id.clone(), seed)], &code, (now / 1000) as u64)
         else {
-            return Err(Status::invalid_argument(
-                "that code does not match; check the authenticator's clock and try the next code",
-            ));
+            return Err(refused());
         };
         let w = self
             .ctl
@@ -447,9 +595,14 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
                 Command::ActivateTotp {
                     id: f.id.clone(),
                     step,
+                    attempt: ticket,
                 },
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                WriteError::Refused(_) => refused(),
+                other => other.into(),
+            })?;
         let factor = self.factor_pb(&f.id);
         Ok(Response::new(pb::ConfirmTotpEnrollmentResponse {
             factor,
@@ -481,7 +634,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
                 "the credential record is malformed",
             ));
         }
-        let has_factor = self.require_recent_mfa(&user, &key)?;
+        let has_factor = self.require_recent_mfa(&user, &key, true)?;
         let code = self.enrollment_code(has_factor, &r.enrollment_code)?;
         let default = match kind {
             FactorKind::Platform => "This device",
@@ -503,6 +656,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
                     ),
                     totp_seed: None,
                     enrollment_code_sha256: code,
+                    binding_sha256: String::new(),
                 },
             )
             .await?;
@@ -530,11 +684,22 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
                 "the answered challenge is required",
             ));
         }
-        let challenge_sha256: String = Sha256::digest(&r.challenge)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         let mut resp = pb::RecordWebauthnUseResponse::default();
+        let challenge_sha256 = hex(&Sha256::digest(&r.challenge));
+        // A used challenge or a locked user is refused here, before anything is proposed.
+        let refusal = self.ctl.state.read(|s| {
+            if s.catalog.used_challenges.contains_key(&challenge_sha256) {
+                Some(CommandError::ChallengeUsed)
+            } else {
+                s.catalog
+                    .locked_until(&key, now_ms())
+                    .map(|until_ms| CommandError::LockedOut { until_ms })
+            }
+        });
+        if let Some(e) = refusal {
+            resp.refusal = e.to_string();
+            return Ok(Response::new(resp));
+        }
         match self
             .ctl
             .write(
@@ -543,6 +708,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
                     id: f.id,
                     sign_count: r.sign_count,
                     challenge_sha256,
+                    session_id: user.session_id.clone(),
                 },
             )
             .await
@@ -551,21 +717,23 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
                 resp.accepted = true;
                 resp.write = Some(w.to_pb());
             }
-            Err(e)
+            Err(WriteError::Refused(e)) => {
+                tracing::warn!(request_id = %r.request_id, refusal = %e, "WebAuthn assertion refused by the catalog");
+                resp.refusal = e.to_string();
+                // A cloned authenticator's regressed counter is a failed attempt (the challenge
+                // is used up with it); a reused challenge or a locked user writes nothing more.
                 if matches!(
-                    e.code(),
-                    tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument
-                ) =>
-            {
-                tracing::warn!(request_id = %r.request_id, refusal = %e.message(), "WebAuthn assertion refused by the catalog");
-                resp.refusal = e.message().to_string();
-                let (_, _, revision) = self.count_failure(actor, &key).await?;
-                resp.write = Some(pb::WriteResult {
-                    revision,
-                    ..Default::default()
-                });
+                    e,
+                    CommandError::CounterRegressed | CommandError::NotFound { .. }
+                ) {
+                    let (_, revision) = self.count_failure(actor, &key, &r.challenge).await?;
+                    resp.write = Some(pb::WriteResult {
+                        revision,
+                        ..Default::default()
+                    });
+                }
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
         Ok(Response::new(resp))
     }
@@ -577,10 +745,13 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         let edge = require_edge(&req)?;
         let r = req.into_inner();
         let (actor, user) = user_actor(&edge, r.user.as_ref())?;
-        let (failed, until, _) = self.count_failure(actor, &user_key(&user)).await?;
+        let (c, revision) = self
+            .count_failure(actor, &user_key(&user), &r.challenge)
+            .await?;
         Ok(Response::new(pb::RecordMfaFailureResponse {
-            failed_attempts: failed,
-            locked_until: locked(until),
+            failed_attempts: c.failed_attempts,
+            locked_until: locked(c.locked_until_ms),
+            recorded: revision != 0,
         }))
     }
 
@@ -622,9 +793,10 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         let (actor, user) = user_actor(&edge, r.user.as_ref())?;
         let key = user_key(&user);
         let f = self.own_factor(&key, &r.factor_id)?;
-        // A pending TOTP factor can be dropped freely; an active one needs a recent factor.
-        if f.active {
-            self.require_recent_mfa(&user, &key)?;
+        // A pending TOTP factor can be dropped freely; an active one needs a recent factor
+        // (a phishing-resistant one to remove a security key or device authenticator).
+        if f.usable() {
+            self.require_recent_mfa(&user, &key, f.kind != FactorKind::Totp)?;
         }
         let w = self
             .ctl
@@ -679,6 +851,17 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
                 })
             })
             .collect();
+        // Once a user is locked out, nothing more about their MFA attempts is written.
+        let now = now_ms();
+        let events: Vec<AuthEvent> = self.ctl.state.read(|s| {
+            events
+                .into_iter()
+                .filter(|e| {
+                    !(e.action.starts_with("mfa.")
+                        && s.catalog.locked_until(&e.user, now).is_some())
+                })
+                .collect()
+        });
         let accepted = events.len() as u32;
         if accepted > 0 {
             self.ctl

@@ -1,4 +1,5 @@
-//! Who is calling: the identity in the peer's client certificate, and what it may do.
+//! Who is calling: the identity in the peer's client certificate (read by the authorization
+//! layer, `crate::authz`, which decides what it may call), and the actor its writes record.
 //!
 //! Identities are SAN URIs: `urn:palisade:controller:<node id>`, `urn:palisade:edge:<edge id>`
 //! and `urn:palisade:admin:<viewer|operator|admin>` (the certificate's common name is the
@@ -8,17 +9,6 @@
 use tonic::{Request, Status};
 
 pub use palisade_link::identity::{IdentityError, Principal, Role};
-
-/// Reads the principal from a request's peer certificate.
-pub fn principal_of<T>(req: &Request<T>) -> Result<Principal, Status> {
-    let certs = req
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    Principal::from_der(leaf.as_ref()).map_err(|e| Status::unauthenticated(e.to_string()))
-}
 
 /// The actor recorded for writes made by `p`.
 pub fn actor(p: &Principal) -> palisade_policy::catalog::Actor {
@@ -33,37 +23,21 @@ pub fn actor(p: &Principal) -> palisade_policy::catalog::Actor {
     }
 }
 
-/// Requires an admin of at least `min` role.
-pub fn require_role<T>(req: &Request<T>, min: Role) -> Result<Principal, Status> {
-    let p = principal_of(req)?;
-    match &p {
-        Principal::Admin { role, .. } if *role >= min => Ok(p),
-        Principal::Admin { role, .. } => Err(Status::permission_denied(format!(
-            "this call needs the {} role; the certificate has {}",
-            min.as_str(),
-            role.as_str()
-        ))),
-        other => Err(Status::permission_denied(format!(
-            "{other} may not call the admin API"
-        ))),
+/// The edge calling (the authorization layer admitted only edges to edge methods).
+pub fn require_edge<T>(req: &Request<T>) -> Result<String, Status> {
+    match crate::authz::caller(req)? {
+        Principal::Edge(id) => Ok(id),
+        other => Err(Status::permission_denied(format!("{other} is not an edge"))),
     }
 }
 
-/// Requires another controller.
+/// The controller calling (the authorization layer admitted only controllers).
 pub fn require_controller<T>(req: &Request<T>) -> Result<u64, Status> {
-    match principal_of(req)? {
+    match crate::authz::caller(req)? {
         Principal::Controller(id) => Ok(id),
         other => Err(Status::permission_denied(format!(
             "{other} may not call the Raft transport"
         ))),
-    }
-}
-
-/// Requires an edge.
-pub fn require_edge<T>(req: &Request<T>) -> Result<String, Status> {
-    match principal_of(req)? {
-        Principal::Edge(id) => Ok(id),
-        other => Err(Status::permission_denied(format!("{other} is not an edge"))),
     }
 }
 

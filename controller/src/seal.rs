@@ -3,16 +3,39 @@
 //! snapshots only ever hold ciphertext. The key is given at start (a file or an environment
 //! variable) and never written to the data directory.
 //!
-//! Format: `b"PS1" || key fingerprint (4 bytes) || nonce (12) || ciphertext || tag (16)`. The
-//! additional data binds each ciphertext to its purpose (`totp-seed`, `signing-key`, `secret`),
-//! so a sealed value cannot be moved into another slot.
+//! Format: `b"PS2" || key fingerprint (4 bytes) || nonce (12) || ciphertext || tag (16)`. The
+//! additional data binds each ciphertext to its slot: its purpose and the object it belongs to
+//! (a TOTP seed to its user, a named secret to its name), so a sealed value cannot be moved to
+//! another purpose, another user or another secret by anyone who can write to the store.
 
 use std::fmt;
 
+use palisade_policy::catalog::UserKey;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
-const MAGIC: &[u8; 3] = b"PS1";
+const MAGIC: &[u8; 3] = b"PS2";
+
+/// What a sealed value is, and whose: its additional authenticated data.
+#[derive(Debug, Clone, Copy)]
+pub enum Slot<'a> {
+    /// A user's TOTP seed.
+    TotpSeed(&'a UserKey),
+    /// A session signing key (all are equivalent: any of them signs for the cluster).
+    SigningKey,
+    /// A named secret.
+    Secret(&'a str),
+}
+
+impl Slot<'_> {
+    fn aad(&self) -> Vec<u8> {
+        match self {
+            Slot::TotpSeed(u) => format!("totp-seed\0{}\0{}", u.provider, u.subject).into_bytes(),
+            Slot::SigningKey => b"signing-key".to_vec(),
+            Slot::Secret(name) => format!("secret\0{name}").into_bytes(),
+        }
+    }
+}
 
 /// Why a data key could not be loaded or a value could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -113,15 +136,16 @@ impl DataKey {
         hex(&self.fingerprint)
     }
 
-    /// Seals `plaintext` for `purpose`.
-    pub fn seal(&self, purpose: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+    /// Seals `plaintext` for `slot`.
+    pub fn seal(&self, slot: Slot<'_>, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        let aad = slot.aad();
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| SealError::Random)?;
         let mut buf = plaintext.to_vec();
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(purpose.as_bytes()),
+                Aad::from(aad.as_slice()),
                 &mut buf,
             )
             .map_err(|_| SealError::Random)?;
@@ -133,8 +157,9 @@ impl DataKey {
         Ok(out)
     }
 
-    /// Opens a value sealed for `purpose`.
-    pub fn open(&self, purpose: &str, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+    /// Opens a value sealed for `slot`.
+    pub fn open(&self, slot: Slot<'_>, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        let aad = slot.aad();
         let header = 3 + 4 + NONCE_LEN;
         if sealed.len() < header + 16 || &sealed[..3] != MAGIC {
             return Err(SealError::Malformed);
@@ -149,7 +174,7 @@ impl DataKey {
             .key
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(purpose.as_bytes()),
+                Aad::from(aad.as_slice()),
                 &mut buf,
             )
             .map_err(|_| SealError::Tampered)?;
@@ -168,22 +193,55 @@ mod tests {
     #[test]
     fn round_trip_and_purpose_binding() {
         let k = key();
-        let s = k.seal("totp-seed", b"JBSWY3DPEHPK3PXP").expect("seal");
+        let s = k.seal(Slot::SigningKey, b"JBSWY3DPEHPK3PXP").expect("seal");
         assert!(!s.windows(16).any(|w| w == b"JBSWY3DPEHPK3PXP"));
-        assert_eq!(k.open("totp-seed", &s).expect("open"), b"JBSWY3DPEHPK3PXP");
-        assert!(matches!(k.open("secret", &s), Err(SealError::Tampered)));
+        assert_eq!(
+            k.open(Slot::SigningKey, &s).expect("open"),
+            b"JBSWY3DPEHPK3PXP"
+        );
+        assert!(matches!(
+            k.open(Slot::Secret("x"), &s),
+            Err(SealError::Tampered)
+        ));
         let mut t = s.clone();
         let last = t.len() - 1;
         t[last] ^= 1;
-        assert!(matches!(k.open("totp-seed", &t), Err(SealError::Tampered)));
+        assert!(matches!(
+            k.open(Slot::SigningKey, &t),
+            Err(SealError::Tampered)
+        ));
         let other = DataKey::parse(&"cd".repeat(32)).expect("key");
         assert!(matches!(
-            other.open("totp-seed", &s),
+            other.open(Slot::SigningKey, &s),
             Err(SealError::WrongKey(_))
         ));
         assert!(matches!(
-            k.open("totp-seed", b"PS1"),
+            k.open(Slot::SigningKey, b"PS2"),
             Err(SealError::Malformed)
+        ));
+    }
+
+    #[test]
+    fn a_sealed_value_cannot_move_to_another_object() {
+        let k = key();
+        let alice = UserKey {
+            provider: "corp".into(),
+            subject: "alice".into(),
+        };
+        let bob = UserKey {
+            provider: "corp".into(),
+            subject: "bob".into(),
+        };
+        let s = k.seal(Slot::TotpSeed(&alice), b"seed").expect("seal");
+        assert_eq!(k.open(Slot::TotpSeed(&alice), &s).expect("open"), b"seed");
+        assert!(matches!(
+            k.open(Slot::TotpSeed(&bob), &s),
+            Err(SealError::Tampered)
+        ));
+        let s = k.seal(Slot::Secret("corp-oidc"), b"x").expect("seal");
+        assert!(matches!(
+            k.open(Slot::Secret("partner-oidc"), &s),
+            Err(SealError::Tampered)
         ));
     }
 

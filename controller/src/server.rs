@@ -183,6 +183,7 @@ pub async fn start(cfg: Config, members: Vec<InitialMember>) -> anyhow::Result<R
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .layer(crate::rpc_metrics::RpcMetricsLayer)
+        .layer(crate::authz::AuthzLayer)
         .add_service(
             pb::raft_transport_server::RaftTransportServer::new(RaftService::new(
                 controller.clone(),
@@ -267,7 +268,7 @@ async fn housekeeping(ctl: Controller, mut stop: watch::Receiver<bool>) {
         if ctl.state.read(|s| s.catalog.signing_keys.is_empty()) {
             let mut secret = [0u8; 32];
             rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
-            match ctl.key.seal("signing-key", &secret) {
+            match ctl.key.seal(crate::seal::Slot::SigningKey, &secret) {
                 Ok(sealed) => {
                     if let Err(e) = ctl
                         .write(
@@ -279,7 +280,7 @@ async fn housekeeping(ctl: Controller, mut stop: watch::Receiver<bool>) {
                         )
                         .await
                     {
-                        tracing::warn!(error = %e.message(), "could not create the first signing key");
+                        tracing::warn!(error = %e, "could not create the first signing key");
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "could not seal a signing key"),
@@ -288,7 +289,7 @@ async fn housekeeping(ctl: Controller, mut stop: watch::Receiver<bool>) {
         if now_ms() - last_gc >= 60_000 {
             last_gc = now_ms();
             if let Err(e) = ctl.write(system.clone(), Command::CollectGarbage).await {
-                tracing::debug!(error = %e.message(), "garbage collection skipped");
+                tracing::debug!(error = %e, "garbage collection skipped");
             }
         }
     }

@@ -25,7 +25,7 @@ use crate::controller::{Controller, now_ms, ts};
 use crate::convert;
 use crate::identity::require_edge;
 use crate::raft::state_machine::{Applied, AppliedEvent, DeltaEntry};
-use crate::seal::DataKey;
+use crate::seal::{DataKey, Slot};
 
 /// Snapshot entries per chunk.
 const CHUNK: usize = 1000;
@@ -92,13 +92,13 @@ impl SyncService {
 
 fn sealed_key(
     key: &DataKey,
-    purpose: &str,
+    slot: Slot<'_>,
     sealed: &palisade_policy::catalog::Sealed,
 ) -> Option<Vec<u8>> {
-    match key.open(purpose, &sealed.0) {
+    match key.open(slot, &sealed.0) {
         Ok(v) => Some(v),
         Err(e) => {
-            tracing::error!(error = %e, purpose, "cannot open a sealed value for edges; is every controller using the same data key?");
+            tracing::error!(error = %e, ?slot, "cannot open a sealed value for edges; is every controller using the same data key?");
             None
         }
     }
@@ -110,11 +110,12 @@ fn signing_key(
 ) -> Option<pb::SigningKey> {
     Some(convert::signing_key(
         k,
-        sealed_key(key, "signing-key", &k.secret)?,
+        sealed_key(key, Slot::SigningKey, &k.secret)?,
     ))
 }
 
-/// The whole catalog as edges see it (never TOTP seeds).
+/// The whole catalog as edges see it: never TOTP seeds, never a factor that is pending or
+/// revoked, and only the secrets the current policy references.
 pub fn snapshot_entries(key: &DataKey, s: &Applied) -> Vec<pb::CatalogEntry> {
     use pb::catalog_entry::Entry as E;
     let c = &s.catalog;
@@ -131,7 +132,7 @@ pub fn snapshot_entries(key: &DataKey, s: &Applied) -> Vec<pb::CatalogEntry> {
     out.extend(
         c.factors
             .values()
-            .filter(|f| f.active)
+            .filter(|f| f.usable())
             .map(|f| E::Factor(convert::factor(f))),
     );
     out.extend(
@@ -140,13 +141,19 @@ pub fn snapshot_entries(key: &DataKey, s: &Applied) -> Vec<pb::CatalogEntry> {
             .filter_map(|k| signing_key(key, k))
             .map(E::SigningKey),
     );
-    out.extend(c.secrets.iter().filter_map(|(name, v)| {
-        Some(E::Secret(pb::Secret {
-            name: name.clone(),
-            value: sealed_key(key, "secret", v)?,
-            updated_at: None,
-        }))
-    }));
+    let referenced = c.edge_secrets();
+    out.extend(
+        c.secrets
+            .iter()
+            .filter(|(name, _)| referenced.contains(*name))
+            .filter_map(|(name, v)| {
+                Some(E::Secret(pb::Secret {
+                    name: name.clone(),
+                    value: sealed_key(key, Slot::Secret(name), v)?,
+                    updated_at: None,
+                }))
+            }),
+    );
     out.extend(
         c.counters
             .values()
@@ -169,17 +176,19 @@ pub fn delta(key: &DataKey, d: &DeltaEntry) -> pb::CatalogDelta {
                 Resolved::RevocationAdded(r) => C::RevocationAdded(convert::revocation(r)),
                 Resolved::RevocationRemoved(id) => C::RevocationExpired(id.clone()),
                 Resolved::Device(dev) => C::DeviceUpserted(convert::device(dev)),
-                Resolved::Factor(f) if f.active => C::FactorUpserted(convert::factor(f)),
-                Resolved::Factor(_) => return None,
+                Resolved::Factor(f) if f.usable() => C::FactorUpserted(convert::factor(f)),
+                // Pending, or revoked: edges must not hold it (one they never had is ignored).
+                Resolved::Factor(f) => C::FactorRemoved(f.id.clone()),
                 Resolved::FactorRemoved(id) => C::FactorRemoved(id.clone()),
                 Resolved::Counters(u, k) => C::CountersUpdated(convert::counters(u, k)),
                 Resolved::SigningKey(k) => C::SigningKeyUpserted(signing_key(key, k)?),
                 Resolved::SigningKeyRemoved(kid) => C::SigningKeyRemoved(kid.clone()),
                 Resolved::Secret(name, v) => C::SecretUpserted(pb::Secret {
                     name: name.clone(),
-                    value: sealed_key(key, "secret", v)?,
+                    value: sealed_key(key, Slot::Secret(name), v)?,
                     updated_at: None,
                 }),
+                Resolved::SecretWithdrawn(name) => C::SecretRemoved(name.clone()),
             })
         })
         .map(|c| pb::CatalogChange { change: Some(c) })

@@ -64,6 +64,7 @@ fn decide_now(r: &Replica) -> Decision {
         groups: vec![],
         claims: Default::default(),
         mfa: None,
+        session: None,
     };
     let staleness = r.staleness();
     let ctx = Context {

@@ -98,6 +98,37 @@ pub struct Config {
     #[arg(long, env = "PALISADE_MAX_HEADER_BYTES", default_value_t = 65_536)]
     pub max_header_bytes: usize,
 
+    /// Most client connections open at once; further ones wait in the listen queue until one
+    /// closes.
+    #[arg(long, env = "PALISADE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// A request body that sends nothing for this long is abandoned (the request fails),
+    /// milliseconds: a slow upload cannot hold a task and an upstream connection for ever.
+    #[arg(long, env = "PALISADE_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
+
+    /// `Strict-Transport-Security: max-age` on every HTTPS answer, seconds; 0 sends none.
+    #[arg(long, env = "PALISADE_HSTS_MAX_AGE", default_value_t = 31_536_000)]
+    pub hsts_max_age: u64,
+
+    /// Sign-in starts and callbacks per client address: `RATE/BURST` (per second, at once);
+    /// `0/0` turns the limit off. Over it: 429 with `Retry-After`.
+    #[arg(long, env = "PALISADE_RATE_SIGN_IN", default_value = "2/30")]
+    pub rate_sign_in: String,
+
+    /// MFA prompt and check requests per user, `RATE/BURST`.
+    #[arg(long, env = "PALISADE_RATE_MFA", default_value = "2/40")]
+    pub rate_mfa: String,
+
+    /// Portal requests per user, `RATE/BURST`.
+    #[arg(long, env = "PALISADE_RATE_PORTAL", default_value = "2/60")]
+    pub rate_portal: String,
+
+    /// Any `/.palisade/` request per client address, `RATE/BURST`.
+    #[arg(long, env = "PALISADE_RATE_RESERVED", default_value = "20/200")]
+    pub rate_reserved: String,
+
     /// Write the bound addresses (JSON) to this file once listening; for tools and tests that
     /// bind port 0.
     #[arg(long, env = "PALISADE_ADDRESSES_FILE")]
@@ -168,6 +199,24 @@ impl Config {
         if !(8192..=1_048_576).contains(&self.max_header_bytes) {
             errs.push("--max-header-bytes must be between 8192 and 1048576".into());
         }
+        for (flag, v) in [
+            ("--rate-sign-in", &self.rate_sign_in),
+            ("--rate-mfa", &self.rate_mfa),
+            ("--rate-portal", &self.rate_portal),
+            ("--rate-reserved", &self.rate_reserved),
+        ] {
+            if parse_rate(v).is_none() {
+                errs.push(format!(
+                    "{flag} {v:?} is not RATE/BURST (e.g. 2/30: two a second, thirty at once)"
+                ));
+            }
+        }
+        if self.max_connections == 0 {
+            errs.push("--max-connections must be at least 1".into());
+        }
+        if !(100..=3_600_000).contains(&self.body_timeout_ms) {
+            errs.push("--body-timeout-ms must be between 100 and 3600000".into());
+        }
         if !(100..=60_000).contains(&self.silence_timeout_ms) {
             errs.push("--silence-timeout-ms must be between 100 and 60000".into());
         }
@@ -190,4 +239,23 @@ impl Config {
     pub fn silence_timeout(&self) -> Duration {
         Duration::from_millis(self.silence_timeout_ms)
     }
+
+    /// The rate limits (validated).
+    pub fn rates(&self) -> crate::limits::Rates {
+        let d = crate::limits::Rates::default();
+        crate::limits::Rates {
+            sign_in: parse_rate(&self.rate_sign_in).unwrap_or(d.sign_in),
+            mfa: parse_rate(&self.rate_mfa).unwrap_or(d.mfa),
+            portal: parse_rate(&self.rate_portal).unwrap_or(d.portal),
+            reserved: parse_rate(&self.rate_reserved).unwrap_or(d.reserved),
+        }
+    }
+}
+
+/// `RATE/BURST`: a rate per second and a burst, both finite and not negative.
+fn parse_rate(s: &str) -> Option<crate::limits::Rate> {
+    let (r, b) = s.split_once('/')?;
+    let (r, b): (f64, f64) = (r.trim().parse().ok()?, b.trim().parse().ok()?);
+    (r.is_finite() && b.is_finite() && r >= 0.0 && b >= 0.0 && (r == 0.0 || b >= 1.0))
+        .then(|| crate::limits::Rate::new(r, b))
 }

@@ -5,19 +5,22 @@
 //!
 //! Nothing here keeps per-user state. A session is a token signed with the catalog's keys that
 //! every edge verifies alone; every request is checked against the revocations in the replica, so
-//! a revocation applies to the next request, also on a keep-alive connection already open.
+//! a revocation applies to the next request, also on a keep-alive connection already open. What
+//! stays open after the request (a WebSocket, a streaming response) is re-decided by
+//! `enforce::Watch` and cut when access ends.
+//!
+//! Sign-in, MFA and portal requests are rate-limited per client address and per user
+//! (`limits`), and the store of used sign-in states is bounded.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use palisade_policy::decide::{Challenge, Decision, DenyReason};
 use palisade_policy::document::{IdentityProvider, Protocol};
-use palisade_policy::request::{Context, Identity, MfaProof};
 use palisade_policy::token::{SessionClaims, TokenKind};
 use palisade_policy::{CompiledApp, CompiledPolicy};
 use palisade_proto::v1 as pb;
@@ -28,6 +31,9 @@ use subtle::ConstantTimeEq;
 use crate::assertion::{AssertionClaims, AssertionSigner};
 use crate::controllers::ControllerClient;
 use crate::cookie;
+pub(crate) use crate::enforce::Caller;
+use crate::enforce::{Head, Watch};
+use crate::limits::{Limiters, RateLimiter, Use, UsedStates};
 use crate::oidc::{Attempt, RelyingParty, random_token};
 use crate::pages;
 use crate::proxy::{Body, Forwarding, Upstreams, full};
@@ -42,6 +48,9 @@ pub const JWKS_PATH: &str = "/.well-known/palisade/jwks.json";
 const LOGIN_TTL_SECS: i64 = 600;
 /// Most claims (in bytes of JSON) carried in a session beyond the standard ones.
 const MAX_EXTRA_CLAIMS: usize = 1024;
+/// Most sign-in states remembered as used, per generation (each generation lasts
+/// `LOGIN_TTL_SECS`): a bound on memory whatever the rate of callbacks.
+const MAX_USED_STATES: usize = 200_000;
 
 /// One edge's request handling.
 pub struct Gateway {
@@ -51,7 +60,27 @@ pub struct Gateway {
     signer: AssertionSigner,
     upstreams: Upstreams,
     pub(crate) controllers: Option<Arc<ControllerClient>>,
-    consumed: Mutex<HashMap<String, i64>>,
+    used_states: UsedStates,
+    pub(crate) limits: Limiters,
+    hsts: Option<HeaderValue>,
+}
+
+/// Request-path settings of an edge that are not policy.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Rate limits.
+    pub rates: crate::limits::Rates,
+    /// `Strict-Transport-Security` max-age in seconds; 0 sends none.
+    pub hsts_max_age_secs: u64,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            rates: crate::limits::Rates::default(),
+            hsts_max_age_secs: 365 * 86_400,
+        }
+    }
 }
 
 impl std::fmt::Debug for Gateway {
@@ -84,15 +113,6 @@ impl Caller {
             email: self.session.email.clone(),
         }
     }
-}
-
-/// An authenticated caller, after every check.
-#[derive(Debug)]
-pub(crate) struct Caller {
-    pub(crate) session: SessionClaims,
-    pub(crate) identity: Identity,
-    /// The MFA assertion token as presented, when it verified.
-    pub(crate) mfa_token: Option<String>,
 }
 
 pub(crate) fn now_secs() -> i64 {
@@ -167,6 +187,54 @@ pub(crate) fn wants_html(req: &Request<Incoming>) -> bool {
     matches!(*req.method(), Method::GET | Method::HEAD)
 }
 
+/// `429 Too Many Requests` with `Retry-After`.
+pub(crate) fn too_many(wait: Duration, rid: &str) -> Response<Body> {
+    let mut r = pages::message(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Slow down",
+        "too many requests; try again in a moment",
+        rid,
+    );
+    let secs = wait.as_secs().max(1);
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+/// Takes a token from `limiter` for `key`, or the 429 answer.
+pub(crate) fn limited<K: std::hash::Hash + ?Sized>(
+    limiter: &RateLimiter,
+    key: &K,
+    rid: &str,
+) -> Result<(), Box<Response<Body>>> {
+    limiter.check(key, Instant::now()).map_err(|wait| {
+        tracing::info!(request_id = %rid, limit = limiter.name, retry_after_ms = wait.as_millis() as u64, "rate limited");
+        metrics::counter!("palisade_edge_rate_limited_total", "limit" => limiter.name).increment(1);
+        Box::new(too_many(wait, rid))
+    })
+}
+
+/// Group names for the `x-palisade-groups` header: each percent-encoded (a `,` inside a name
+/// becomes `%2C`), then joined with `,`, so no group reads as two.
+fn groups_header(groups: &[String]) -> String {
+    groups
+        .iter()
+        .map(|g| {
+            g.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~ @:+/=".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl Gateway {
     /// The request handling of one edge. Without `controllers`, sign-out cannot be recorded and
     /// answers 503.
@@ -177,7 +245,11 @@ impl Gateway {
         signer: AssertionSigner,
         upstreams: Upstreams,
         controllers: Option<ControllerClient>,
+        options: GatewayOptions,
     ) -> Self {
+        let hsts = (options.hsts_max_age_secs > 0)
+            .then(|| HeaderValue::from_str(&format!("max-age={}", options.hsts_max_age_secs)).ok())
+            .flatten();
         Self {
             edge_id,
             replica,
@@ -185,7 +257,12 @@ impl Gateway {
             signer,
             upstreams,
             controllers: controllers.map(Arc::new),
-            consumed: Mutex::new(HashMap::new()),
+            used_states: UsedStates::new(
+                Duration::from_secs(LOGIN_TTL_SECS as u64),
+                MAX_USED_STATES,
+            ),
+            limits: Limiters::new(options.rates),
+            hsts,
         }
     }
 
@@ -204,6 +281,10 @@ impl Gateway {
         let mut resp = self.route(req, peer, &rid).await;
         if let Ok(v) = HeaderValue::from_str(&rid) {
             resp.headers_mut().insert("x-request-id", v);
+        }
+        if let Some(h) = &self.hsts {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, h.clone());
         }
         metrics::histogram!("palisade_edge_request_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -229,7 +310,13 @@ impl Gateway {
                 rid,
             );
         };
-        let path = match palisade_policy::path::normalize(req.uri().path()) {
+        let view = self.replica.view();
+        let semicolons = view
+            .as_ref()
+            .and_then(|v| v.policy.as_ref())
+            .map(|(_, p)| p.request_paths().semicolon_parameters)
+            .unwrap_or_default();
+        let path = match palisade_policy::path::normalize_with(req.uri().path(), semicolons) {
             Ok(p) => p,
             Err(e) => {
                 return pages::message(
@@ -252,7 +339,7 @@ impl Gateway {
             );
             return r;
         }
-        let Some(view) = self.replica.view() else {
+        let Some(view) = view else {
             return pages::message(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Starting up",
@@ -270,16 +357,23 @@ impl Gateway {
         };
         let policy = policy.clone();
         if let Some(rest) = path.strip_prefix(RESERVED) {
+            if let Err(r) = limited(&self.limits.reserved, &peer.ip(), rid) {
+                return *r;
+            }
             return match rest {
-                "callback" => {
-                    self.callback(&req, &view, &policy, &authority, &host, rid)
-                        .await
+                "callback" | "login" => {
+                    if let Err(r) = limited(&self.limits.sign_in, &peer.ip(), rid) {
+                        return *r;
+                    }
+                    if rest == "callback" {
+                        self.callback(&req, &view, &policy, &authority, &host, rid)
+                            .await
+                    } else {
+                        self.login_choice(&req, &view, &policy, &authority, &host, rid)
+                            .await
+                    }
                 }
-                "login" => {
-                    self.login_choice(&req, &view, &policy, &authority, &host, rid)
-                        .await
-                }
-                "logout" => self.logout(&req, &view, &host, rid).await,
+                "logout" => self.logout(req, &view, &authority, &host, rid).await,
                 r if r == "webauthn.js"
                     || r == "mfa"
                     || r.starts_with("mfa/")
@@ -298,7 +392,42 @@ impl Gateway {
                 ),
             };
         }
-        let Some(app) = policy.route(&host, &path) else {
+        let app = match policy.route_request(&host, &path) {
+            Ok(Some(app)) => app,
+            Ok(None) => {
+                return pages::message(
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    "no application is served at this address",
+                    rid,
+                );
+            }
+            Err(e) => {
+                tracing::info!(request_id = %rid, client = %peer.ip(), error = %e, "refused an ambiguous path");
+                return pages::message(
+                    StatusCode::BAD_REQUEST,
+                    "Bad request",
+                    &format!("the request path is refused: {e}"),
+                    rid,
+                );
+            }
+        };
+        let now = now_secs();
+        let head = Head {
+            host: host.clone(),
+            path: path.clone(),
+            peer: peer.ip(),
+            session: cookie::get(req.headers(), cookie::SESSION).map(str::to_string),
+            mfa: cookie::get(req.headers(), cookie::MFA).map(str::to_string),
+        };
+        let Some((decision, caller, clear)) = crate::enforce::decide_request(
+            &view,
+            self.replica.staleness(),
+            &head,
+            Protocol::Http,
+            now,
+            0,
+        ) else {
             return pages::message(
                 StatusCode::NOT_FOUND,
                 "Not found",
@@ -306,27 +435,31 @@ impl Gateway {
                 rid,
             );
         };
-        let now = now_secs();
-        let (caller, clear) = self.caller(&req, &view, &host, now);
-        let ctx = Context {
-            source_ip: peer.ip(),
-            protocol: Protocol::Http,
-            view_age: self.replica.staleness(),
-        };
-        let decision = palisade_policy::decide(
-            app,
-            caller.as_ref().map(|c| &c.identity),
-            None,
-            &ctx,
-            jiff::Timestamp::now(),
-        );
         tracing::debug!(request_id = %rid, app = %app.id, decision = decision.kind(), "decided");
         let mut resp = match &decision {
             Decision::Allow { .. } | Decision::Bypass { .. } => {
-                self.forward(req, app, caller.as_ref(), &authority, &path, peer, rid, now)
-                    .await
+                let watch = Watch::new(
+                    self.replica.clone(),
+                    head,
+                    caller.as_ref().map(|c| c.session.sid.clone()),
+                    now,
+                );
+                self.forward(
+                    req,
+                    app,
+                    caller.as_ref(),
+                    &authority,
+                    &path,
+                    peer,
+                    rid,
+                    now,
+                    watch,
+                )
+                .await
             }
             Decision::Deny { rule, reason } => {
+                // The page names the rule and the request id; what the rule would have needed
+                // (who else is allowed) stays in the log and in `palisadectl simulate`.
                 tracing::info!(request_id = %rid, app = %app.id, explanation = %decision.explain(), "denied");
                 match reason {
                     DenyReason::StaleView { .. } => pages::message(
@@ -335,11 +468,11 @@ impl Gateway {
                         &reason.to_string(),
                         rid,
                     ),
-                    DenyReason::NoRuleMatched { missing } => pages::denied(
+                    DenyReason::NoRuleMatched { .. } => pages::denied(
                         &app.name,
                         rule.as_ref().map(|r| &*r.name),
                         "no rule allows this request",
-                        missing,
+                        &[],
                         rid,
                     ),
                     other => pages::denied(
@@ -420,69 +553,13 @@ impl Gateway {
         host: &str,
         now: i64,
     ) -> (Option<Caller>, bool) {
-        let Some(token) = cookie::get(req.headers(), cookie::SESSION) else {
-            return (None, false);
-        };
-        let session = match view.keyring.verify_session(token, now) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "session cookie refused");
-                return (None, true);
-            }
-        };
-        if session.aud != host {
-            tracing::debug!("session cookie issued for another host");
-            return (None, true);
-        }
-        if view
-            .revocations
-            .session_revoked(&session.sid, &session.idp, &session.sub, session.iat)
-        {
-            tracing::debug!("session revoked");
-            return (None, true);
-        }
-        // An assertion counts only while its factor exists, is active and is not revoked:
-        // removing or revoking a factor ends the assertions issued with it.
-        let mut mfa_token = None;
-        let mfa = cookie::get(req.headers(), cookie::MFA)
-            .and_then(|t| {
-                let m = view.keyring.verify_mfa(t, &session.sid, now).ok()?;
-                mfa_token = Some(t.to_string());
-                Some(m)
-            })
-            .filter(|m| {
-                m.sub == session.sub
-                    && !view.revocations.factor_revoked(&m.factor_id)
-                    && view.factors.get(&m.factor_id).is_some_and(|f| {
-                        !f.pending && f.subject == session.sub && f.identity_provider == session.idp
-                    })
-            })
-            .and_then(|m| {
-                Some(MfaProof {
-                    method: m.method,
-                    factor_id: m.factor_id,
-                    authenticated_at: jiff::Timestamp::from_second(m.auth_time).ok()?,
-                    user_verified: m.uv,
-                })
-            });
-        if mfa.is_none() {
-            mfa_token = None;
-        }
-        let identity = Identity {
-            provider: session.idp.clone(),
-            subject: session.sub.clone(),
-            email: session.email.clone(),
-            groups: session.groups.clone(),
-            claims: session.claims.clone(),
-            mfa,
-        };
-        (
-            Some(Caller {
-                session,
-                identity,
-                mfa_token,
-            }),
-            false,
+        crate::enforce::caller(
+            view,
+            cookie::get(req.headers(), cookie::SESSION),
+            cookie::get(req.headers(), cookie::MFA),
+            host,
+            now,
+            0,
         )
     }
 
@@ -497,6 +574,7 @@ impl Gateway {
         peer: SocketAddr,
         rid: &str,
         now: i64,
+        watch: Watch,
     ) -> Response<Body> {
         let mut identity = Vec::new();
         let mut refresh = None;
@@ -543,7 +621,7 @@ impl Gateway {
                 push_header(
                     &mut identity,
                     "x-palisade-groups",
-                    &c.session.groups.join(","),
+                    &groups_header(&c.session.groups),
                 );
             }
             if c.session.should_refresh(now) {
@@ -562,11 +640,11 @@ impl Gateway {
             request_id: rid.to_string(),
             max_body: app.max_body_bytes,
         };
-        let watch = caller.map(|c| (c.session.clone(), self.replica.clone()));
+        let upgrade_watch = watch.clone();
         let result = self
             .upstreams
             .forward(&app.upstreams, req, fwd, move |client, upstream| {
-                tokio::spawn(splice_while_valid(client, upstream, watch));
+                tokio::spawn(upgrade_watch.splice(client, upstream));
             })
             .await;
         let mut resp = match result {
@@ -576,6 +654,18 @@ impl Gateway {
                 return pages::message(e.status, "Upstream error", e.public, rid);
             }
         };
+        // A response that may stream for a while (no length, or a long one) is cut when access
+        // ends; short ones are done before that could matter.
+        let long = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_none_or(|n| n > 1024 * 1024);
+        if long && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (parts, body) = resp.into_parts();
+            resp = Response::from_parts(parts, watch.body(body));
+        }
         if let Some(mut s) = refresh
             && let Some(v) = self.replica.view()
         {
@@ -773,11 +863,21 @@ impl Gateway {
                 "the sign-in response does not belong to this attempt",
             );
         }
-        if !self.consume(&login.state, now + LOGIN_TTL_SECS, now) {
-            return fail(
-                StatusCode::BAD_REQUEST,
-                "this sign-in response was already used",
-            );
+        match self.used_states.record(&login.state, Instant::now()) {
+            Use::First => {}
+            Use::Replayed => {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    "this sign-in response was already used",
+                );
+            }
+            Use::Full => {
+                tracing::warn!(request_id = %rid, "the store of used sign-in states is full");
+                return fail(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many sign-ins are in progress at this edge; try again shortly",
+                );
+            }
         }
         let Some(p) = policy.identity_provider(&login.idp) else {
             return fail(
@@ -839,6 +939,7 @@ impl Gateway {
             now,
             lifetime,
             idle,
+            view.revision,
         ) {
             Ok(s) => s,
             Err(e) => {
@@ -871,6 +972,7 @@ impl Gateway {
                 ("host".to_string(), host.to_string()),
                 ("issued_at".to_string(), session.iat.to_string()),
                 ("expires_at".to_string(), session.exp.to_string()),
+                ("revision".to_string(), session.rev.to_string()),
             ]),
         );
         let mut r = redirect(StatusCode::SEE_OTHER, &safe_return_to(&login.return_to));
@@ -884,55 +986,106 @@ impl Gateway {
         r
     }
 
+    /// Sign-out: `GET` shows a confirmation form (a link from another site must not sign
+    /// anyone out); `POST` with the session's anti-CSRF token from this origin revokes the
+    /// session everywhere.
     async fn logout(
         &self,
-        req: &Request<Incoming>,
+        req: Request<Incoming>,
         view: &View,
+        authority: &str,
         host: &str,
         rid: &str,
     ) -> Response<Body> {
         let now = now_secs();
-        let (caller, _) = self.caller(req, view, host, now);
-        let mut r = match caller {
-            None => pages::message(StatusCode::OK, "Signed out", "you are signed out", rid),
-            Some(c) => {
-                let Some(ctl) = &self.controllers else {
-                    return pages::message(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "Sign-out failed",
-                        "this edge cannot reach the controllers",
-                        rid,
-                    );
-                };
-                let user = c.user_ref();
-                let target = pb::revocation_target::Target::SessionId(user.session_id.clone());
-                match ctl.revoke_own(user, target, "signed out").await {
-                    Ok(revision) => {
-                        // Answer once this edge enforces it too, so "signed out" is true here.
-                        let mut w = self.replica.watch();
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(2),
-                            w.wait_for(|r| *r >= revision),
-                        )
+        let (caller, _) = self.caller(&req, view, host, now);
+        let Some(c) = caller else {
+            let mut r = pages::message(StatusCode::OK, "Signed out", "you are signed out", rid);
+            r.headers_mut()
+                .append(header::SET_COOKIE, cookie::clear(cookie::SESSION));
+            r.headers_mut()
+                .append(header::SET_COOKIE, cookie::clear(cookie::MFA));
+            return r;
+        };
+        match *req.method() {
+            Method::GET | Method::HEAD => {
+                let csrf = crate::mfa::csrf_token(&c.session.sid);
+                let body = format!(
+                    "<p>Sign out of this session? It ends at every application and every edge.</p>\
+                     <form method=post action=\"{RESERVED}logout\"><input type=hidden name=csrf value=\"{csrf}\">\
+                     <button type=submit id=sign-out>Sign out</button></form>"
+                );
+                return pages::page(StatusCode::OK, "Sign out", &body, rid);
+            }
+            Method::POST => {}
+            _ => {
+                return pages::message(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "Not allowed",
+                    "sign out with the form on this page",
+                    rid,
+                );
+            }
+        }
+        if !crate::mfa::same_origin(&req, authority) {
+            return pages::message(
+                StatusCode::FORBIDDEN,
+                "Refused",
+                "this request came from another site",
+                rid,
+            );
+        }
+        let Some(body) = crate::mfa::read_body(req).await else {
+            return pages::message(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Too large",
+                "the form is too large",
+                rid,
+            );
+        };
+        let form: std::collections::BTreeMap<String, String> =
+            url::form_urlencoded::parse(&body).into_owned().collect();
+        if !crate::mfa::csrf_ok(form.get("csrf"), &c) {
+            return pages::message(
+                StatusCode::FORBIDDEN,
+                "Refused",
+                "this form expired or did not come from this page; go back, reload and try again",
+                rid,
+            );
+        }
+        let Some(ctl) = &self.controllers else {
+            return pages::message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-out failed",
+                "this edge cannot reach the controllers",
+                rid,
+            );
+        };
+        let user = c.user_ref();
+        let target = pb::revocation_target::Target::SessionId(user.session_id.clone());
+        let mut r = match ctl.revoke_own(user, target, "signed out").await {
+            Ok(revision) => {
+                // Answer once this edge enforces it too, so "signed out" is true here.
+                let mut w = self.replica.watch();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), w.wait_for(|r| *r >= revision))
                         .await;
-                        tracing::info!(request_id = %rid, subject = %c.session.sub, revision, "signed out");
-                        pages::message(
-                            StatusCode::OK,
-                            "Signed out",
-                            "you are signed out everywhere this session was used",
-                            rid,
-                        )
-                    }
-                    Err(e) => {
-                        tracing::warn!(request_id = %rid, error = %e, "sign-out could not be recorded");
-                        return pages::message(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "Sign-out failed",
-                            "the sign-out could not be recorded; try again",
-                            rid,
-                        );
-                    }
-                }
+                tracing::info!(request_id = %rid, subject = %c.session.sub, revision, "signed out");
+                pages::message(
+                    StatusCode::OK,
+                    "Signed out",
+                    "you are signed out everywhere this session was used",
+                    rid,
+                )
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %rid, error = %e, "sign-out could not be recorded");
+                return pages::message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Sign-out failed",
+                    "the sign-out could not be recorded; try again",
+                    rid,
+                );
             }
         };
         r.headers_mut()
@@ -940,17 +1093,6 @@ impl Gateway {
         r.headers_mut()
             .append(header::SET_COOKIE, cookie::clear(cookie::MFA));
         r
-    }
-
-    /// Marks a login state as used; false when it already was (a replayed callback).
-    fn consume(&self, state: &str, until: i64, now: i64) -> bool {
-        let Ok(mut m) = self.consumed.lock() else {
-            return false;
-        };
-        if m.len() > 10_000 {
-            m.retain(|_, exp| *exp > now);
-        }
-        m.insert(state.to_string(), until).is_none()
     }
 }
 
@@ -980,7 +1122,10 @@ fn claim_strings(v: Option<&Value>) -> Vec<String> {
     }
 }
 
-/// Builds the session from the provider's claims, as the provider's claim mapping says.
+/// Builds the session from the provider's claims, as the provider's claim mapping says. The
+/// email counts only if the provider may assert it (`email_verified`, the provider's domains);
+/// otherwise the session has none. `revision` is the catalog revision this edge enforces.
+#[allow(clippy::too_many_arguments)]
 fn session_claims(
     p: &IdentityProvider,
     subject: &str,
@@ -989,6 +1134,7 @@ fn session_claims(
     now: i64,
     lifetime: Duration,
     idle: Duration,
+    revision: u64,
 ) -> Result<SessionClaims, crate::oidc::ProviderError> {
     let first = |name: &str| {
         claim_strings(claims.get(name))
@@ -1005,6 +1151,7 @@ fn session_claims(
         "nonce",
         "at_hash",
         "c_hash",
+        "email_verified",
         "auth_time",
         "sid",
         "azp",
@@ -1031,11 +1178,19 @@ fn session_claims(
         size += cost;
         extra.insert(k.clone(), vals);
     }
+    let verified = match claims.get("email_verified") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s == "true",
+        _ => false,
+    };
+    let email = p
+        .accepted_email(&first(&p.claims.email), verified)
+        .unwrap_or_default();
     Ok(SessionClaims {
         sid: random_token()?,
         idp: p.id.clone(),
         sub: subject.to_string(),
-        email: first(&p.claims.email).to_ascii_lowercase(),
+        email,
         name: first(&p.claims.name),
         groups: claim_strings(claims.get(&p.claims.groups)),
         claims: extra,
@@ -1044,47 +1199,8 @@ fn session_claims(
         exp: now + lifetime.as_secs() as i64,
         last_active: now,
         idle_secs: idle.as_secs() as i64,
+        rev: revision,
     })
-}
-
-/// Splices an upgraded (WebSocket) connection, and cuts it when the session behind it is
-/// revoked or expires.
-async fn splice_while_valid(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    watch: Option<(SessionClaims, Arc<Replica>)>,
-) {
-    let Some((s, replica)) = watch else {
-        crate::proxy::splice(client, upstream).await;
-        return;
-    };
-    let mut applied = replica.watch();
-    let still_valid = |replica: &Replica| {
-        let now = now_secs();
-        replica.view().is_some_and(|v| {
-            now < s.exp && !v.revocations.session_revoked(&s.sid, &s.idp, &s.sub, s.iat)
-        })
-    };
-    let splice = crate::proxy::splice(client, upstream);
-    tokio::pin!(splice);
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = &mut splice => return,
-            changed = applied.changed() => {
-                if changed.is_err() || !still_valid(&replica) {
-                    tracing::info!(subject = %s.sub, "closing an upgraded connection: its session ended");
-                    return;
-                }
-            }
-            _ = tick.tick() => {
-                if !still_valid(&replica) {
-                    tracing::info!(subject = %s.sub, "closing an upgraded connection: its session ended");
-                    return;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

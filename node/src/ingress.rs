@@ -26,6 +26,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Time allowed for the TLS handshake and for each request head.
     pub header_timeout: Duration,
+    /// Most connections open at once; the listener stops accepting while at the cap, so
+    /// further clients wait in the kernel's listen queue.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -33,6 +36,7 @@ impl Default for Limits {
         Self {
             max_header_bytes: 64 * 1024,
             header_timeout: Duration::from_secs(20),
+            max_connections: 10_000,
         }
     }
 }
@@ -61,7 +65,16 @@ pub async fn serve_https(
     mut stop: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     loop {
+        // A slot first: at the cap, nothing is accepted until a connection closes.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
         let (tcp, peer) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
@@ -73,10 +86,13 @@ pub async fn serve_https(
             },
             _ = stop.changed() => return,
         };
+        metrics::gauge!("palisade_edge_connections")
+            .set((limits.max_connections - slots.available_permits()) as f64);
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let gateway = gateway.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await
             {
                 Ok(Ok(s)) => s,

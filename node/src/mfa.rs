@@ -13,7 +13,11 @@
 //! The edge keeps nothing: TOTP codes are checked by the controllers (which hold the seeds and
 //! record the time step, so a code works once at one edge), WebAuthn ceremony state travels in a
 //! sealed, five-minute cookie, and the counter and answered challenge of every assertion are
-//! recorded through the controllers before the assertion counts.
+//! recorded through the controllers before the assertion counts. A ceremony is used once: a
+//! failed answer uses up its challenge too, and once a user is locked out nothing more is
+//! recorded. A TOTP enrollment is bound to the browser that began it (a secret in a sealed
+//! cookie whose hash the controllers keep), and confirming it is not passing a factor.
+//! Requests are rate-limited per user.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -48,12 +52,17 @@ use crate::replica::View;
 
 /// The WebAuthn ceremony cookie.
 pub const CEREMONY_COOKIE: &str = "__Host-palisade-webauthn";
+/// The cookie binding a pending TOTP enrollment to the browser that began it.
+pub const ENROLL_COOKIE: &str = "__Host-palisade-enroll";
+/// The uniform answer to every refused first code of an enrollment.
+const CONFIRM_REFUSED: &str = "That code was not accepted. Check the authenticator's clock and enter the next code, or start again.";
 /// How long a WebAuthn ceremony may take.
 const CEREMONY_SECS: i64 = 300;
 /// Largest form or JSON body the MFA and portal endpoints read.
 const MAX_FORM_BYTES: usize = 64 * 1024;
-/// Passing a factor this recently allows adding or removing factors.
-pub const RECENT_SECS: i64 = 600;
+/// Passing a factor this recently allows adding or removing factors (the controllers keep
+/// the authoritative record; the edge uses the same window to decide what to offer).
+pub const RECENT_SECS: i64 = palisade_policy::catalog::RECENT_MFA_MS / 1000;
 /// MFA assertion lifetime when no application names one (the portal).
 const DEFAULT_MFA_SECS: i64 = 12 * 3600;
 /// Where the portal lives.
@@ -82,6 +91,17 @@ struct Ceremony {
     state: Value,
     /// The challenge, base64url.
     challenge: String,
+}
+
+/// A pending TOTP enrollment, sealed into `ENROLL_COOKIE`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Enrollment {
+    /// The session that began it.
+    sid: String,
+    /// The pending factor.
+    factor_id: String,
+    /// The secret whose SHA-256 the controllers keep, base64url.
+    binding: String,
 }
 
 /// What the MFA prompt should offer.
@@ -132,20 +152,9 @@ fn kind_method(kind: i32) -> Option<MfaMethod> {
     }
 }
 
-/// The user's active factors, oldest first.
+/// The user's usable factors, oldest first.
 fn user_factors<'a>(view: &'a View, c: &Caller) -> Vec<&'a pb::Factor> {
-    let mut v: Vec<&pb::Factor> = view
-        .factors
-        .values()
-        .filter(|f| {
-            !f.pending
-                && f.subject == c.session.sub
-                && f.identity_provider == c.session.idp
-                && !view.revocations.factor_revoked(&f.id)
-        })
-        .collect();
-    v.sort_by_key(|f| (f.created_at.map(|t| t.seconds).unwrap_or(0), f.id.clone()));
-    v
+    view.user_factors(&c.session.idp, &c.session.sub)
 }
 
 fn counters_slot(c: &Caller) -> String {
@@ -231,9 +240,23 @@ fn challenge_of(options: &Value) -> String {
         .to_string()
 }
 
-async fn read_body(req: Request<Incoming>) -> Option<Vec<u8>> {
+/// Reads a form or JSON body: at most `MAX_FORM_BYTES`, within `BODY_SECS`.
+pub(crate) async fn read_body(req: Request<Incoming>) -> Option<Vec<u8>> {
+    const BODY_SECS: u64 = 10;
     let limited = http_body_util::Limited::new(req.into_body(), MAX_FORM_BYTES);
-    Some(limited.collect().await.ok()?.to_bytes().to_vec())
+    let collected = tokio::time::timeout(Duration::from_secs(BODY_SECS), limited.collect())
+        .await
+        .ok()?;
+    Some(collected.ok()?.to_bytes().to_vec())
+}
+
+/// Whether a state-changing request comes from this origin (or names none, as non-browser
+/// clients do; the anti-CSRF token is checked as well).
+pub(crate) fn same_origin<B>(req: &Request<B>, authority: &str) -> bool {
+    req.headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .is_none_or(|o| o.eq_ignore_ascii_case(&format!("https://{authority}")))
 }
 
 fn form(body: &[u8]) -> BTreeMap<String, String> {
@@ -336,14 +359,18 @@ impl Gateway {
                 .await;
         };
         let method = req.method().clone();
+        // Per user: a stolen session cannot drive the controllers faster than this.
+        let limiter = if rest.starts_with("portal") {
+            &self.limits.portal
+        } else {
+            &self.limits.mfa
+        };
+        if let Err(r) = crate::gateway::limited(limiter, &counters_slot(&caller), rid) {
+            return *r;
+        }
         if method == Method::POST {
             // Same-origin only, and the session's anti-CSRF token.
-            let origin_ok = req
-                .headers()
-                .get(header::ORIGIN)
-                .and_then(|o| o.to_str().ok())
-                .is_none_or(|o| o.eq_ignore_ascii_case(&format!("https://{authority}")));
-            if !origin_ok {
+            if !same_origin(&req, authority) {
                 return pages::message(
                     StatusCode::FORBIDDEN,
                     "Refused",
@@ -445,6 +472,7 @@ impl Gateway {
                 }
             }
             (Method::POST, p) if p.starts_with("portal/") => {
+                let enroll = cookie::get(req.headers(), ENROLL_COOKIE).map(str::to_string);
                 let Some(body) = read_body(req).await else {
                     return too_large(rid);
                 };
@@ -452,8 +480,15 @@ impl Gateway {
                 if !csrf_ok(f.get("csrf"), &caller) {
                     return csrf_refused(rid);
                 }
-                self.portal_action(view, &caller, &p["portal/".len()..], &f, rid)
-                    .await
+                self.portal_action(
+                    view,
+                    &caller,
+                    &p["portal/".len()..],
+                    &f,
+                    enroll.as_deref(),
+                    rid,
+                )
+                .await
             }
             (m, _) if m != Method::GET && m != Method::POST => pages::message(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -876,6 +911,10 @@ impl Gateway {
         rid: &str,
     ) -> Response<Body> {
         let now = now_secs();
+        // A locked user's answer is not checked, and nothing more about them is recorded.
+        if let Some(until) = locked_until(view, caller, now) {
+            return json_error(StatusCode::TOO_MANY_REQUESTS, &lockout_text(until, now));
+        }
         let (c, wa) = match ceremony_and_rp(
             view,
             policy,
@@ -924,9 +963,17 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => {
                 tracing::info!(request_id = %rid, subject = %caller.session.sub, error = %e, "WebAuthn assertion refused");
-                self.count_failure(ctl, caller, pb::FactorKind::SecurityKey, rid)
-                    .await;
-                self.record_event(caller, "mfa.webauthn", "failed", rid, host, "");
+                // The failure uses up the ceremony's challenge: a replayed ceremony is not
+                // counted (or recorded) again.
+                let challenge = URL_SAFE_NO_PAD
+                    .decode(c.challenge.trim_end_matches('='))
+                    .unwrap_or_default();
+                if self
+                    .count_failure(ctl, caller, pb::FactorKind::SecurityKey, challenge, rid)
+                    .await
+                {
+                    self.record_event(caller, "mfa.webauthn", "failed", rid, host, "");
+                }
                 return json_error(
                     StatusCode::UNAUTHORIZED,
                     "the security key's answer was not accepted",
@@ -1009,26 +1056,34 @@ impl Gateway {
         r
     }
 
+    /// Counts a failed answer to a ceremony; whether it was recorded (not when the user is
+    /// locked out or the ceremony was used before).
     async fn count_failure(
         &self,
         ctl: &crate::controllers::ControllerClient,
         caller: &Caller,
         kind: pb::FactorKind,
+        challenge: Vec<u8>,
         rid: &str,
-    ) {
+    ) -> bool {
         let req = pb::RecordMfaFailureRequest {
             user: Some(caller.user_ref()),
             kind: kind as i32,
             request_id: rid.to_string(),
+            challenge,
         };
-        if let Err(e) = ctl
+        match ctl
             .call(|mut c| {
                 let req = req.clone();
                 async move { c.record_mfa_failure(req).await }
             })
             .await
         {
-            tracing::warn!(request_id = %rid, error = %e, "MFA failure not counted");
+            Ok(r) => r.recorded,
+            Err(e) => {
+                tracing::warn!(request_id = %rid, error = %e, "MFA failure not counted");
+                false
+            }
         }
     }
 
@@ -1054,6 +1109,22 @@ impl Gateway {
             return json_error(
                 StatusCode::FORBIDDEN,
                 "adding a factor needs one of your existing factors passed within the last 10 minutes",
+            );
+        }
+        // A security key or device authenticator is only added after one was passed, when
+        // the user has one (a phished code must not buy a phishing-resistant factor).
+        let holds_key = factors
+            .iter()
+            .any(|f| f.kind != pb::FactorKind::Totp as i32);
+        let passed_key = caller
+            .identity
+            .mfa
+            .as_ref()
+            .is_some_and(|m| m.method != MfaMethod::Totp);
+        if holds_key && !passed_key {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "adding a security key or device authenticator needs one of your security keys or device authenticators passed within the last 10 minutes",
             );
         }
         let Some(wa) = relying_party(policy, authority, host) else {
@@ -1382,12 +1453,18 @@ impl Gateway {
                 .get("issued_at")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
+            let rev: u64 = e
+                .details
+                .get("revision")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             if exp <= now
                 || view.revocations.session_revoked(
                     sid,
                     &caller.session.idp,
                     &caller.session.sub,
                     iat,
+                    rev,
                 )
             {
                 continue;
@@ -1482,6 +1559,7 @@ impl Gateway {
         caller: &Caller,
         action: &str,
         f: &BTreeMap<String, String>,
+        enroll: Option<&str>,
         rid: &str,
     ) -> Response<Body> {
         let Some(ctl) = &self.controllers else {
@@ -1491,6 +1569,11 @@ impl Gateway {
         let field = |k: &str| f.get(k).cloned().unwrap_or_default();
         let outcome: Result<(u64, &str), String> = match action {
             "totp/begin" => {
+                // The browser keeps a secret whose hash the controllers keep with the pending
+                // factor: only this browser can confirm it.
+                let Ok(secret) = crate::oidc::random_token() else {
+                    return unreachable_page(rid);
+                };
                 let req = pb::BeginTotpEnrollmentRequest {
                     user: Some(user),
                     name: field("name"),
@@ -1500,6 +1583,10 @@ impl Gateway {
                         caller.session.email.clone()
                     },
                     enrollment_code: field("enrollment_code"),
+                    binding_sha256: Sha256::digest(secret.as_bytes())
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect(),
                 };
                 return match ctl
                     .call(|mut c| {
@@ -1508,7 +1595,25 @@ impl Gateway {
                     })
                     .await
                 {
-                    Ok(r) => totp_enrollment_page(&r, &csrf_token(&caller.session.sid), None, rid),
+                    Ok(r) => {
+                        let now = now_secs();
+                        let pending = Enrollment {
+                            sid: caller.session.sid.clone(),
+                            factor_id: r.factor_id.clone(),
+                            binding: secret,
+                        };
+                        let ttl = palisade_policy::catalog::PENDING_TOTP_MS / 1000;
+                        let mut page =
+                            totp_enrollment_page(&r, &csrf_token(&caller.session.sid), None, rid);
+                        match cookie::seal(&view.keyring, "enroll", &pending, now + ttl) {
+                            Ok(sealed) => page.headers_mut().append(
+                                header::SET_COOKIE,
+                                cookie::set(ENROLL_COOKIE, &sealed, ttl),
+                            ),
+                            Err(_) => return unreachable_page(rid),
+                        };
+                        page
+                    }
                     Err(e) => {
                         self.portal(view, caller, None, Some(&call_failure(&e)), rid)
                             .await
@@ -1517,10 +1622,30 @@ impl Gateway {
             }
             "totp/confirm" => {
                 let factor_id = field("factor_id");
+                let again = |msg: &str| {
+                    // Show the same QR again with the error; the pending factor stays.
+                    let again = pb::BeginTotpEnrollmentResponse {
+                        factor_id: factor_id.clone(),
+                        provisioning_uri: field("uri"),
+                    };
+                    totp_enrollment_page(&again, &csrf_token(&caller.session.sid), Some(msg), rid)
+                };
+                let pending: Option<Enrollment> = enroll
+                    .and_then(|e| cookie::open(&view.keyring, "enroll", e, now_secs()).ok())
+                    .filter(|p: &Enrollment| {
+                        use subtle::ConstantTimeEq;
+                        bool::from(p.sid.as_bytes().ct_eq(caller.session.sid.as_bytes()))
+                            && p.factor_id == factor_id
+                    });
+                // Without the binding, the controllers are not asked: the answer is the same.
+                let Some(pending) = pending else {
+                    return again(CONFIRM_REFUSED);
+                };
                 let req = pb::ConfirmTotpEnrollmentRequest {
                     user: Some(user),
                     factor_id: factor_id.clone(),
                     code: field("code"),
+                    binding: pending.binding.into_bytes(),
                 };
                 match ctl
                     .call(|mut c| {
@@ -1533,41 +1658,17 @@ impl Gateway {
                         self.wait_applied(r.write.map(|w| w.revision).unwrap_or(0))
                             .await;
                         self.record_event(caller, "factor.add", "ok", rid, "", &factor_id);
-                        // Proving the new factor is passing it.
-                        let now = now_secs();
-                        let view = self
-                            .replica
-                            .view()
-                            .unwrap_or_else(|| std::sync::Arc::new(view.clone()));
+                        // Confirming the new factor is not passing it: no MFA assertion here.
                         let mut resp =
                             redirect(StatusCode::SEE_OTHER, &format!("{PORTAL}?done=added"));
-                        if let Some(c) = issue_mfa(
-                            &view,
-                            caller,
-                            MfaMethod::Totp,
-                            &factor_id,
-                            false,
-                            DEFAULT_MFA_SECS,
-                            now,
-                        ) {
-                            resp.headers_mut().append(header::SET_COOKIE, c);
-                        }
+                        resp.headers_mut()
+                            .append(header::SET_COOKIE, cookie::clear(ENROLL_COOKIE));
                         return resp;
                     }
-                    Err(e) => {
-                        // Show the same QR again with the error; the pending factor stays.
-                        let msg = call_failure(&e);
-                        let again = pb::BeginTotpEnrollmentResponse {
-                            factor_id,
-                            provisioning_uri: field("uri"),
-                        };
-                        return totp_enrollment_page(
-                            &again,
-                            &csrf_token(&caller.session.sid),
-                            Some(&msg),
-                            rid,
-                        );
+                    Err(crate::controllers::CallError::Refused(_)) => {
+                        return again(CONFIRM_REFUSED);
                     }
+                    Err(e) => return again(&call_failure(&e)),
                 }
             }
             "factor/rename" => {
@@ -1662,7 +1763,7 @@ fn totp_result_name(r: pb::TotpResult) -> &'static str {
     }
 }
 
-fn csrf_ok(given: Option<&String>, caller: &Caller) -> bool {
+pub(crate) fn csrf_ok(given: Option<&String>, caller: &Caller) -> bool {
     use subtle::ConstantTimeEq;
     let want = csrf_token(&caller.session.sid);
     given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(want.as_bytes())))

@@ -364,18 +364,10 @@ impl RelyingParty {
             .await
             .map_err(|e| ProviderError::Http(format!("GET {url}: {e}")))?;
         let status = r.status();
-        let body = r
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::Http(format!("GET {url}: {e}")))?;
         if !status.is_success() {
             return Err(ProviderError::Http(format!("GET {url}: HTTP {status}")));
         }
-        if body.len() > MAX_DOCUMENT {
-            return Err(ProviderError::Invalid(format!(
-                "GET {url}: document too large"
-            )));
-        }
+        let body = read_limited(r, MAX_DOCUMENT, url).await?;
         serde_json::from_slice(&body).map_err(|e| ProviderError::Invalid(format!("GET {url}: {e}")))
     }
 
@@ -496,10 +488,7 @@ impl RelyingParty {
             .await
             .map_err(|e| ProviderError::Http(format!("token endpoint: {e}")))?;
         let status = r.status();
-        let body = r
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::Http(format!("token endpoint: {e}")))?;
+        let body = read_limited(r, MAX_RESPONSE, "token endpoint").await?;
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if !status.is_success() {
             let err = v
@@ -571,12 +560,38 @@ impl RelyingParty {
                 r.status()
             )));
         }
-        let body = r
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::Http(format!("userinfo: {e}")))?;
+        let body = read_limited(r, MAX_RESPONSE, "userinfo").await?;
         serde_json::from_slice(&body).map_err(|e| ProviderError::Invalid(format!("userinfo: {e}")))
     }
+}
+
+/// Largest token or userinfo response read from a provider.
+const MAX_RESPONSE: usize = 64 * 1024;
+
+/// Reads a response body of at most `max` bytes: a larger declared length is refused before
+/// reading, and a body that grows past it is abandoned, so a provider cannot make an edge
+/// buffer without bound.
+async fn read_limited(
+    mut r: reqwest::Response,
+    max: usize,
+    what: &str,
+) -> Result<Vec<u8>, ProviderError> {
+    let too_large = || ProviderError::Invalid(format!("{what}: response larger than {max} bytes"));
+    if r.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = r
+        .chunk()
+        .await
+        .map_err(|e| ProviderError::Http(format!("{what}: {e}")))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// `application/x-www-form-urlencoded` encoding of a client id or secret for HTTP Basic, as
@@ -590,6 +605,58 @@ mod tests {
     use super::*;
     use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
+
+    /// A provider answering with more than a response may hold is refused without buffering
+    /// it all (review finding L4), whether it declares its length or streams.
+    #[tokio::test]
+    async fn provider_responses_are_read_within_a_limit() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            for chunked in [false, true] {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = if chunked {
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_string()
+                } else {
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 10 << 20)
+                };
+                let _ = s.write_all(head.as_bytes()).await;
+                let chunk = vec![b'a'; 65_536];
+                for _ in 0..160 {
+                    let data = if chunked {
+                        let mut c = format!("{:x}\r\n", chunk.len()).into_bytes();
+                        c.extend_from_slice(&chunk);
+                        c.extend_from_slice(b"\r\n");
+                        c
+                    } else {
+                        chunk.clone()
+                    };
+                    if s.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let http = reqwest::Client::new();
+        for _ in 0..2 {
+            let r = http
+                .get(format!("http://{addr}/token"))
+                .send()
+                .await
+                .expect("response");
+            let e = read_limited(r, MAX_RESPONSE, "token endpoint")
+                .await
+                .expect_err("too large");
+            assert!(e.to_string().contains("larger than"), "{e}");
+        }
+    }
 
     struct Idp {
         jwks: JwkSet,

@@ -88,6 +88,7 @@ pub async fn run(cfg: Config) -> ExitCode {
         response_timeout: Duration::from_millis(cfg.upstream_timeout_ms),
         pool_idle: Duration::from_secs(90),
         extra_roots: upstream_ca,
+        body_idle_timeout: Duration::from_millis(cfg.body_timeout_ms),
     }) {
         Ok(u) => u,
         Err(e) => return fail(2, e),
@@ -157,9 +158,14 @@ pub async fn run(cfg: Config) -> ExitCode {
         signer,
         upstreams,
         Some(controllers),
+        crate::gateway::GatewayOptions {
+            rates: cfg.rates(),
+            hsts_max_age_secs: cfg.hsts_max_age,
+        },
     ));
     let limits = Limits {
         max_header_bytes: cfg.max_header_bytes,
+        max_connections: cfg.max_connections,
         ..Limits::default()
     };
     let ops = tokio::spawn(crate::ops::serve(ops_listener, replica, metrics));

@@ -54,6 +54,8 @@ pub struct UpstreamConfig {
     pub pool_idle: Duration,
     /// Extra CA certificates for `https://` upstreams (PEM).
     pub extra_roots: Option<String>,
+    /// A request body that sends nothing for this long fails the request (408).
+    pub body_idle_timeout: Duration,
 }
 
 /// The pooled upstream client.
@@ -61,6 +63,7 @@ pub struct UpstreamConfig {
 pub struct Upstreams {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
     response_timeout: Duration,
+    body_idle_timeout: Duration,
     next: Arc<AtomicUsize>,
 }
 
@@ -132,6 +135,7 @@ impl Upstreams {
         Ok(Self {
             client,
             response_timeout: cfg.response_timeout,
+            body_idle_timeout: cfg.body_idle_timeout,
             next: Arc::new(AtomicUsize::new(0)),
         })
     }
@@ -183,6 +187,7 @@ impl Upstreams {
             }
             None => body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
         };
+        let body = IdleTimeout::new(body, self.body_idle_timeout).boxed_unsync();
         let mut out = Request::new(body);
         *out.method_mut() = parts.method;
         *out.uri_mut() = uri;
@@ -215,6 +220,7 @@ impl Upstreams {
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
+        strip_own_set_cookies(&mut parts.headers);
         Ok(Response::from_parts(
             parts,
             body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
@@ -230,6 +236,88 @@ fn rustls_native_certs_roots() -> Vec<rustls::pki_types::CertificateDer<'static>
     r.certs
 }
 
+/// Why a request body was abandoned.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body sent nothing for too long")]
+pub struct BodyStalled;
+
+/// A body that fails when no frame arrives for `timeout` (a slow or stalled upload).
+pub struct IdleTimeout {
+    inner: Body,
+    timeout: Duration,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl std::fmt::Debug for IdleTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdleTimeout")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdleTimeout {
+    /// Wraps `inner`.
+    pub fn new(inner: Body, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl hyper::body::Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(f) => {
+                let next = tokio::time::Instant::now() + self.timeout;
+                self.sleep.as_mut().reset(next);
+                Poll::Ready(f)
+            }
+            Poll::Pending => match self.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled)))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Removes `Set-Cookie` headers that name one of Palisade's cookies: an application (buggy or
+/// hostile) must not fixate or overwrite a session on the host.
+pub fn strip_own_set_cookies(h: &mut HeaderMap) {
+    let all: Vec<HeaderValue> = h.get_all(header::SET_COOKIE).iter().cloned().collect();
+    let own = |v: &HeaderValue| {
+        v.to_str()
+            .ok()
+            .map(|s| s.trim_start().to_ascii_lowercase())
+            .is_none_or(|s| s.starts_with(&crate::cookie::OWN_PREFIX.to_ascii_lowercase()))
+    };
+    if !all.iter().any(own) {
+        return;
+    }
+    h.remove(header::SET_COOKIE);
+    for v in all.into_iter().filter(|v| !own(v)) {
+        h.append(header::SET_COOKIE, v);
+    }
+}
+
 /// Copies bytes between the two sides of an upgraded connection until either closes.
 pub async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
     let (Ok(c), Ok(u)) = (client.await, upstream.await) else {
@@ -243,6 +331,13 @@ pub async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade:
 fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     let mut src: Option<&(dyn StdError + 'static)> = e.source();
     while let Some(s) = src {
+        if s.is::<BodyStalled>() {
+            return ProxyError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                public: "the request body stopped arriving",
+                detail: "request body idle timeout".into(),
+            };
+        }
         if s.is::<http_body_util::LengthLimitError>() {
             return ProxyError {
                 status: StatusCode::PAYLOAD_TOO_LARGE,
@@ -323,9 +418,23 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Headers some servers take as the request's real path or method instead of the request line
+/// (IIS URL Rewrite, older Symfony and Zend, method-override middleware): the decision was made
+/// on the request line, so they never reach an upstream.
+const OVERRIDE_HEADERS: &[&str] = &[
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-override-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// Rewrites request headers for the upstream: hop-by-hop out, anything claiming to be
-/// Palisade's identity or an earlier proxy's `Forwarded` information out, Palisade's cookies out,
-/// then `X-Forwarded-*`, the request id and the identity headers in.
+/// Palisade's identity or an earlier proxy's `Forwarded` information out, path and method
+/// overrides out, Palisade's cookies out, then `X-Forwarded-*`, the request id and the
+/// identity headers in.
 pub fn prepare_request_headers(h: &mut HeaderMap, fwd: &Forwarding, upgrade: bool) {
     strip_hop_by_hop(h, upgrade);
     let spoofable: Vec<HeaderName> = h
@@ -336,6 +445,7 @@ pub fn prepare_request_headers(h: &mut HeaderMap, fwd: &Forwarding, upgrade: boo
                 || k.starts_with("x-forwarded-")
                 || k == "forwarded"
                 || k == "x-real-ip"
+                || OVERRIDE_HEADERS.contains(&k)
         })
         .cloned()
         .collect();

@@ -115,6 +115,7 @@ fn requests(n: usize, now: Timestamp) -> Vec<Req> {
                     authenticated_at: now - jiff::SignedDuration::from_secs(600),
                     user_verified: false,
                 }),
+                session: None,
             },
             device: Device {
                 id: format!("dev-{}", rng.below(100_000)),
@@ -256,6 +257,7 @@ fn main() {
             exp: t + 3600,
             last_active: t - 30,
             idle_secs: 3600,
+            rev: 0,
         };
         let mfa = MfaClaims {
             sid: session.sid.clone(),

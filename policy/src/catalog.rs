@@ -64,11 +64,13 @@ pub struct UserKey {
 pub enum RevocationTarget {
     /// One session.
     Session(String),
-    /// All of a user's sessions issued before a time (unix seconds).
+    /// All of a user's sessions issued before the revocation took effect (edges compare the
+    /// revision a session was issued at with the revocation's), and, when `issued_before` is
+    /// set, every session issued before that time (unix seconds).
     User {
         /// The user.
         user: UserKey,
-        /// Sessions issued strictly before this are refused.
+        /// Sessions issued strictly before this are refused too; 0 for none.
         issued_before: i64,
     },
     /// A device.
@@ -196,10 +198,47 @@ pub struct FactorRecord {
     pub credential_id: String,
     /// Last accepted WebAuthn signature counter.
     pub sign_count: u32,
-    /// False while a TOTP factor waits for its first code.
+    /// False while a TOTP factor waits for its first code, and once the factor is revoked.
     pub active: bool,
     /// Revision of the last change.
     pub revision: u64,
+    /// When the factor was revoked (unix ms), 0 if it never was. A revoked factor never
+    /// satisfies anything again, whatever happens to the revocation record.
+    #[serde(default)]
+    pub revoked_at_ms: i64,
+    /// Wrong first codes entered for a pending TOTP factor (at most `MAX_CONFIRM_ATTEMPTS`).
+    #[serde(default)]
+    pub confirm_attempts: u32,
+    /// SHA-256 (hex) of the secret the browser that began a pending TOTP enrollment holds;
+    /// only that browser can confirm it.
+    #[serde(default)]
+    pub binding_sha256: String,
+}
+
+impl FactorRecord {
+    /// Whether the factor satisfies MFA: enrolled, active and not revoked.
+    pub fn usable(&self) -> bool {
+        self.active && self.revoked_at_ms == 0
+    }
+
+    /// Whether this is a TOTP factor still waiting for its first code.
+    pub fn pending(&self) -> bool {
+        self.kind == FactorKind::Totp && !self.active && self.revoked_at_ms == 0
+    }
+}
+
+/// A session's last successful factor, as the controllers recorded it (never from an edge's
+/// token): adding or removing factors needs a recent one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MfaPass {
+    /// The user.
+    pub user: UserKey,
+    /// The factor passed.
+    pub factor_id: String,
+    /// Its kind.
+    pub kind: FactorKind,
+    /// When (unix ms, the leader's clock).
+    pub at_ms: i64,
 }
 
 /// Per-user counters.
@@ -211,6 +250,12 @@ pub struct Counters {
     pub failed_attempts: u32,
     /// Locked until (unix ms), 0 when not locked.
     pub locked_until_ms: i64,
+    /// Revision of the last attempt reserved (`ReserveMfaAttempt`), 0 if none.
+    #[serde(default)]
+    pub last_attempt: u64,
+    /// Revision of the attempt whose reservation set the current lock, 0 if none.
+    #[serde(default)]
+    pub locked_by: u64,
 }
 
 /// A session signing key (sealed).
@@ -269,8 +314,21 @@ pub struct AuditRecord {
 /// How many audit records the catalog keeps (older ones are dropped first).
 pub const AUDIT_RETENTION: usize = 10_000;
 
+/// Most factors (active and pending) one user may hold: each is replicated to every edge.
+pub const MAX_FACTORS_PER_USER: usize = 10;
+
 /// Lockout policy (NIST SP 800-63B allows at most 100 consecutive failures).
 pub const MAX_FAILED_ATTEMPTS: u32 = 100;
+
+/// Wrong first codes a pending TOTP enrollment accepts before it is refused for good.
+pub const MAX_CONFIRM_ATTEMPTS: u32 = 5;
+
+/// A factor passed this recently (by the controllers' record) allows adding or removing
+/// factors.
+pub const RECENT_MFA_MS: i64 = 10 * 60 * 1000;
+
+/// Clock skew a revocation must also outlast (tokens are accepted this long past expiry).
+const REVOCATION_SKEW_MS: i64 = 2 * 60 * 1000;
 
 /// Something to change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -292,13 +350,16 @@ pub enum Command {
         /// Comment.
         comment: String,
     },
-    /// Revoke something.
+    /// Revoke something. A factor is deactivated and a device marked revoked in the same
+    /// write, for good; a session or user revocation is kept at least until every session it
+    /// can cover has expired (`Catalog::session_coverage_ms`), whatever expiry was asked for.
     Revoke {
         /// Target.
         target: RevocationTarget,
         /// Why.
         reason: String,
-        /// Expiry (unix ms).
+        /// Expiry (unix ms): how long the revocation record is kept at least; 0 for the
+        /// shortest that covers its target.
         expires_at_ms: i64,
     },
     /// Remove revocations, retired keys and expired pending enrollments as of `at_ms`.
@@ -351,6 +412,9 @@ pub enum Command {
         /// is consumed.
         #[serde(default)]
         enrollment_code_sha256: Option<String>,
+        /// For a TOTP factor: SHA-256 (hex) of the secret the enrolling browser holds.
+        #[serde(default)]
+        binding_sha256: String,
     },
     /// Activate a pending TOTP factor and record the step of its first code.
     ActivateTotp {
@@ -358,6 +422,9 @@ pub enum Command {
         id: String,
         /// Time step of the code that proved it.
         step: u64,
+        /// The attempt reserved for this code (`ReserveMfaAttempt`).
+        #[serde(default)]
+        attempt: u64,
     },
     /// Remove a factor.
     RemoveFactor {
@@ -371,14 +438,36 @@ pub enum Command {
         /// New name.
         name: String,
     },
+    /// Reserve one attempt at a code before it is checked: refused while the user is locked
+    /// out; otherwise the attempt counts as a failure until a success settles it, and may
+    /// start a lock. Concurrent guesses are serialised here, so no burst can check more codes
+    /// than the lockout allows. With `pending_factor`, the attempt confirms that pending TOTP
+    /// enrollment and also counts against it (`MAX_CONFIRM_ATTEMPTS`).
+    ReserveMfaAttempt {
+        /// User.
+        user: UserKey,
+        /// The pending TOTP factor whose first code is being checked.
+        #[serde(default)]
+        pending_factor: Option<String>,
+    },
     /// Record an accepted TOTP step (refused if not after the last one).
     RecordTotpUse {
         /// User.
         user: UserKey,
         /// Step.
         step: u64,
+        /// The attempt reserved for this code; 0 (no reservation) is refused while locked.
+        #[serde(default)]
+        attempt: u64,
+        /// The factor that matched.
+        #[serde(default)]
+        factor_id: String,
+        /// The SSO session that passed it (recorded as its last factor pass).
+        #[serde(default)]
+        session_id: String,
     },
-    /// Record a WebAuthn assertion's counter (refused if it did not advance).
+    /// Record a WebAuthn assertion's counter (refused if it did not advance, or while the
+    /// user is locked out).
     RecordWebauthnUse {
         /// Factor id.
         id: String,
@@ -387,11 +476,18 @@ pub enum Command {
         /// SHA-256 (hex) of the challenge the assertion answered; a challenge is accepted once.
         #[serde(default)]
         challenge_sha256: String,
+        /// The SSO session that passed it (recorded as its last factor pass).
+        #[serde(default)]
+        session_id: String,
     },
-    /// Count a failed MFA attempt.
+    /// Count a failed MFA attempt (refused while locked: nothing more is recorded then).
     RecordMfaFailure {
         /// User.
         user: UserKey,
+        /// SHA-256 (hex) of the WebAuthn challenge the failed answer was for; the ceremony is
+        /// used up, so a ceremony yields at most one failure.
+        #[serde(default)]
+        challenge_sha256: String,
     },
     /// Clear failures and lockout.
     UnlockUser {
@@ -477,14 +573,21 @@ pub enum Outcome {
     Key(String),
     /// Number of objects collected.
     Collected(usize),
+    /// An attempt was reserved: its ticket (the revision) and the counters after it.
+    Attempt {
+        /// Pass this back with the success that settles the attempt.
+        ticket: u64,
+        /// Counters after the reservation.
+        counters: Counters,
+    },
 }
 
 /// Why a command changed nothing. Messages are safe to return to operators.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum CommandError {
-    /// The policy document is invalid.
-    #[error("invalid policy document: {}", .0.join("; "))]
-    InvalidPolicy(Vec<String>),
+    /// The policy document is invalid: every violation, by JSON path.
+    #[error("invalid policy document: {}", .0.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "))]
+    InvalidPolicy(Vec<crate::violation::Violation>),
     /// Optimistic concurrency failed.
     #[error("policy version {current} is current, not {expected}")]
     VersionConflict {
@@ -507,6 +610,15 @@ pub enum CommandError {
     /// A WebAuthn counter that did not advance.
     #[error("authenticator signature counter went backwards (possible cloned authenticator)")]
     CounterRegressed,
+    /// The user is locked out of MFA.
+    #[error("too many failed attempts: locked out")]
+    LockedOut {
+        /// Until when (unix ms; `i64::MAX` until an admin unlocks).
+        until_ms: i64,
+    },
+    /// A WebAuthn challenge answered (or failed) before.
+    #[error("this challenge was already answered")]
+    ChallengeUsed,
     /// A transition that is not allowed.
     #[error("{0}")]
     Invalid(String),
@@ -514,7 +626,7 @@ pub enum CommandError {
 
 impl From<Violations> for CommandError {
     fn from(v: Violations) -> Self {
-        CommandError::InvalidPolicy(v.0.iter().map(|x| x.to_string()).collect())
+        CommandError::InvalidPolicy(v.0)
     }
 }
 
@@ -540,8 +652,10 @@ pub enum Change {
     SigningKey(String),
     /// Signing key removed (kid).
     SigningKeyRemoved(String),
-    /// Secret set (name).
+    /// Secret set, or newly referenced by the policy (name).
     Secret(String),
+    /// Secret no longer referenced by the policy, or gone (name): edges drop it.
+    SecretWithdrawn(String),
 }
 
 /// A change with the object as it is right after the change, for edge deltas.
@@ -567,6 +681,8 @@ pub enum Resolved {
     SigningKeyRemoved(String),
     /// A secret as it is now (sealed).
     Secret(String, Sealed),
+    /// A secret edges must drop (name).
+    SecretWithdrawn(String),
 }
 
 /// The catalog.
@@ -593,9 +709,26 @@ pub struct Catalog {
     /// Factor enrollment codes by user: (SHA-256 hex, expiry unix ms).
     #[serde(default)]
     pub enrollment_codes: BTreeMap<String, (String, i64)>,
-    /// The most recent writes, oldest first (at most `AUDIT_RETENTION`).
+    /// The most recent writes by admins and the system, oldest first (at most
+    /// `AUDIT_RETENTION`). Writes on behalf of users go to `user_audit`, so a user cannot
+    /// flush this trail.
     #[serde(default)]
     pub audit: VecDeque<AuditRecord>,
+    /// The most recent writes made by edges on behalf of users, oldest first (at most
+    /// `AUDIT_RETENTION`).
+    #[serde(default)]
+    pub user_audit: VecDeque<AuditRecord>,
+    /// Each SSO session's last factor pass (by session id), kept `RECENT_MFA_MS`.
+    #[serde(default)]
+    pub mfa_passes: BTreeMap<String, MfaPass>,
+    /// The longest session lifetime any applied policy version allowed (ms); 0 when not known
+    /// (a catalog from before it was tracked).
+    #[serde(default)]
+    pub max_session_lifetime_ms: i64,
+    /// The secrets the current policy references (what edges receive); `None` when not known
+    /// (a catalog from before it was tracked): computed from the current policy then.
+    #[serde(default)]
+    pub edge_secret_refs: Option<std::collections::BTreeSet<String>>,
     /// WebAuthn challenges already answered (SHA-256 hex → forget after, unix ms).
     #[serde(default)]
     pub used_challenges: BTreeMap<String, i64>,
@@ -665,9 +798,12 @@ impl Catalog {
                 },
                 Change::SigningKeyRemoved(kid) => Resolved::SigningKeyRemoved(kid.clone()),
                 Change::Secret(name) => match self.secrets.get(name) {
-                    Some(v) => Resolved::Secret(name.clone(), v.clone()),
-                    None => Resolved::RevocationRemoved(String::new()),
+                    Some(v) if self.edge_secrets().contains(name) => {
+                        Resolved::Secret(name.clone(), v.clone())
+                    }
+                    _ => Resolved::RevocationRemoved(String::new()),
                 },
+                Change::SecretWithdrawn(name) => Resolved::SecretWithdrawn(name.clone()),
             })
             .filter(|r| !matches!(r, Resolved::RevocationRemoved(id) if id.is_empty()))
             .collect()
@@ -694,6 +830,56 @@ impl Catalog {
             .unwrap_or_default()
     }
 
+    /// Until when (unix ms) the user is locked out of MFA at `at_ms`, if they are.
+    pub fn locked_until(&self, user: &UserKey, at_ms: i64) -> Option<i64> {
+        let until = self.counters.get(&user_slot(user))?.1.locked_until_ms;
+        (until > at_ms).then_some(until)
+    }
+
+    /// How long (ms) a session or user revocation must be kept to outlast every session it
+    /// can cover: the longest session lifetime any applied policy version allowed (the
+    /// absolute maximum when that is not known), at least the edge's default, plus skew.
+    pub fn session_coverage_ms(&self) -> i64 {
+        const DEFAULT_MS: i64 = 12 * 3600 * 1000;
+        let longest = if self.max_session_lifetime_ms > 0 || self.policy_history.is_empty() {
+            self.max_session_lifetime_ms
+        } else {
+            crate::compile::MAX_SESSION_LIFETIME.as_millis() as i64
+        };
+        longest.max(DEFAULT_MS) + REVOCATION_SKEW_MS
+    }
+
+    /// The names of the secrets edges receive: those the current policy's identity providers
+    /// reference, and no other.
+    pub fn edge_secrets(&self) -> std::collections::BTreeSet<String> {
+        if let Some(refs) = &self.edge_secret_refs {
+            return refs.clone();
+        }
+        self.current_policy()
+            .and_then(|p| crate::compile::parse_document(&p.document_json).ok())
+            .map(|d| secret_refs(&d))
+            .unwrap_or_default()
+    }
+
+    /// The session's last factor pass, if it was within `RECENT_MFA_MS` of `at_ms`, by `user`,
+    /// with a factor that is still usable.
+    pub fn recent_pass(&self, session_id: &str, user: &UserKey, at_ms: i64) -> Option<&MfaPass> {
+        let p = self.mfa_passes.get(session_id)?;
+        let usable = self
+            .factors
+            .get(&p.factor_id)
+            .is_some_and(|f| f.usable() && f.user == *user);
+        (p.user == *user && usable && at_ms - p.at_ms <= RECENT_MFA_MS && p.at_ms <= at_ms)
+            .then_some(p)
+    }
+
+    /// Every audit record kept (admin and user-driven), oldest first.
+    pub fn audit_records(&self) -> Vec<&AuditRecord> {
+        let mut all: Vec<&AuditRecord> = self.audit.iter().chain(self.user_audit.iter()).collect();
+        all.sort_by_key(|r| r.revision);
+        all
+    }
+
     /// Applies one command at `revision`. On error nothing changes except the revision.
     pub fn apply(
         &mut self,
@@ -712,7 +898,11 @@ impl Catalog {
         );
         if !quiet {
             let (action, target) = describe(&env.command, &r);
-            self.audit.push_back(AuditRecord {
+            let trail = match env.actor.kind.as_str() {
+                "user" | "edge" => &mut self.user_audit,
+                _ => &mut self.audit,
+            };
+            trail.push_back(AuditRecord {
                 revision,
                 at_ms: env.at_ms,
                 actor: env.actor.clone(),
@@ -723,8 +913,8 @@ impl Catalog {
                     Err(e) => e.to_string(),
                 },
             });
-            while self.audit.len() > AUDIT_RETENTION {
-                self.audit.pop_front();
+            while trail.len() > AUDIT_RETENTION {
+                trail.pop_front();
             }
         }
         (r, changes)
@@ -750,7 +940,8 @@ impl Catalog {
                         current,
                     });
                 }
-                CompiledPolicy::from_json(document_json)?;
+                let (doc, compiled) = CompiledPolicy::from_json(document_json)?;
+                self.policy_changed(&doc, &compiled, changes);
                 Ok(self.push_policy(
                     revision,
                     env,
@@ -772,7 +963,8 @@ impl Catalog {
                     .document_json
                     .clone();
                 // A document valid then may not be valid for this build; check again.
-                CompiledPolicy::from_json(&old)?;
+                let (doc, compiled) = CompiledPolicy::from_json(&old)?;
+                self.policy_changed(&doc, &compiled, changes);
                 Ok(self.push_policy(
                     revision,
                     env,
@@ -790,10 +982,46 @@ impl Catalog {
                 if reason.trim().is_empty() {
                     return Err(CommandError::Invalid("a revocation needs a reason".into()));
                 }
-                if *expires_at_ms <= at {
+                if *expires_at_ms != 0 && *expires_at_ms <= at {
                     return Err(CommandError::Invalid(
                         "the revocation would already have expired".into(),
                     ));
+                }
+                // Sessions carry their own expiry, fixed when issued under whatever policy was
+                // current then: the record must outlast the longest of them.
+                let covering = at.saturating_add(self.session_coverage_ms());
+                let expires_at_ms = match target {
+                    RevocationTarget::Session(_) | RevocationTarget::User { .. } => {
+                        (*expires_at_ms).max(covering)
+                    }
+                    _ if *expires_at_ms == 0 => covering,
+                    _ => *expires_at_ms,
+                };
+                // A factor or device has no lifetime: revoking it changes the object itself,
+                // so it stays revoked after the record is collected.
+                match target {
+                    RevocationTarget::Factor(fid) => {
+                        if let Some(f) = self.factors.get_mut(fid)
+                            && f.revoked_at_ms == 0
+                        {
+                            f.active = false;
+                            f.revoked_at_ms = at;
+                            f.revision = revision;
+                            self.totp_seeds.remove(fid);
+                            changes.push(Change::Factor(fid.clone()));
+                        }
+                    }
+                    RevocationTarget::Device(did) => {
+                        if let Some(d) = self.devices.get_mut(did)
+                            && d.state != DeviceState::Revoked
+                        {
+                            d.state = DeviceState::Revoked;
+                            d.enrollment_token_sha256.clear();
+                            d.revision = revision;
+                            changes.push(Change::Device(did.clone()));
+                        }
+                    }
+                    _ => {}
                 }
                 let id = format!("rev-{revision}");
                 self.revocations.insert(
@@ -804,7 +1032,7 @@ impl Catalog {
                         reason: reason.clone(),
                         actor: env.actor.clone(),
                         created_at_ms: at,
-                        expires_at_ms: *expires_at_ms,
+                        expires_at_ms,
                         revision,
                     },
                 );
@@ -835,7 +1063,9 @@ impl Catalog {
                 let abandoned: Vec<String> = self
                     .factors
                     .values()
-                    .filter(|f| !f.active && f.created_at_ms.saturating_add(PENDING_TOTP_MS) <= at)
+                    .filter(|f| {
+                        f.pending() && f.created_at_ms.saturating_add(PENDING_TOTP_MS) <= at
+                    })
                     .map(|f| f.id.clone())
                     .collect();
                 for id in &abandoned {
@@ -847,6 +1077,10 @@ impl Catalog {
                 self.used_challenges.retain(|_, until| *until > at);
                 let forgotten = before - self.used_challenges.len();
                 self.enrollment_codes.retain(|_, (_, until)| *until > at);
+                let passes = self.mfa_passes.len();
+                self.mfa_passes
+                    .retain(|_, p| p.at_ms.saturating_add(RECENT_MFA_MS) > at);
+                let forgotten = forgotten + (passes - self.mfa_passes.len());
                 Ok(Outcome::Collected(
                     expired.len() + retired.len() + abandoned.len() + forgotten,
                 ))
@@ -933,12 +1167,22 @@ impl Catalog {
                 credential_id,
                 totp_seed,
                 enrollment_code_sha256,
+                binding_sha256,
             } => {
                 let is_totp = *kind == FactorKind::Totp;
                 if name.trim().is_empty() || name.chars().count() > 64 {
                     return Err(CommandError::Invalid(
                         "a factor name must be 1 to 64 characters".into(),
                     ));
+                }
+                let held = self
+                    .user_factors(user)
+                    .filter(|f| f.revoked_at_ms == 0)
+                    .count();
+                if held >= MAX_FACTORS_PER_USER {
+                    return Err(CommandError::Invalid(format!(
+                        "at most {MAX_FACTORS_PER_USER} factors per user; remove one first"
+                    )));
                 }
                 if let Some(code) = enrollment_code_sha256 {
                     match self.enrollment_codes.get(&user_slot(user)) {
@@ -986,6 +1230,9 @@ impl Catalog {
                         sign_count: 0,
                         active: !is_totp,
                         revision,
+                        revoked_at_ms: 0,
+                        confirm_attempts: 0,
+                        binding_sha256: binding_sha256.clone(),
                     },
                 );
                 if let Some(seed) = totp_seed {
@@ -994,21 +1241,24 @@ impl Catalog {
                 changes.push(Change::Factor(id.clone()));
                 Ok(Outcome::Factor(id))
             }
-            Command::ActivateTotp { id, step } => {
+            Command::ActivateTotp { id, step, attempt } => {
                 let f = self
                     .factors
-                    .get_mut(id)
+                    .get(id)
                     .ok_or_else(|| not_found("factor", id))?;
-                if f.kind != FactorKind::Totp || f.active {
+                if !f.pending() {
                     return Err(CommandError::Invalid(
                         "only a pending TOTP factor can be activated".into(),
                     ));
                 }
-                f.active = true;
-                f.revision = revision;
                 let user = f.user.clone();
+                self.bump_totp(&user, *step, *attempt, at, changes)?;
+                if let Some(f) = self.factors.get_mut(id) {
+                    f.active = true;
+                    f.revision = revision;
+                    f.binding_sha256.clear();
+                }
                 changes.push(Change::Factor(id.clone()));
-                self.bump_totp(&user, *step, changes)?;
                 Ok(Outcome::Factor(id.clone()))
             }
             Command::RemoveFactor { id } => {
@@ -1024,7 +1274,7 @@ impl Catalog {
                     .factors
                     .get_mut(id)
                     .ok_or_else(|| not_found("factor", id))?;
-                if name.trim().is_empty() || name.len() > 64 {
+                if name.trim().is_empty() || name.chars().count() > 64 {
                     return Err(CommandError::Invalid(
                         "a factor name must be 1 to 64 characters".into(),
                     ));
@@ -1034,42 +1284,128 @@ impl Catalog {
                 changes.push(Change::Factor(id.clone()));
                 Ok(Outcome::Factor(id.clone()))
             }
-            Command::RecordTotpUse { user, step } => {
-                let c = self.bump_totp(user, *step, changes)?;
+            Command::ReserveMfaAttempt {
+                user,
+                pending_factor,
+            } => {
+                if let Some(until_ms) = self.locked_until(user, at) {
+                    return Err(CommandError::LockedOut { until_ms });
+                }
+                if let Some(fid) = pending_factor {
+                    let f = self
+                        .factors
+                        .get_mut(fid)
+                        .filter(|f| f.user == *user && f.pending())
+                        .ok_or_else(|| not_found("pending factor", fid))?;
+                    if f.confirm_attempts >= MAX_CONFIRM_ATTEMPTS {
+                        return Err(CommandError::Invalid(
+                            "too many wrong codes for this enrollment; start it again".into(),
+                        ));
+                    }
+                    f.confirm_attempts += 1;
+                }
+                let slot = self
+                    .counters
+                    .entry(user_slot(user))
+                    .or_insert_with(|| (user.clone(), Counters::default()));
+                let c = &mut slot.1;
+                c.failed_attempts = c.failed_attempts.saturating_add(1);
+                c.last_attempt = revision;
+                if let Some(ms) = lockout_ms(c.failed_attempts) {
+                    c.locked_until_ms = at.saturating_add(ms);
+                    c.locked_by = revision;
+                }
+                let counters = c.clone();
+                changes.push(Change::Counters(user.clone()));
+                Ok(Outcome::Attempt {
+                    ticket: revision,
+                    counters,
+                })
+            }
+            Command::RecordTotpUse {
+                user,
+                step,
+                attempt,
+                factor_id,
+                session_id,
+            } => {
+                let c = self.bump_totp(user, *step, *attempt, at, changes)?;
+                if !session_id.is_empty() && !factor_id.is_empty() {
+                    self.mfa_passes.insert(
+                        session_id.clone(),
+                        MfaPass {
+                            user: user.clone(),
+                            factor_id: factor_id.clone(),
+                            kind: FactorKind::Totp,
+                            at_ms: at,
+                        },
+                    );
+                }
                 Ok(Outcome::Counters(c))
             }
             Command::RecordWebauthnUse {
                 id,
                 sign_count,
                 challenge_sha256,
+                session_id,
             } => {
                 if self.used_challenges.contains_key(challenge_sha256) {
-                    return Err(CommandError::Invalid(
-                        "this challenge was already answered".into(),
-                    ));
+                    return Err(CommandError::ChallengeUsed);
                 }
                 let f = self
                     .factors
-                    .get_mut(id)
+                    .get(id)
+                    .filter(|f| f.usable())
                     .ok_or_else(|| not_found("factor", id))?;
+                if let Some(until_ms) = self.locked_until(&f.user, at) {
+                    return Err(CommandError::LockedOut { until_ms });
+                }
                 // Authenticators that do not implement counters always send 0.
                 if (*sign_count != 0 || f.sign_count != 0) && *sign_count <= f.sign_count {
                     return Err(CommandError::CounterRegressed);
                 }
-                f.sign_count = *sign_count;
-                f.revision = revision;
-                let user = f.user.clone();
+                let (user, kind) = (f.user.clone(), f.kind);
+                if let Some(f) = self.factors.get_mut(id) {
+                    f.sign_count = *sign_count;
+                    f.revision = revision;
+                }
                 if !challenge_sha256.is_empty() {
                     self.used_challenges.insert(
                         challenge_sha256.clone(),
                         at.saturating_add(CHALLENGE_MEMORY_MS),
                     );
                 }
+                if !session_id.is_empty() {
+                    self.mfa_passes.insert(
+                        session_id.clone(),
+                        MfaPass {
+                            user: user.clone(),
+                            factor_id: id.clone(),
+                            kind,
+                            at_ms: at,
+                        },
+                    );
+                }
                 changes.push(Change::Factor(id.clone()));
                 let c = self.reset_failures(&user, changes);
                 Ok(Outcome::Counters(c))
             }
-            Command::RecordMfaFailure { user } => {
+            Command::RecordMfaFailure {
+                user,
+                challenge_sha256,
+            } => {
+                if let Some(until_ms) = self.locked_until(user, at) {
+                    return Err(CommandError::LockedOut { until_ms });
+                }
+                if !challenge_sha256.is_empty() {
+                    if self.used_challenges.contains_key(challenge_sha256) {
+                        return Err(CommandError::ChallengeUsed);
+                    }
+                    self.used_challenges.insert(
+                        challenge_sha256.clone(),
+                        at.saturating_add(CHALLENGE_MEMORY_MS),
+                    );
+                }
                 let slot = self
                     .counters
                     .entry(user_slot(user))
@@ -1077,6 +1413,7 @@ impl Catalog {
                 slot.1.failed_attempts = slot.1.failed_attempts.saturating_add(1);
                 if let Some(ms) = lockout_ms(slot.1.failed_attempts) {
                     slot.1.locked_until_ms = at.saturating_add(ms);
+                    slot.1.locked_by = revision;
                 }
                 changes.push(Change::Counters(user.clone()));
                 Ok(Outcome::Counters(slot.1.clone()))
@@ -1133,7 +1470,9 @@ impl Catalog {
                     )));
                 }
                 self.secrets.insert(name.clone(), value.clone());
-                changes.push(Change::Secret(name.clone()));
+                if self.edge_secrets().contains(name) {
+                    changes.push(Change::Secret(name.clone()));
+                }
                 Ok(Outcome::Done)
             }
             Command::RecordAuthEvents { events } => {
@@ -1177,24 +1516,72 @@ impl Catalog {
         Outcome::Policy(version)
     }
 
+    /// Records an accepted TOTP step and settles the attempt reserved for it.
+    ///
+    /// The reservation counted the attempt as a failure. If it is still the latest attempt,
+    /// the run of failures ends here, and a lock this very reservation set (the code that
+    /// reached the limit was the right one) is lifted. If other attempts were reserved after
+    /// it, only this one is taken back and any lock they set stays: a success never clears a
+    /// lock that a failure caused. Without a reservation the step is refused while locked.
     fn bump_totp(
         &mut self,
         user: &UserKey,
         step: u64,
+        attempt: u64,
+        at: i64,
         changes: &mut Vec<Change>,
     ) -> Result<Counters, CommandError> {
+        let locked = self.locked_until(user, at);
         let slot = self
             .counters
             .entry(user_slot(user))
             .or_insert_with(|| (user.clone(), Counters::default()));
-        if step <= slot.1.totp_last_step {
+        let c = &mut slot.1;
+        if attempt == 0 {
+            if let Some(until_ms) = locked {
+                return Err(CommandError::LockedOut { until_ms });
+            }
+        } else if c.last_attempt < attempt {
+            return Err(CommandError::Invalid("no such attempt was reserved".into()));
+        }
+        if step <= c.totp_last_step {
             return Err(CommandError::TotpReplayed);
         }
-        slot.1.totp_last_step = step;
-        slot.1.failed_attempts = 0;
-        slot.1.locked_until_ms = 0;
+        c.totp_last_step = step;
+        if attempt == 0 || c.last_attempt == attempt {
+            c.failed_attempts = 0;
+            if attempt == 0 || c.locked_by == attempt {
+                c.locked_until_ms = 0;
+                c.locked_by = 0;
+            }
+        } else {
+            c.failed_attempts = c.failed_attempts.saturating_sub(1);
+        }
         changes.push(Change::Counters(user.clone()));
-        Ok(slot.1.clone())
+        Ok(c.clone())
+    }
+
+    /// After a new policy version validated: tracks the longest session lifetime ever allowed
+    /// and which secrets edges receive (sending newly referenced ones, withdrawing the rest).
+    fn policy_changed(
+        &mut self,
+        doc: &crate::document::PolicyDocument,
+        compiled: &CompiledPolicy,
+        changes: &mut Vec<Change>,
+    ) {
+        let lifetime = compiled.longest_session_lifetime().as_millis() as i64;
+        self.max_session_lifetime_ms = self.max_session_lifetime_ms.max(lifetime);
+        let before = self.edge_secrets();
+        let after = secret_refs(doc);
+        for name in after.difference(&before) {
+            if self.secrets.contains_key(name) {
+                changes.push(Change::Secret(name.clone()));
+            }
+        }
+        for name in before.difference(&after) {
+            changes.push(Change::SecretWithdrawn(name.clone()));
+        }
+        self.edge_secret_refs = Some(after);
     }
 
     fn reset_failures(&mut self, user: &UserKey, changes: &mut Vec<Change>) -> Counters {
@@ -1204,9 +1591,19 @@ impl Catalog {
             .or_insert_with(|| (user.clone(), Counters::default()));
         slot.1.failed_attempts = 0;
         slot.1.locked_until_ms = 0;
+        slot.1.locked_by = 0;
         changes.push(Change::Counters(user.clone()));
         slot.1.clone()
     }
+}
+
+/// The secret names a policy's identity providers reference.
+fn secret_refs(doc: &crate::document::PolicyDocument) -> std::collections::BTreeSet<String> {
+    doc.identity_providers
+        .iter()
+        .map(|p| p.client_secret_ref.clone())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// The audit action name and target of a command.
@@ -1237,9 +1634,10 @@ fn describe(c: &Command, r: &Result<Outcome, CommandError>) -> (&'static str, St
         Command::ActivateTotp { id, .. } => ("factor.activate", id.clone()),
         Command::RemoveFactor { id } => ("factor.remove", id.clone()),
         Command::RenameFactor { id, .. } => ("factor.rename", id.clone()),
+        Command::ReserveMfaAttempt { user: u, .. } => ("mfa.attempt", user(u)),
         Command::RecordTotpUse { user: u, .. } => ("mfa.totp", user(u)),
         Command::RecordWebauthnUse { id, .. } => ("mfa.webauthn", id.clone()),
-        Command::RecordMfaFailure { user: u } => ("mfa.failure", user(u)),
+        Command::RecordMfaFailure { user: u, .. } => ("mfa.failure", user(u)),
         Command::UnlockUser { user: u } => ("user.unlock", user(u)),
         Command::RotateSigningKey { .. } => ("key.rotate", produced),
         Command::IssueEnrollmentCode { user: u, .. } => ("factor.enrollment_code", user(u)),

@@ -20,7 +20,8 @@ use crate::violation::{Collector, Violation, Violations, quote};
 /// Largest policy document accepted, in bytes.
 pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024 * 1024;
 
-const MAX_SESSION_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+/// The longest session lifetime a policy may set.
+pub const MAX_SESSION_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
 const MIN_SESSION: Duration = Duration::from_secs(60);
 const MAX_STALENESS: Duration = Duration::from_secs(86_400);
 const DEFAULT_STALENESS: Duration = Duration::from_secs(300);
@@ -248,6 +249,46 @@ impl PathTrie {
         }
     }
 
+    /// The same routes with every segment in lowercase (the first of prefixes that differ
+    /// only in case wins).
+    fn folded(&self) -> PathTrie {
+        let mut out = PathTrie {
+            app: self.app,
+            children: HashMap::new(),
+        };
+        for (seg, child) in &self.children {
+            let key: Box<str> = seg.to_ascii_lowercase().into();
+            let folded = child.folded();
+            match out.children.get_mut(&key) {
+                Some(existing) => existing.merge(folded),
+                None => {
+                    out.children.insert(key, folded);
+                }
+            }
+        }
+        out
+    }
+
+    fn merge(&mut self, other: PathTrie) {
+        if self.app.is_none() {
+            self.app = other.app;
+        }
+        for (k, v) in other.children {
+            match self.children.get_mut(&k) {
+                Some(existing) => existing.merge(v),
+                None => {
+                    self.children.insert(k, v);
+                }
+            }
+        }
+    }
+
+    fn has_upper(&self) -> bool {
+        self.children
+            .iter()
+            .any(|(k, v)| k.bytes().any(|b| b.is_ascii_uppercase()) || v.has_upper())
+    }
+
     fn lookup(&self, path: &str) -> Option<usize> {
         let mut node = self;
         let mut best = node.app;
@@ -266,13 +307,52 @@ impl PathTrie {
     }
 }
 
+/// The routes of one host: exact, and case-folded for case checks.
+#[derive(Debug, Clone, Default)]
+struct HostRoutes {
+    exact: PathTrie,
+    /// Only when some prefix has an uppercase letter; otherwise `exact` serves folded lookups
+    /// of a lowercased path.
+    folded: Option<PathTrie>,
+}
+
+impl HostRoutes {
+    fn new(exact: PathTrie) -> HostRoutes {
+        let folded = exact.has_upper().then(|| exact.folded());
+        HostRoutes { exact, folded }
+    }
+
+    fn lookup(&self, path: &str, folded: bool) -> Option<usize> {
+        if !folded {
+            return self.exact.lookup(path);
+        }
+        let lower = path.to_ascii_lowercase();
+        self.folded.as_ref().unwrap_or(&self.exact).lookup(&lower)
+    }
+
+    /// Whether a folded lookup of `path` can differ from the exact one.
+    fn case_matters(&self, path: &str) -> bool {
+        self.folded.is_some() || path.bytes().any(|b| b.is_ascii_uppercase())
+    }
+}
+
+/// Why a request path was not routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// Ignoring letter case, the path belongs to another application than it does exactly:
+    /// a case-insensitive server would serve it as that other application.
+    #[error("the path's letter case makes it ambiguous which application it belongs to")]
+    AmbiguousCase,
+}
+
 /// A validated, compiled policy document, ready for `decide()`.
 #[derive(Debug, Clone)]
 pub struct CompiledPolicy {
     apps: Vec<CompiledApp>,
     app_index: HashMap<Arc<str>, usize>,
-    exact_hosts: HashMap<Box<str>, PathTrie>,
-    wildcard_hosts: HashMap<Box<str>, PathTrie>,
+    exact_hosts: HashMap<Box<str>, HostRoutes>,
+    wildcard_hosts: HashMap<Box<str>, HostRoutes>,
+    paths: crate::document::RequestPaths,
     providers: Vec<IdentityProvider>,
     mfa: MfaPolicy,
 }
@@ -299,6 +379,50 @@ impl CompiledPolicy {
     /// The application serving `host` and `path`. `host` may carry a port and any case; `path`
     /// must already be normalised (see `crate::path::normalize`).
     pub fn route(&self, host: &str, path: &str) -> Option<&CompiledApp> {
+        let folded = self.paths.case_insensitive_prefixes;
+        self.route_with(host, path, folded).map(|(a, _)| a)
+    }
+
+    /// Routes a request: like `route`, but refuses a path that another server could read as
+    /// another application's. Unless prefixes are case-insensitive by policy, a path whose
+    /// case-folded form routes elsewhere (`/ADMIN/x` next to an `/admin` application) is
+    /// refused.
+    pub fn route_request(
+        &self,
+        host: &str,
+        path: &str,
+    ) -> Result<Option<&CompiledApp>, RouteError> {
+        if self.paths.case_insensitive_prefixes {
+            return Ok(self.route_with(host, path, true).map(|(a, _)| a));
+        }
+        let Some((app, routes)) = self.route_with(host, path, false) else {
+            // The exact routes have nothing here; a case-folded match elsewhere is still an
+            // application a case-insensitive upstream could serve.
+            return match self.route_with(host, path, true) {
+                Some(_) => Err(RouteError::AmbiguousCase),
+                None => Ok(None),
+            };
+        };
+        if routes.case_matters(path) {
+            let exact = routes.lookup(path, false);
+            if routes.lookup(path, true) != exact {
+                return Err(RouteError::AmbiguousCase);
+            }
+        }
+        Ok(Some(app))
+    }
+
+    /// How request paths are read (`;` parameters).
+    pub fn request_paths(&self) -> &crate::document::RequestPaths {
+        &self.paths
+    }
+
+    fn route_with(
+        &self,
+        host: &str,
+        path: &str,
+        folded: bool,
+    ) -> Option<(&CompiledApp, &HostRoutes)> {
         let host = host_only(host);
         let lower;
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -307,14 +431,18 @@ impl CompiledPolicy {
         } else {
             host
         };
-        if let Some(i) = self.exact_hosts.get(host).and_then(|t| t.lookup(path)) {
-            return self.apps.get(i);
+        if let Some(r) = self.exact_hosts.get(host)
+            && let Some(i) = r.lookup(path, folded)
+        {
+            return self.apps.get(i).map(|a| (a, r));
         }
         let mut rest = host;
         while let Some(dot) = rest.find('.') {
             rest = &rest[dot + 1..];
-            if let Some(i) = self.wildcard_hosts.get(rest).and_then(|t| t.lookup(path)) {
-                return self.apps.get(i);
+            if let Some(r) = self.wildcard_hosts.get(rest)
+                && let Some(i) = r.lookup(path, folded)
+            {
+                return self.apps.get(i).map(|a| (a, r));
             }
         }
         None
@@ -532,11 +660,19 @@ fn compile_document(doc: &PolicyDocument, c: &mut Collector) -> CompiledPolicy {
     }
 
     validate_mfa_policy(doc, c);
+    c.unknown_fields("request_paths", &doc.request_paths.extra);
     CompiledPolicy {
         apps,
         app_index,
-        exact_hosts,
-        wildcard_hosts,
+        exact_hosts: exact_hosts
+            .into_iter()
+            .map(|(h, t)| (h, HostRoutes::new(t)))
+            .collect(),
+        wildcard_hosts: wildcard_hosts
+            .into_iter()
+            .map(|(h, t)| (h, HostRoutes::new(t)))
+            .collect(),
+        paths: doc.request_paths.clone(),
         providers: doc.identity_providers.clone(),
         mfa: doc.mfa.clone(),
     }
@@ -674,6 +810,14 @@ fn validate_provider(p: &IdentityProvider, path: &str, c: &mut Collector) {
     ] {
         if v.trim().is_empty() {
             c.push(format!("{path}.claims.{field}"), "must not be empty");
+        }
+    }
+    for (i, d) in p.email_domains.iter().enumerate() {
+        if !valid_dns_name(&d.to_ascii_lowercase()) || d.starts_with("*.") {
+            c.push(
+                format!("{path}.email_domains[{i}]"),
+                format!("{} is not a domain (e.g. \"example.com\")", quote(d)),
+            );
         }
     }
 }

@@ -6,7 +6,10 @@
 //! 3. `bypass` rules, in order: the first match lets the request through without sign-in;
 //! 4. without an identity: `deny` rules that need no identity are checked, then the user is asked
 //!    to sign in;
-//! 5. an identity from a provider the application does not accept is denied;
+//! 5. an identity from a provider the application does not accept is denied; a session older
+//!    than the application's session lifetime, or idle longer than its idle timeout, must sign
+//!    in again (sessions are per host, and one host may serve applications with different
+//!    lifetimes);
 //! 6. `deny` rules, in order: the first match denies;
 //! 7. `allow` rules, in order: the first match allows; a rule that matches except for MFA makes
 //!    the answer an MFA challenge (unless a later rule allows outright);
@@ -299,6 +302,20 @@ pub fn decide(
                 provider: id.provider.clone(),
             },
         };
+    }
+
+    if let Some(t) = &id.session {
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        let age = now.as_second().saturating_sub(t.issued_at.as_second());
+        let idle = now.as_second().saturating_sub(t.last_active.as_second());
+        if age > secs(app.session_lifetime) || idle > secs(app.idle_timeout) {
+            return Decision::Challenge {
+                rule: None,
+                challenge: Challenge::Login {
+                    providers: app.identity_providers.clone(),
+                },
+            };
+        }
     }
 
     for &i in &app.deny {

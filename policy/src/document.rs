@@ -33,6 +33,42 @@ pub struct PolicyDocument {
     /// Settings of Palisade's own second factor that hold for every application.
     #[serde(default)]
     pub mfa: MfaPolicy,
+    /// How request paths are read before routing, so that routing and the application agree
+    /// on which application a path belongs to.
+    #[serde(default)]
+    pub request_paths: RequestPaths,
+    /// Unknown fields (always rejected).
+    #[serde(flatten, skip_serializing)]
+    #[schemars(skip)]
+    pub extra: Extra,
+}
+
+/// What the edge does with `;` path parameters (`/app;jsessionid=1/x`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SemicolonParameters {
+    /// Answer 400: servers disagree about them (Java servlet containers drop them and read
+    /// `..;` as `..`), so a path with them could be routed to one application and served by
+    /// another.
+    #[default]
+    Refuse,
+    /// Remove them from every segment before routing, and forward the path without them.
+    Strip,
+}
+
+/// Request path handling.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RequestPaths {
+    /// `refuse` (default) or `strip`.
+    #[serde(default)]
+    pub semicolon_parameters: SemicolonParameters,
+    /// Match path prefixes without regard to letter case, for applications served by
+    /// case-insensitive servers (IIS). Default `false`: prefixes match exactly, and a path that
+    /// would route to another application if case were ignored (`/ADMIN` next to an `/admin`
+    /// application) is refused with 400.
+    #[serde(default)]
+    pub case_insensitive_prefixes: bool,
     /// Unknown fields (always rejected).
     #[serde(flatten, skip_serializing)]
     #[schemars(skip)]
@@ -40,7 +76,7 @@ pub struct PolicyDocument {
 }
 
 /// Deployment-wide MFA settings.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct MfaPolicy {
     /// WebAuthn relying party id: a domain every application host is within, e.g.
@@ -50,14 +86,25 @@ pub struct MfaPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webauthn_rp_id: Option<String>,
     /// Whether a user's first factor needs a one-time enrollment code issued by an admin
-    /// (`palisadectl factors enrollment-code`). Default `false`: the first factor can be
-    /// enrolled right after single sign-on.
-    #[serde(default)]
+    /// (`palisadectl factors enrollment-code`). Default `true`: otherwise a stolen SSO session
+    /// alone could enrol the attacker's factor for a user who has none yet, and pass MFA with
+    /// it. Set `false` only while rolling out, knowing that.
+    #[serde(default = "default_true")]
     pub enrollment_requires_code: bool,
     /// Unknown fields (always rejected).
     #[serde(flatten, skip_serializing)]
     #[schemars(skip)]
     pub extra: Extra,
+}
+
+impl Default for MfaPolicy {
+    fn default() -> Self {
+        Self {
+            webauthn_rp_id: None,
+            enrollment_requires_code: true,
+            extra: Extra::new(),
+        }
+    }
 }
 
 /// An OpenID Connect identity provider.
@@ -82,10 +129,37 @@ pub struct IdentityProvider {
     /// Which ID-token or userinfo claims carry the email, groups and display name.
     #[serde(default)]
     pub claims: ClaimMapping,
+    /// Whether an email counts only when the provider also says `email_verified: true`.
+    /// Default `true`: providers that let users set their own address (self-registration,
+    /// social logins, multi-tenant directories) would otherwise let them claim anyone's.
+    #[serde(default = "default_true")]
+    pub require_verified_email: bool,
+    /// The email domains this provider may assert addresses in (`example.com` also covers
+    /// subdomains); an address at another domain is ignored. Empty (default): any domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub email_domains: Vec<String>,
     /// Unknown fields (always rejected).
     #[serde(flatten, skip_serializing)]
     #[schemars(skip)]
     pub extra: Extra,
+}
+
+impl IdentityProvider {
+    /// The email this provider asserts for a user, if it counts: verified (when required) and
+    /// in one of the provider's domains (when limited). Lowercase.
+    pub fn accepted_email(&self, email: &str, verified: bool) -> Option<String> {
+        let email = email.trim().to_ascii_lowercase();
+        if email.is_empty() || (self.require_verified_email && !verified) {
+            return None;
+        }
+        let (_, domain) = email.rsplit_once('@')?;
+        let allowed = self.email_domains.is_empty()
+            || self.email_domains.iter().any(|d| {
+                let d = d.trim_start_matches('.').to_ascii_lowercase();
+                domain == d || domain.ends_with(&format!(".{d}"))
+            });
+        allowed.then_some(email)
+    }
 }
 
 fn default_scopes() -> Vec<String> {

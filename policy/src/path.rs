@@ -1,5 +1,11 @@
 //! Request path normalisation, done once before routing so that `/app/../admin`, `//admin` or
 //! `/%61dmin` cannot reach an application while dodging the rule of the one it really names.
+//!
+//! `;` path parameters are where servers disagree most: Java servlet containers drop
+//! `;anything` from each segment and then read `..;` as `..`, so `/admin;x/users` or
+//! `/app/..;/admin/users` would be routed as one application and served as another. By default
+//! they are refused; `SemicolonParameters::Strip` removes them before routing instead, so the
+//! upstream receives exactly the path that was decided.
 
 /// Why a path was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -17,16 +23,47 @@ pub enum PathError {
     /// Dot segments that climb above the root.
     #[error("path climbs above the root")]
     AboveRoot,
+    /// A `;` path parameter (or an encoded `;`), which servers read differently.
+    #[error("path contains ';' parameters, which this deployment refuses")]
+    Semicolon,
 }
+
+pub use crate::document::SemicolonParameters;
 
 /// Normalises the path part of a request target (no query): decodes percent escapes of
 /// unreserved characters, resolves `.` and `..` segments (RFC 3986 5.2.4), and merges repeated
-/// slashes. Encoded `/`, `\`, NUL and control characters are refused rather than guessed at.
+/// slashes. Encoded `/`, `\`, NUL and control characters are refused rather than guessed at,
+/// and so are `;` path parameters.
 pub fn normalize(path: &str) -> Result<String, PathError> {
+    normalize_with(path, SemicolonParameters::Refuse)
+}
+
+/// `normalize`, with `;` path parameters refused or stripped from every segment (before dot
+/// segments are resolved, as servlet containers do). An encoded `;` is refused either way.
+pub fn normalize_with(path: &str, semicolons: SemicolonParameters) -> Result<String, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
     let decoded = decode_unreserved(path)?;
+    if decoded.contains("%3B") {
+        return Err(PathError::Semicolon);
+    }
+    let stripped;
+    let decoded = if decoded.contains(';') {
+        match semicolons {
+            SemicolonParameters::Refuse => return Err(PathError::Semicolon),
+            SemicolonParameters::Strip => {
+                stripped = decoded
+                    .split('/')
+                    .map(|seg| seg.split(';').next().unwrap_or(""))
+                    .collect::<Vec<_>>()
+                    .join("/");
+                &stripped
+            }
+        }
+    } else {
+        &decoded
+    };
     let mut out: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
         match seg {
@@ -128,5 +165,25 @@ mod tests {
         assert_eq!(normalize("/a%2"), Err(PathError::BadEscape));
         assert_eq!(normalize("/../etc"), Err(PathError::AboveRoot));
         assert_eq!(normalize("admin"), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn semicolon_parameters_are_refused_or_stripped() {
+        for p in [
+            "/admin;x/users",
+            "/app/..;/admin",
+            "/a/.;/b",
+            "/a;",
+            "/a%3bb",
+            "/a%3Bb",
+        ] {
+            assert_eq!(normalize(p), Err(PathError::Semicolon), "{p}");
+        }
+        let strip = |p| normalize_with(p, SemicolonParameters::Strip);
+        assert_eq!(strip("/admin;x/users").as_deref(), Ok("/admin/users"));
+        assert_eq!(strip("/app/..;/admin/users").as_deref(), Ok("/admin/users"));
+        assert_eq!(strip("/a;jsessionid=1").as_deref(), Ok("/a"));
+        assert_eq!(strip("/a%3Bb"), Err(PathError::Semicolon));
+        assert_eq!(strip("/;x/..;/..;/etc"), Err(PathError::AboveRoot));
     }
 }

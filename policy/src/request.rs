@@ -37,6 +37,18 @@ pub struct Identity {
     pub claims: BTreeMap<String, Vec<String>>,
     /// The MFA proof bound to this session, if any.
     pub mfa: Option<MfaProof>,
+    /// When the SSO session began and was last used, if known: each application holds it to
+    /// its own lifetime and idle timeout (`None`, as in `simulate`, skips those checks).
+    pub session: Option<SessionTimes>,
+}
+
+/// When an SSO session began and was last used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTimes {
+    /// When the user signed in.
+    pub issued_at: Timestamp,
+    /// When the session was last used (refreshed by the edge about once a minute).
+    pub last_active: Timestamp,
 }
 
 /// Lifecycle state of a device record.

@@ -162,7 +162,20 @@ impl KeyRing {
 
     /// Verifies a session token at `now` (unix seconds).
     pub fn verify_session(&self, token: &str, now: i64) -> Result<SessionClaims, TokenError> {
-        let (_, c): (_, SessionClaims) = self.open(TokenKind::Session, token)?;
+        self.verify_session_active(token, now, 0)
+    }
+
+    /// Verifies a session token at `now`, counting the session as active at `active_since` if
+    /// that is later than the token says (a connection opened then and still open is
+    /// activity). The returned claims carry the later of the two.
+    pub fn verify_session_active(
+        &self,
+        token: &str,
+        now: i64,
+        active_since: i64,
+    ) -> Result<SessionClaims, TokenError> {
+        let (_, mut c): (_, SessionClaims) = self.open(TokenKind::Session, token)?;
+        c.last_active = c.last_active.max(active_since.min(now));
         if c.iat > now + SKEW_SECS {
             return Err(TokenError::NotYetValid);
         }
@@ -270,6 +283,11 @@ pub struct SessionClaims {
     pub last_active: i64,
     /// Idle timeout in seconds.
     pub idle_secs: i64,
+    /// The catalog revision the issuing edge had applied: a user revocation at a later
+    /// revision covers this session whatever the clocks say (0 in tokens from before it was
+    /// carried, which every user revocation covers).
+    #[serde(default)]
+    pub rev: u64,
 }
 
 impl SessionClaims {
@@ -332,6 +350,7 @@ mod tests {
             exp: now + 3600,
             last_active: now,
             idle_secs: 600,
+            rev: 0,
         }
     }
 

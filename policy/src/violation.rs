@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// One problem in a policy document.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Violation {
     /// JSON path, e.g. `apps[3].rules[1].require[0].ip`; `$` for the document itself.
     pub path: String,

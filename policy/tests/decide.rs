@@ -50,6 +50,7 @@ fn alice() -> Identity {
         groups: vec!["eng".into(), "dba".into()],
         claims: BTreeMap::from([("department".to_string(), vec!["research".to_string()])]),
         mfa: None,
+        session: None,
     }
 }
 
@@ -694,4 +695,103 @@ fn user_verification_required_for_security_keys() {
         .as_deref(),
         Some("all")
     );
+}
+
+/// A shared host: `portal` at `/` for staff, `admin` at `/admin` for admins only.
+fn shared_host(paths: serde_json::Value) -> CompiledPolicy {
+    let app = |id: &str, prefix: &str| {
+        json!({"id": id, "hosts": ["app.example.com"], "path_prefixes": [prefix],
+               "upstreams": ["http://127.0.0.1:9000"], "mfa": {"required": false},
+               "rules": [{"name": "r", "decision": "allow", "include": [{"everyone": true}]}]})
+    };
+    let doc = json!({
+        "schema_version": 1,
+        "identity_providers": [
+            {"id": "corp", "issuer": "https://login.example.com", "client_id": "edge", "client_secret_ref": "corp"}
+        ],
+        "request_paths": paths,
+        "apps": [app("portal", "/"), app("admin", "/admin")]
+    });
+    match CompiledPolicy::from_json(&doc.to_string()) {
+        Ok((_, p)) => p,
+        Err(e) => panic!("test policy invalid: {e}"),
+    }
+}
+
+/// Routing and a servlet container or a case-insensitive server must not disagree about which
+/// application a path belongs to (review finding H3).
+#[test]
+fn paths_another_server_reads_differently_are_refused() {
+    use palisade_policy::path::{PathError, SemicolonParameters, normalize, normalize_with};
+    let p = shared_host(json!({}));
+    let routed = |path: &str| -> Result<Option<String>, String> {
+        let n = normalize(path).map_err(|e| e.to_string())?;
+        p.route_request("app.example.com", &n)
+            .map(|a| a.map(|a| a.id.to_string()))
+            .map_err(|e| e.to_string())
+    };
+    // A servlet container serves these as /admin/users; they must not route to the portal.
+    for path in [
+        "/admin;x/users",
+        "/portal/..;/admin/users",
+        "/admin%3Bx/users",
+    ] {
+        assert!(
+            routed(path) != Ok(Some("portal".to_string())),
+            "{path} routes to the portal"
+        );
+    }
+    assert_eq!(normalize("/admin;x/users"), Err(PathError::Semicolon));
+    // Case: /ADMIN is the admin application to IIS; refused unless prefixes fold case.
+    for path in ["/ADMIN/users", "/%41DMIN/users", "/Admin"] {
+        assert!(routed(path).is_err(), "{path}: {:?}", routed(path));
+    }
+    assert_eq!(routed("/admin/users"), Ok(Some("admin".into())));
+    assert_eq!(routed("/Help"), Ok(Some("portal".into())), "no other app");
+    // Opting in: strip parameters, fold case.
+    let p =
+        shared_host(json!({"semicolon_parameters": "strip", "case_insensitive_prefixes": true}));
+    let n = normalize_with("/portal/..;/admin;x/users", SemicolonParameters::Strip).expect("path");
+    assert_eq!(n, "/admin/users");
+    let route = |path: &str| {
+        p.route_request("app.example.com", path)
+            .expect("routed")
+            .map(|a| a.id.to_string())
+    };
+    assert_eq!(route(&n).as_deref(), Some("admin"));
+    assert_eq!(route("/ADMIN/users").as_deref(), Some("admin"));
+}
+
+/// A session is held to the lifetime and idle timeout of each application it is used for,
+/// not only to the one it was issued for (review finding L1).
+#[test]
+fn each_application_holds_the_session_to_its_own_lifetime() {
+    use palisade_policy::request::SessionTimes;
+    let p = compile(json!({"mfa": {"required": false},
+        "session": {"lifetime": "1h", "idle_timeout": "10m"},
+        "rules": [{"name": "staff", "decision": "allow", "include": [{"email_domain": "example.com"}]}]}));
+    let app = p.route("app.example.com", "/").expect("app");
+    let now = wed_10_utc();
+    let ago = |s: i64| now - jiff::SignedDuration::from_secs(s);
+    let with = |issued: i64, active: i64| Identity {
+        session: Some(SessionTimes {
+            issued_at: ago(issued),
+            last_active: ago(active),
+        }),
+        ..alice()
+    };
+    let d = |id: &Identity| decide(app, Some(id), None, &ctx("192.0.2.1"), now);
+    assert!(matches!(d(&with(600, 60)), Decision::Allow { .. }));
+    for (issued, active) in [(7200, 60), (1800, 1200)] {
+        assert!(
+            matches!(
+                d(&with(issued, active)),
+                Decision::Challenge {
+                    challenge: Challenge::Login { .. },
+                    ..
+                }
+            ),
+            "issued {issued}s ago, active {active}s ago"
+        );
+    }
 }

@@ -185,6 +185,7 @@ fn identity() -> impl Strategy<Value = Identity> {
                 authenticated_at: base_time() - jiff::SignedDuration::from_secs(ago),
                 user_verified: method == MfaMethod::Platform,
             }),
+            session: None,
         })
 }
 

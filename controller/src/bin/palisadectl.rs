@@ -670,15 +670,13 @@ async fn run(cli: Cli) -> Result<(String, Value), Failure> {
                 RevokeKind::Device => Target::DeviceId(a.id.clone()),
                 RevokeKind::Factor => Target::FactorId(a.id.clone()),
                 RevokeKind::User => {
+                    // No time from this machine's clock: the revocation covers every session
+                    // issued before it took effect, by catalog revision (one clock).
                     let (p, s) = user(&a.id)?;
-                    let now = jiff::Timestamp::now();
                     Target::User(pb::UserRevocation {
                         subject: s,
                         identity_provider: p,
-                        issued_before: Some(prost_types::Timestamp {
-                            seconds: now.as_second() + 1,
-                            nanos: 0,
-                        }),
+                        issued_before: None,
                     })
                 }
             };

@@ -13,7 +13,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{TypeConfig, wire};
 use crate::controller::{Controller, actor_from_pb};
+use crate::error::WriteError;
 use crate::identity::require_controller;
+use palisade_policy::catalog::{CommandError, Outcome};
 
 type C = TypeConfig;
 
@@ -122,15 +124,21 @@ impl RaftTransport for RaftService {
         let command: Command = serde_json::from_slice(&req.command).map_err(|e| {
             Status::invalid_argument(format!("forwarded command does not decode: {e}"))
         })?;
-        // One hop only: if this member lost leadership meanwhile, the caller retries.
-        let written = self
+        // One hop only: if this member lost leadership meanwhile, the caller retries. A
+        // catalog refusal is an answer, sent as a result so the caller keeps its type.
+        let (write, result) = match self
             .ctl
             .write_inner(actor_from_pb(req.actor), command, false)
-            .await?;
+            .await
+        {
+            Ok(w) => (Some(w.to_pb()), Ok(w.outcome)),
+            Err(WriteError::Refused(e)) => (None, Err(e)),
+            Err(e) => return Err(e.into()),
+        };
+        let result: Result<Outcome, CommandError> = result;
         Ok(Response::new(pb::ForwardWriteResponse {
-            write: Some(written.to_pb()),
-            response: serde_json::to_vec(&written.outcome)
-                .map_err(|e| Status::internal(e.to_string()))?,
+            write,
+            response: serde_json::to_vec(&result).map_err(|e| Status::internal(e.to_string()))?,
         }))
     }
 }

@@ -95,6 +95,9 @@ fn revocations_expire_by_garbage_collection() {
     );
     assert_eq!(r, Ok(Outcome::Revocation("rev-7".into())));
     assert_eq!(ch, vec![Change::RevocationAdded("rev-7".into())]);
+    // A session revocation is kept until every session it can cover has expired.
+    let until = c.revocations["rev-7"].expires_at_ms;
+    assert_eq!(until, 1000 + c.session_coverage_ms());
     assert!(
         c.apply(
             8,
@@ -111,11 +114,11 @@ fn revocations_expire_by_garbage_collection() {
         .is_err()
     );
     assert_eq!(
-        c.apply(9, &env(4999, Command::CollectGarbage)).0,
+        c.apply(9, &env(until - 1, Command::CollectGarbage)).0,
         Ok(Outcome::Collected(0))
     );
     assert_eq!(
-        c.apply(10, &env(5000, Command::CollectGarbage)).1,
+        c.apply(10, &env(until, Command::CollectGarbage)).1,
         vec![Change::RevocationRemoved("rev-7".into())]
     );
     assert!(c.revocations.is_empty());
@@ -183,6 +186,7 @@ fn totp_replay_lockout_and_unlock() {
         credential_id: String::new(),
         totp_seed: Some(Sealed(vec![1; 40])),
         enrollment_code_sha256: None,
+        binding_sha256: String::new(),
     };
     assert_eq!(
         c.apply(1, &env(0, add)).0,
@@ -196,7 +200,8 @@ fn totp_replay_lockout_and_unlock() {
                 0,
                 Command::ActivateTotp {
                     id: "fac-1".into(),
-                    step: 100
+                    step: 100,
+                    attempt: 0,
                 }
             )
         )
@@ -210,7 +215,10 @@ fn totp_replay_lockout_and_unlock() {
                 0,
                 Command::RecordTotpUse {
                     user: alice(),
-                    step: 100
+                    step: 100,
+                    attempt: 0,
+                    factor_id: String::new(),
+                    session_id: String::new(),
                 }
             )
         )
@@ -224,18 +232,23 @@ fn totp_replay_lockout_and_unlock() {
                 0,
                 Command::RecordTotpUse {
                     user: alice(),
-                    step: 101
+                    step: 101,
+                    attempt: 0,
+                    factor_id: String::new(),
+                    session_id: String::new(),
                 }
             )
         )
         .0
         .is_ok()
     );
+    let fail = || Command::RecordMfaFailure {
+        user: alice(),
+        challenge_sha256: String::new(),
+    };
+    let mut at = 1_000;
     for i in 0..MAX_FAILED_ATTEMPTS {
-        let (r, _) = c.apply(
-            10 + u64::from(i),
-            &env(1_000, Command::RecordMfaFailure { user: alice() }),
-        );
+        let (r, _) = c.apply(10 + u64::from(i), &as_edge(at, fail()));
         let Ok(Outcome::Counters(k)) = r else {
             panic!("{r:?}")
         };
@@ -243,7 +256,17 @@ fn totp_replay_lockout_and_unlock() {
         if i + 1 < 5 {
             assert_eq!(k.locked_until_ms, 0);
         } else {
-            assert!(k.locked_until_ms > 1_000);
+            assert!(k.locked_until_ms > at);
+            // While locked, nothing more is counted (and nothing is written).
+            let (r, ch) = c.apply(200 + u64::from(i), &as_edge(at, fail()));
+            assert_eq!(
+                r,
+                Err(CommandError::LockedOut {
+                    until_ms: k.locked_until_ms
+                })
+            );
+            assert!(ch.is_empty());
+            at = k.locked_until_ms.saturating_add(1).min(i64::MAX - 1);
         }
     }
     assert_eq!(
@@ -261,7 +284,9 @@ fn totp_replay_lockout_and_unlock() {
         Counters {
             totp_last_step: 101,
             failed_attempts: 0,
-            locked_until_ms: 0
+            locked_until_ms: 0,
+            last_attempt: 0,
+            locked_by: 0,
         }
     );
     // Removing the factor removes its sealed seed too.
@@ -284,6 +309,7 @@ fn webauthn_counter_must_advance() {
         credential_id: "Y3JlZA".into(),
         totp_seed: None,
         enrollment_code_sha256: None,
+        binding_sha256: String::new(),
     };
     assert!(c.apply(1, &env(0, add.clone())).0.is_ok());
     assert!(c.apply(2, &env(0, add)).0.is_err(), "same credential twice");
@@ -291,13 +317,12 @@ fn webauthn_counter_must_advance() {
         id: "fac-1".into(),
         sign_count: n,
         challenge_sha256: format!("challenge-{n}"),
+        session_id: String::new(),
     };
     assert!(c.apply(3, &env(0, used(5))).0.is_ok());
     assert_eq!(
         c.apply(4, &env(0, used(5))).0,
-        Err(CommandError::Invalid(
-            "this challenge was already answered".into()
-        ))
+        Err(CommandError::ChallengeUsed)
     );
     let mut again = used(5);
     if let Command::RecordWebauthnUse {
@@ -339,6 +364,7 @@ fn enrollment_code_is_checked_and_consumed() {
         credential_id: format!("cred-{code}"),
         totp_seed: None,
         enrollment_code_sha256: Some(code.to_string()),
+        binding_sha256: String::new(),
     };
     assert!(
         c.apply(2, &env(0, add(&"b".repeat(64)))).0.is_err(),
@@ -431,7 +457,10 @@ fn apply_is_deterministic() {
             reason: "r".into(),
             expires_at_ms: 10_000,
         },
-        Command::RecordMfaFailure { user: alice() },
+        Command::RecordMfaFailure {
+            user: alice(),
+            challenge_sha256: String::new(),
+        },
         Command::PutSecret {
             name: "corp-oidc".into(),
             value: Sealed(vec![9; 20]),
@@ -445,4 +474,368 @@ fn apply_is_deterministic() {
         serde_json::to_string(&c).expect("serialize")
     };
     assert_eq!(run(), run());
+}
+
+fn as_edge(at_ms: i64, command: Command) -> Envelope {
+    Envelope {
+        actor: Actor {
+            subject: "alice via edge-1".into(),
+            kind: "user".into(),
+        },
+        at_ms,
+        command,
+    }
+}
+
+fn key(name: &str) -> Command {
+    Command::AddFactor {
+        user: alice(),
+        kind: FactorKind::SecurityKey,
+        name: name.into(),
+        credential_json: "{}".into(),
+        credential_id: format!("cred-{name}"),
+        totp_seed: None,
+        enrollment_code_sha256: None,
+        binding_sha256: String::new(),
+    }
+}
+
+#[test]
+fn a_revoked_factor_stays_revoked_after_its_revocation_is_collected() {
+    let mut c = Catalog::default();
+    assert!(c.apply(1, &env(0, key("yubikey"))).0.is_ok());
+    let (r, _) = c.apply(
+        2,
+        &env(
+            1_000,
+            Command::Revoke {
+                target: RevocationTarget::Factor("fac-1".into()),
+                reason: "stolen key".into(),
+                expires_at_ms: 61_000,
+            },
+        ),
+    );
+    assert!(r.is_ok(), "{r:?}");
+    assert!(
+        !c.factors["fac-1"].active,
+        "revoking a factor deactivates it in the same write"
+    );
+    assert!(c.apply(3, &env(120_000, Command::CollectGarbage)).0.is_ok());
+    assert!(
+        c.factors.get("fac-1").is_none_or(|f| !f.active),
+        "the factor comes back once its revocation is collected"
+    );
+}
+
+#[test]
+fn session_revocations_outlive_every_session_they_cover() {
+    let mut c = Catalog::default();
+    let doc = |lifetime: &str| {
+        DOC.replace(
+            r#""upstreams""#,
+            &format!(r#""session":{{"lifetime":"{lifetime}","idle_timeout":"1m"}},"upstreams""#),
+        )
+    };
+    let apply = |d: String| Command::ApplyPolicy {
+        document_json: d,
+        comment: "c".into(),
+        expected_version: 0,
+    };
+    // v1 issues 30-day sessions; v2 shortens lifetimes to a minute, then alice is revoked
+    // with the expiry the current policy suggests.
+    assert!(c.apply(1, &env(0, apply(doc("30d")))).0.is_ok());
+    assert!(c.apply(2, &env(1_000, apply(doc("1m")))).0.is_ok());
+    let at = 2_000;
+    for (rev, target) in [
+        (
+            3,
+            RevocationTarget::User {
+                user: alice(),
+                issued_before: 2,
+            },
+        ),
+        (4, RevocationTarget::Session("s-1".into())),
+    ] {
+        let (r, _) = c.apply(
+            rev,
+            &env(
+                at,
+                Command::Revoke {
+                    target,
+                    reason: "incident".into(),
+                    expires_at_ms: at + 60_000,
+                },
+            ),
+        );
+        let Ok(Outcome::Revocation(id)) = r else {
+            panic!("{r:?}")
+        };
+        let thirty_days = 30 * 86_400_000;
+        assert!(
+            c.revocations[&id].expires_at_ms >= at + thirty_days,
+            "a session issued under v1 outlives revocation {id}: {:?}",
+            c.revocations[&id]
+        );
+    }
+}
+
+#[test]
+fn a_success_never_clears_a_lock() {
+    let mut c = Catalog::default();
+    for i in 0..5 {
+        assert!(
+            c.apply(
+                i + 1,
+                &as_edge(
+                    1_000,
+                    Command::RecordMfaFailure {
+                        user: alice(),
+                        challenge_sha256: String::new(),
+                    }
+                )
+            )
+            .0
+            .is_ok()
+        );
+    }
+    let locked = c.counters(&alice()).locked_until_ms;
+    assert!(locked > 1_000, "locked after 5 failures");
+    let (r, _) = c.apply(
+        10,
+        &as_edge(
+            2_000,
+            Command::RecordTotpUse {
+                user: alice(),
+                step: 100,
+                attempt: 0,
+                factor_id: String::new(),
+                session_id: String::new(),
+            },
+        ),
+    );
+    assert!(
+        r.is_err() || c.counters(&alice()).locked_until_ms == locked,
+        "a code recorded while locked cleared the lock: {r:?} {:?}",
+        c.counters(&alice())
+    );
+}
+
+#[test]
+fn user_driven_writes_cannot_flush_the_admin_audit_trail() {
+    let mut c = Catalog::default();
+    let apply = Command::ApplyPolicy {
+        document_json: DOC.into(),
+        comment: "c".into(),
+        expected_version: 0,
+    };
+    assert!(c.apply(1, &env(0, apply)).0.is_ok());
+    for i in 0..(AUDIT_RETENTION as u64 + 1) {
+        let ev = AuthEvent {
+            user: alice(),
+            at_ms: 0,
+            action: "mfa.webauthn".into(),
+            result: "failed".into(),
+            edge_id: "edge-1".into(),
+            request_id: format!("r{i}"),
+            session_id: "s".into(),
+            details: BTreeMap::new(),
+        };
+        let _ = c.apply(
+            2 + i,
+            &as_edge(0, Command::RecordAuthEvents { events: vec![ev] }),
+        );
+    }
+    assert!(
+        c.audit.iter().any(|a| a.action == "policy.apply"),
+        "the policy.apply record was flushed by user-driven writes"
+    );
+}
+
+#[test]
+fn factors_per_user_are_capped() {
+    let mut c = Catalog::default();
+    for i in 0..MAX_FACTORS_PER_USER {
+        let (r, _) = c.apply(1 + i as u64, &as_edge(0, key(&format!("k{i}"))));
+        assert!(r.is_ok(), "{i}: {r:?}");
+    }
+    let (r, _) = c.apply(100, &as_edge(0, key("one-too-many")));
+    assert!(r.is_err(), "more factors than the cap: {r:?}");
+}
+
+fn reserve(c: &mut Catalog, rev: u64, at: i64, pending: Option<&str>) -> Result<u64, CommandError> {
+    match c
+        .apply(
+            rev,
+            &as_edge(
+                at,
+                Command::ReserveMfaAttempt {
+                    user: alice(),
+                    pending_factor: pending.map(str::to_string),
+                },
+            ),
+        )
+        .0
+    {
+        Ok(Outcome::Attempt { ticket, .. }) => Ok(ticket),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => Err(e),
+    }
+}
+
+fn totp_use(step: u64, attempt: u64) -> Command {
+    Command::RecordTotpUse {
+        user: alice(),
+        step,
+        attempt,
+        factor_id: "fac-1".into(),
+        session_id: "sid-1".into(),
+    }
+}
+
+#[test]
+fn a_burst_of_guesses_checks_no_more_codes_than_the_lockout_allows() {
+    let mut c = Catalog::default();
+    // 300 concurrent guesses arrive as 300 reservations, serialised by Raft.
+    let granted: Vec<u64> = (0..300)
+        .filter_map(|i| reserve(&mut c, 1 + i, 1_000, None).ok())
+        .collect();
+    assert_eq!(
+        granted.len(),
+        5,
+        "only 5 codes may be checked before the lock"
+    );
+    let k = c.counters(&alice());
+    assert_eq!(k.failed_attempts, 5);
+    assert!(k.locked_until_ms > 1_000);
+    // The right code among the first four does not lift the lock the fifth set.
+    let (r, _) = c.apply(400, &as_edge(1_100, totp_use(50, granted[1])));
+    assert!(r.is_ok(), "{r:?}");
+    let k = c.counters(&alice());
+    assert_eq!(k.locked_until_ms, c.counters(&alice()).locked_until_ms);
+    assert!(
+        k.locked_until_ms > 1_100,
+        "a success never clears a lock a failure set"
+    );
+    assert_eq!(
+        k.failed_attempts, 4,
+        "only its own reservation is taken back"
+    );
+    // Nothing else is checked until the lock ends.
+    assert!(matches!(
+        reserve(&mut c, 401, 1_200, None),
+        Err(CommandError::LockedOut { .. })
+    ));
+}
+
+#[test]
+fn the_right_code_at_the_limit_lifts_the_lock_its_own_attempt_set() {
+    let mut c = Catalog::default();
+    for i in 0..4 {
+        reserve(&mut c, 1 + i, 1_000, None).expect("reserved");
+    }
+    let fifth = reserve(&mut c, 10, 1_000, None).expect("reserved");
+    assert!(c.locked_until(&alice(), 1_000).is_some());
+    let (r, _) = c.apply(11, &as_edge(1_000, totp_use(60, fifth)));
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(c.counters(&alice()).failed_attempts, 0);
+    assert_eq!(c.locked_until(&alice(), 1_000), None);
+    // The success is the session's recorded factor pass.
+    assert_eq!(
+        c.recent_pass("sid-1", &alice(), 1_000)
+            .map(|p| p.factor_id.as_str()),
+        None,
+        "fac-1 does not exist, so the pass does not count"
+    );
+    assert_eq!(c.mfa_passes.get("sid-1").map(|p| p.at_ms), Some(1_000));
+}
+
+#[test]
+fn pending_enrollments_take_five_wrong_codes_then_refuse() {
+    let mut c = Catalog::default();
+    let add = Command::AddFactor {
+        user: alice(),
+        kind: FactorKind::Totp,
+        name: "phone".into(),
+        credential_json: String::new(),
+        credential_id: String::new(),
+        totp_seed: Some(Sealed(vec![1; 40])),
+        enrollment_code_sha256: None,
+        binding_sha256: "b".repeat(64),
+    };
+    assert!(c.apply(1, &as_edge(0, add)).0.is_ok());
+    assert_eq!(c.factors["fac-1"].binding_sha256, "b".repeat(64));
+    for i in 0..MAX_CONFIRM_ATTEMPTS {
+        reserve(
+            &mut c,
+            10 + u64::from(i),
+            1_000_000 * i64::from(i),
+            Some("fac-1"),
+        )
+        .expect("reserved");
+    }
+    assert_eq!(
+        c.counters(&alice()).failed_attempts,
+        5,
+        "counted toward the lockout"
+    );
+    let r = reserve(&mut c, 20, 10_000_000, Some("fac-1"));
+    assert!(matches!(r, Err(CommandError::Invalid(_))), "{r:?}");
+    // Someone else's pending factor is not found.
+    let bob = UserKey {
+        provider: "corp".into(),
+        subject: "bob".into(),
+    };
+    let (r, _) = c.apply(
+        21,
+        &as_edge(
+            10_000_000,
+            Command::ReserveMfaAttempt {
+                user: bob,
+                pending_factor: Some("fac-1".into()),
+            },
+        ),
+    );
+    assert!(matches!(r, Err(CommandError::NotFound { .. })), "{r:?}");
+}
+
+#[test]
+fn edges_receive_only_the_secrets_the_policy_references() {
+    let mut c = Catalog::default();
+    let put = |name: &str| Command::PutSecret {
+        name: name.into(),
+        value: Sealed(vec![1; 8]),
+    };
+    assert_eq!(c.apply(1, &env(0, put("corp-oidc"))).1, vec![]);
+    assert_eq!(c.apply(2, &env(0, put("unrelated"))).1, vec![]);
+    let doc = |r: &str| {
+        format!(
+            r#"{{"schema_version":1,"identity_providers":[{{"id":"corp","issuer":"https://login.example.com","client_id":"e","client_secret_ref":"{r}"}}],"apps":[{{"id":"s","hosts":["s.example.com"],"upstreams":["http://127.0.0.1:1"],"rules":[{{"name":"r","decision":"allow","include":[{{"everyone":true}}]}}]}}]}}"#
+        )
+    };
+    let apply = |d: String| Command::ApplyPolicy {
+        document_json: d,
+        comment: String::new(),
+        expected_version: 0,
+    };
+    let (r, ch) = c.apply(3, &env(0, apply(doc("corp-oidc"))));
+    assert!(r.is_ok(), "{r:?}");
+    assert!(ch.contains(&Change::Secret("corp-oidc".into())), "{ch:?}");
+    assert_eq!(
+        c.edge_secrets().into_iter().collect::<Vec<_>>(),
+        ["corp-oidc"]
+    );
+    assert_eq!(
+        c.resolve(&[Change::Secret("unrelated".into())]),
+        vec![],
+        "an unreferenced secret is never resolved for edges"
+    );
+    let (_, ch) = c.apply(4, &env(0, apply(doc("other"))));
+    assert!(
+        ch.contains(&Change::SecretWithdrawn("corp-oidc".into())),
+        "{ch:?}"
+    );
+    assert_eq!(
+        c.apply(5, &env(0, put("other"))).1,
+        vec![Change::Secret("other".into())]
+    );
 }

@@ -231,6 +231,8 @@ pub fn policy(real: &str, forged: &str, upstream: SocketAddr) -> Value {
              "claims": {"email": "email", "groups": "groups", "name": "name"}},
             {"id": "forged", "issuer": forged, "client_id": CLIENT_ID, "client_secret_ref": "forged-oidc"}
         ],
+        // Most tests enrol a first factor without an admin-issued code; one test turns it on.
+        "mfa": {"enrollment_requires_code": false},
         "apps": [
             {"id": "app", "name": "E2E application", "hosts": [APP_HOST], "upstreams": [up],
              "identity_providers": ["real"], "mfa": {"required": false},
@@ -283,14 +285,20 @@ impl Drop for Stack {
 
 impl Stack {
     pub async fn start() -> Stack {
+        Stack::start_with(&[]).await
+    }
+
+    /// A stack whose edges get `edge_args` on top of the usual flags.
+    pub async fn start_with(edge_args: &[&str]) -> Stack {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
-        let spec = ClusterSpec::new(
+        let mut spec = ClusterSpec::new(
             3,
             2,
             env!("CARGO_BIN_EXE_palisade-e2e-host").into(),
             dir.path().to_path_buf(),
         );
+        spec.edge_args = edge_args.iter().map(|a| a.to_string()).collect();
         let cluster = LocalCluster::start(spec).await.expect("cluster");
         let ca = cluster.pki_file("ingress-ca.pem").expect("ca");
         let upstream = Upstream::start(
@@ -521,6 +529,25 @@ impl Browser {
     pub fn session(&self) -> Option<String> {
         self.edge.get("__Host-palisade-session").cloned()
     }
+}
+
+/// Starts a sign-in at the forging provider's application; returns (state, nonce).
+pub async fn start_forged(b: &mut Browser, port: u16) -> (String, String) {
+    let p = b.get(&format!("https://{FORGED_HOST}:{port}/")).await;
+    assert_eq!(p.status, 302, "{}", p.body);
+    let u = url::Url::parse(&p.location.expect("location")).expect("url");
+    let q: std::collections::HashMap<_, _> = u.query_pairs().into_owned().collect();
+    assert_eq!(q["code_challenge_method"], "S256");
+    (q["state"].clone(), q["nonce"].clone())
+}
+
+/// Returns from the forging provider to the edge with `state`.
+pub async fn finish_forged(b: &mut Browser, port: u16, state: &str, iss: &str) -> Page {
+    b.get(&format!(
+        "https://{FORGED_HOST}:{port}/.palisade/callback?code=c&state={state}&iss={}",
+        url::form_urlencoded::byte_serialize(iss.as_bytes()).collect::<String>()
+    ))
+    .await
 }
 
 /// The claims in a session cookie (the payload is plain base64url JSON; only the MAC is secret).
