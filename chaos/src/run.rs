@@ -925,32 +925,27 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
     };
     // no acknowledged write lost
     let acked = acked.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let listed: std::collections::HashSet<String> = admin
-        .call(|ch| async move {
-            pb::revocation_service_client::RevocationServiceClient::new(ch)
-                .list_revocations(pb::ListRevocationsRequest {
-                    page: Some(pb::PageRequest {
-                        page_size: 100_000,
-                        page_token: String::new(),
-                    }),
-                    consistency: 0,
-                })
-                .await
-                .map(|r| r.into_inner())
-        })
-        .await
-        .map(|r| r.revocations.into_iter().map(|r| r.id).collect())
-        .unwrap_or_default();
-    let lost: Vec<&String> = acked.iter().filter(|id| !listed.contains(*id)).collect();
-    invariants.push(Invariant {
-        name: "no acknowledged write is lost",
-        ok: lost.is_empty(),
-        detail: if lost.is_empty() {
-            format!("{} acknowledged revocations all present", acked.len())
-        } else {
-            format!("missing: {lost:?}")
-        },
-    });
+    // Every page: the admin API caps a page at 1,000.
+    match crate::cluster::list_revocations(&admin).await {
+        Ok(all) => {
+            let listed: std::collections::HashSet<String> = all.into_iter().map(|r| r.id).collect();
+            let lost: Vec<&String> = acked.iter().filter(|id| !listed.contains(*id)).collect();
+            invariants.push(Invariant {
+                name: "no acknowledged write is lost",
+                ok: lost.is_empty(),
+                detail: if lost.is_empty() {
+                    format!("{} acknowledged revocations all present", acked.len())
+                } else {
+                    format!("missing {} of {}: {lost:?}", lost.len(), acked.len())
+                },
+            });
+        }
+        Err(e) => invariants.push(Invariant {
+            name: "no acknowledged write is lost",
+            ok: false,
+            detail: format!("the revocations could not be listed: {e}"),
+        }),
+    }
     monitor_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let monitor_samples = monitor.await.unwrap_or(0);
     let violations = probe

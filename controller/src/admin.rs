@@ -931,9 +931,12 @@ impl pb::key_service_server::KeyService for Admin {
     ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
         let who = caller(&req)?;
         let r = req.into_inner();
-        // Without an overlap, the previous key verifies as long as any session it signed lives.
+        // Without an overlap, the previous key verifies as long as any session it signed lives;
+        // an explicit zero retires it now (ending every session it signed).
+        let explicit_zero = r.overlap.is_some_and(|d| d.seconds == 0 && d.nanos == 0);
         let overlap = match duration(r.overlap)? {
             Some(d) => d,
+            None if explicit_zero => Duration::ZERO,
             None => Duration::from_millis(
                 self.ctl
                     .state
@@ -1260,10 +1263,12 @@ impl pb::audit_service_server::AuditService for Admin {
         let r = req.into_inner();
         self.ctl.linearizable().await?;
         let since_ms = r.since.map(|t| t.seconds * 1000).unwrap_or(i64::MIN);
+        // Admin writes and writes on behalf of users are kept apart (users cannot flush the
+        // admin trail); the listing shows both, newest first.
         let all: Vec<pb::AuditEvent> = self.ctl.state.read(|s| {
             s.catalog
-                .audit
-                .iter()
+                .audit_records()
+                .into_iter()
                 .rev()
                 .filter(|a| {
                     a.at_ms >= since_ms

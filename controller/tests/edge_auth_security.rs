@@ -217,6 +217,21 @@ async fn enroll_totp(
     (begun.factor_id, t, used)
 }
 
+async fn verify(
+    ea: &mut EdgeAuthClient<Channel>,
+    who: &pb::UserRef,
+    code: String,
+) -> pb::VerifyTotpResponse {
+    ea.verify_totp(pb::VerifyTotpRequest {
+        user: Some(who.clone()),
+        code,
+        ..Default::default()
+    })
+    .await
+    .expect("verify")
+    .into_inner()
+}
+
 async fn commit_index(c: &Cluster) -> u64 {
     let leader = c.wait_leader(T).await;
     c.status(leader).await.expect("status").commit_index
@@ -250,15 +265,7 @@ async fn revoked_factors_and_sessions_stay_revoked() {
         .await
         .expect("revoke factor");
     let code = fresh_code(&t, &mut used).await;
-    let r = ea
-        .verify_totp(pb::VerifyTotpRequest {
-            user: Some(alice.clone()),
-            code,
-            ..Default::default()
-        })
-        .await
-        .expect("verify")
-        .into_inner();
+    let r = verify(&mut ea, &alice, code).await;
     assert_ne!(
         r.result,
         pb::TotpResult::Ok as i32,
@@ -354,15 +361,7 @@ async fn a_burst_of_guesses_is_bounded_and_does_not_unlock() {
         } else {
             "000000"
         };
-        let r = ea
-            .verify_totp(pb::VerifyTotpRequest {
-                user: Some(alice.clone()),
-                code: bad.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("verify")
-            .into_inner();
+        let r = verify(&mut ea, &alice, bad.into()).await;
         if r.result == pb::TotpResult::LockedOut as i32 {
             locked = true;
             break;
@@ -372,15 +371,7 @@ async fn a_burst_of_guesses_is_bounded_and_does_not_unlock() {
     assert!(locked);
     // ...and then the right code is not even checked.
     let code = fresh_code(&t, &mut used).await;
-    let r = ea
-        .verify_totp(pb::VerifyTotpRequest {
-            user: Some(alice.clone()),
-            code,
-            ..Default::default()
-        })
-        .await
-        .expect("verify")
-        .into_inner();
+    let r = verify(&mut ea, &alice, code).await;
     assert_eq!(
         r.result,
         pb::TotpResult::LockedOut as i32,

@@ -120,7 +120,7 @@ pub(crate) fn now_secs() -> i64 {
 }
 
 /// Reasons a request is refused before any application is involved.
-fn framing_problem<B>(req: &Request<B>) -> Option<&'static str> {
+pub fn framing_problem<B>(req: &Request<B>) -> Option<&'static str> {
     let h = req.headers();
     let cl = h.get_all(header::CONTENT_LENGTH).iter().count();
     if cl > 1
@@ -140,7 +140,7 @@ fn framing_problem<B>(req: &Request<B>) -> Option<&'static str> {
 }
 
 /// The authority the client addressed (`host[:port]`) and the lowercase host without port.
-fn authority<B>(req: &Request<B>) -> Option<(String, String)> {
+pub fn authority<B>(req: &Request<B>) -> Option<(String, String)> {
     let raw = match req.uri().authority() {
         Some(a) => a.as_str().to_string(),
         None => req.headers().get(header::HOST)?.to_str().ok()?.to_string(),
@@ -1028,12 +1028,7 @@ impl Gateway {
             }
         }
         if !crate::mfa::same_origin(&req, authority) {
-            return pages::message(
-                StatusCode::FORBIDDEN,
-                "Refused",
-                "this request came from another site",
-                rid,
-            );
+            return crate::mfa::cross_site_refused(rid);
         }
         let Some(body) = crate::mfa::read_body(req).await else {
             return pages::message(
@@ -1046,12 +1041,7 @@ impl Gateway {
         let form: std::collections::BTreeMap<String, String> =
             url::form_urlencoded::parse(&body).into_owned().collect();
         if !crate::mfa::csrf_ok(form.get("csrf"), &c) {
-            return pages::message(
-                StatusCode::FORBIDDEN,
-                "Refused",
-                "this form expired or did not come from this page; go back, reload and try again",
-                rid,
-            );
+            return crate::mfa::csrf_refused(rid);
         }
         let Some(ctl) = &self.controllers else {
             return pages::message(

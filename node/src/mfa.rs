@@ -371,12 +371,7 @@ impl Gateway {
         if method == Method::POST {
             // Same-origin only, and the session's anti-CSRF token.
             if !same_origin(&req, authority) {
-                return pages::message(
-                    StatusCode::FORBIDDEN,
-                    "Refused",
-                    "this request came from another site",
-                    rid,
-                );
+                return cross_site_refused(rid);
             }
         }
         match (method, rest) {
@@ -1769,7 +1764,16 @@ pub(crate) fn csrf_ok(given: Option<&String>, caller: &Caller) -> bool {
     given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(want.as_bytes())))
 }
 
-fn csrf_refused(rid: &str) -> Response<Body> {
+pub(crate) fn cross_site_refused(rid: &str) -> Response<Body> {
+    pages::message(
+        StatusCode::FORBIDDEN,
+        "Refused",
+        "this request came from another site",
+        rid,
+    )
+}
+
+pub(crate) fn csrf_refused(rid: &str) -> Response<Body> {
     pages::message(
         StatusCode::FORBIDDEN,
         "Refused",

@@ -9,28 +9,15 @@ use std::time::Duration;
 
 use palisade_chaos::softkey::SoftKey;
 use serde_json::{Value, json};
+use support::mfa::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn url(port: u16, path: &str) -> String {
-    format!("https://{APP_HOST}:{port}{path}")
-}
-
-fn json_of(p: &Page) -> Value {
-    serde_json::from_str(&p.body).unwrap_or_else(|_| panic!("{} {}", p.status, p.body))
-}
 
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs() as i64
-}
-
-fn mfa_cookie_set(p: &Page) -> bool {
-    p.set_cookies
-        .iter()
-        .any(|c| c.starts_with("__Host-palisade-mfa=") && !c.contains("Max-Age=0"))
 }
 
 /// The Stack's policy with the MFA enrollment rule said out loud (these tests enrol first
@@ -331,46 +318,8 @@ async fn factor_enrollment_cannot_be_hijacked_or_downgraded() {
 
     // A security key first (the first factor needs no earlier one), then pass it.
     let mut key = SoftKey::new();
-    let portal = a.get(&url(port, "/.palisade/portal")).await;
-    let token = csrf(&portal.body);
-    let begin = a
-        .post_json(
-            &url(port, "/.palisade/portal/webauthn/begin"),
-            &token,
-            &json!({"kind": "security_key", "name": "Key"}),
-        )
-        .await;
-    assert_eq!(begin.status, 200, "{}", begin.body);
-    let answer = key.register(&json_of(&begin), &origin);
-    let done = a
-        .post_json(
-            &url(port, "/.palisade/portal/webauthn/finish"),
-            &token,
-            &answer,
-        )
-        .await;
-    assert_eq!(done.status, 200, "{}", done.body);
-    let key_factor = json_of(&done)["factor_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    let p = a.get(&url(port, "/keys/vault")).await;
-    let prompt = a
-        .get(&url(port, p.location.as_deref().expect("prompt")))
-        .await;
-    let t = csrf(&prompt.body);
-    let begin = a
-        .post_json(
-            &url(port, "/.palisade/mfa/webauthn/begin"),
-            &t,
-            &json!({"rd": "/keys/vault"}),
-        )
-        .await;
-    let answer = key.assert(&json_of(&begin), APP_HOST, &origin);
-    let ok = a
-        .post_json(&url(port, "/.palisade/mfa/webauthn/finish"), &t, &answer)
-        .await;
-    assert_eq!(ok.status, 200, "{}", ok.body);
+    let key_factor = register_key(&mut a, port, &key, "Key").await;
+    pass_key(&mut a, port, &mut key, "/keys/vault").await;
 
     // M2: begin a TOTP enrollment; a second client holding only alice's session cookie
     // cannot confirm it, even with the right code.
@@ -386,14 +335,7 @@ async fn factor_enrollment_cannot_be_hijacked_or_downgraded() {
     let secret = field(&begin.body, "totp-secret").expect("key shown");
     let factor_id = field(&begin.body, "factor_id").expect("factor id");
     let uri = field(&begin.body, "uri").unwrap_or_default();
-    let totp = totp_rs::Builder::new()
-        .with_algorithm(totp_rs::Algorithm::SHA1)
-        .with_digits(6)
-        .with_skew(1)
-        .with_step_duration(30)
-        .with_secret(totp_rs::Secret::try_from_base32(secret.trim_end_matches('=')).expect("b32"))
-        .build()
-        .expect("totp");
+    let totp = totp_for(&secret);
     let mut thief = s.browser();
     thief.edge.insert(
         "__Host-palisade-session".into(),
@@ -497,37 +439,9 @@ async fn a_webauthn_ceremony_is_used_once() {
     let mut a = s.browser();
     a.login(port, "alice").await;
     let mut key = SoftKey::new();
-    let portal = a.get(&url(port, "/.palisade/portal")).await;
-    let token = csrf(&portal.body);
-    let begin = a
-        .post_json(
-            &url(port, "/.palisade/portal/webauthn/begin"),
-            &token,
-            &json!({"kind": "security_key", "name": "Key"}),
-        )
-        .await;
-    let answer = key.register(&json_of(&begin), &origin);
-    let done = a
-        .post_json(
-            &url(port, "/.palisade/portal/webauthn/finish"),
-            &token,
-            &answer,
-        )
-        .await;
-    assert_eq!(done.status, 200, "{}", done.body);
-    let p = a.get(&url(port, "/keys/vault")).await;
-    let prompt = a
-        .get(&url(port, p.location.as_deref().expect("prompt")))
-        .await;
-    let t = csrf(&prompt.body);
-    let begin = a
-        .post_json(
-            &url(port, "/.palisade/mfa/webauthn/begin"),
-            &t,
-            &json!({"rd": "/keys/vault"}),
-        )
-        .await;
-    let mut answer = key.assert(&json_of(&begin), APP_HOST, &origin);
+    register_key(&mut a, port, &key, "Key").await;
+    let (t, options) = begin_auth(&mut a, port, "/keys/vault").await;
+    let mut answer = key.assert(&options, APP_HOST, &origin);
     // A wrong signature, replayed with the same ceremony cookie.
     answer["credential"]["response"]["signature"] =
         json!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
@@ -610,6 +524,16 @@ async fn websocket(
     t
 }
 
+/// A client for long streams: no overall timeout (the test browser's 10 s would end a stream
+/// by itself and hide whether the edge cut it).
+fn stream_client(s: &Stack) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(s.ca.as_bytes()).expect("ca"))
+        .resolve(APP_HOST, "127.0.0.1:0".parse().expect("addr"))
+        .build()
+        .expect("client")
+}
+
 /// Whether the upgraded stream still echoes, within `wait`.
 async fn echoes(t: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> bool {
     if t.write_all(b"ping").await.is_err() {
@@ -632,9 +556,19 @@ async fn long_lived_connections_are_cut_when_the_answer_changes() {
     alice.login(port, "alice").await;
     let cookie = alice.session().expect("session");
 
-    // A WebSocket cut by a policy change that denies alice.
+    // A WebSocket and an event stream, both cut by a policy change that denies alice.
     let mut ws = websocket(&s, port, &cookie).await;
     assert!(echoes(&mut ws).await, "the WebSocket works");
+    let mut events = stream_client(&s)
+        .get(url(port, "/events"))
+        .header("cookie", format!("__Host-palisade-session={cookie}"))
+        .send()
+        .await
+        .expect("events");
+    assert!(
+        events.chunk().await.expect("chunk").is_some(),
+        "events flow"
+    );
     p["apps"][0]["rules"] = json!([{"name": "bob-only", "decision": "allow", "include": [{"email": "bob@example.com"}]}]);
     apply(&s, &p).await;
     let mut cut = false;
@@ -649,13 +583,20 @@ async fn long_lived_connections_are_cut_when_the_answer_changes() {
         cut,
         "the WebSocket still echoes after the policy denied alice"
     );
+    let ended = tokio::time::timeout(Duration::from_secs(8), async {
+        while let Ok(Some(_)) = events.chunk().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the event stream kept flowing after the policy denied alice"
+    );
 
     // A server-sent event stream cut by revoking the session.
     let p = policy_of(&s);
     apply(&s, &p).await;
     let mut ws = websocket(&s, port, &cookie).await;
-    let mut events = alice
-        .http
+    let mut events = stream_client(&s)
         .get(url(port, "/events"))
         .header("cookie", format!("__Host-palisade-session={cookie}"))
         .send()
@@ -673,12 +614,7 @@ async fn long_lived_connections_are_cut_when_the_answer_changes() {
     let (code, out) = s.palisadectl(&["revoke", "session", &sid, "--reason", "test"]);
     assert_eq!(code, 0, "{out}");
     let ended = tokio::time::timeout(Duration::from_secs(8), async {
-        loop {
-            match events.chunk().await {
-                Ok(Some(_)) => continue,
-                _ => return,
-            }
-        }
+        while let Ok(Some(_)) = events.chunk().await {}
     })
     .await;
     assert!(

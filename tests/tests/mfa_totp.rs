@@ -12,24 +12,8 @@ mod support;
 
 use std::time::Duration;
 
+use support::mfa::{totp_for, url};
 use support::*;
-
-fn totp_for(secret_b32: &str) -> totp_rs::Totp {
-    let b32 = secret_b32.trim_end_matches('=');
-    assert!(
-        b32.len() * 5 >= 160,
-        "seed of at least 160 bits: {secret_b32}"
-    );
-    let seed = totp_rs::Secret::try_from_base32(b32).expect("base32 seed");
-    totp_rs::Builder::new()
-        .with_algorithm(totp_rs::Algorithm::SHA1)
-        .with_digits(6)
-        .with_skew(1)
-        .with_step_duration(30)
-        .with_secret(seed)
-        .build()
-        .expect("totp")
-}
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -45,10 +29,6 @@ async fn next_step() {
         .expect("clock");
     let into = t.as_millis() % 30_000;
     tokio::time::sleep(Duration::from_millis((30_000 - into) as u64 + 300)).await;
-}
-
-fn url(port: u16, path: &str) -> String {
-    format!("https://{APP_HOST}:{port}{path}")
 }
 
 /// Signs in and opens the MFA prompt for `path`; returns the prompt page.

@@ -7,68 +7,13 @@
 mod support;
 
 use palisade_chaos::softkey::SoftKey;
-use serde_json::{Value, json};
+use serde_json::json;
+use support::mfa::*;
 use support::*;
-
-fn url(port: u16, path: &str) -> String {
-    format!("https://{APP_HOST}:{port}{path}")
-}
-
-fn json_of(p: &Page) -> Value {
-    serde_json::from_str(&p.body).unwrap_or_else(|_| panic!("{} {}", p.status, p.body))
-}
-
-fn mfa_cookie_set(p: &Page) -> bool {
-    p.set_cookies
-        .iter()
-        .any(|c| c.starts_with("__Host-palisade-mfa=") && !c.contains("Max-Age=0"))
-}
 
 /// Registers `key` for the signed-in browser (first factor: no recent MFA needed).
 async fn register(b: &mut Browser, port: u16, key: &SoftKey) -> String {
-    let portal = b.get(&url(port, "/.palisade/portal")).await;
-    let token = csrf(&portal.body);
-    let begin = b
-        .post_json(
-            &url(port, "/.palisade/portal/webauthn/begin"),
-            &token,
-            &json!({"kind": "security_key", "name": "Soft key"}),
-        )
-        .await;
-    assert_eq!(begin.status, 200, "{}", begin.body);
-    let options = json_of(&begin);
-    assert_eq!(options["publicKey"]["rp"]["id"], APP_HOST);
-    let answer = key.register(&options, &format!("https://{APP_HOST}:{port}"));
-    let done = b
-        .post_json(
-            &url(port, "/.palisade/portal/webauthn/finish"),
-            &token,
-            &answer,
-        )
-        .await;
-    assert_eq!(done.status, 200, "{}", done.body);
-    json_of(&done)["factor_id"]
-        .as_str()
-        .expect("factor id")
-        .to_string()
-}
-
-/// Starts an authentication ceremony for `rd`; returns the anti-CSRF token and the options.
-async fn begin_auth(b: &mut Browser, port: u16, rd: &str) -> (String, Value) {
-    let p = b.get(&url(port, rd)).await;
-    assert_eq!(p.status, 303, "{}", p.body);
-    let prompt = b.get(&url(port, p.location.as_deref().expect("loc"))).await;
-    assert!(prompt.body.contains("id=webauthn-auth"), "{}", prompt.body);
-    let token = csrf(&prompt.body);
-    let begin = b
-        .post_json(
-            &url(port, "/.palisade/mfa/webauthn/begin"),
-            &token,
-            &json!({"rd": rd}),
-        )
-        .await;
-    assert_eq!(begin.status, 200, "{}", begin.body);
-    (token, json_of(&begin))
+    register_key(b, port, key, "Soft key").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -269,7 +269,12 @@ enum FactorCmd {
 #[derive(Debug, Subcommand)]
 enum KeyCmd {
     /// Create a new active signing key.
-    Rotate,
+    Rotate {
+        /// How long the previous key still verifies sessions it signed; by default as long as
+        /// any of them can live. `0s` ends them now (a leaked key, a compromised edge).
+        #[arg(long)]
+        overlap: Option<String>,
+    },
     /// List signing keys (never their material).
     List,
 }
@@ -920,12 +925,13 @@ async fn run(cli: Cli) -> Result<(String, Value), Failure> {
             }
         },
         Cmd::Keys { cmd } => match cmd {
-            KeyCmd::Rotate => {
+            KeyCmd::Rotate { overlap } => {
+                let overlap = overlap.as_deref().map(duration).transpose()?;
                 let r = call!(
                     c,
                     key_service_client::KeyServiceClient,
                     rotate_signing_key,
-                    pb::RotateSigningKeyRequest { overlap: None }
+                    pb::RotateSigningKeyRequest { overlap }
                 );
                 (
                     format!("new active signing key {}\n", r.kid),

@@ -11,6 +11,20 @@ fn env(at_ms: i64, command: Command) -> Envelope {
     }
 }
 
+/// Alice's pending TOTP factor with a sealed seed and `binding`.
+fn totp_factor(binding: &str) -> Command {
+    Command::AddFactor {
+        user: alice(),
+        kind: FactorKind::Totp,
+        name: "phone".into(),
+        credential_json: String::new(),
+        credential_id: String::new(),
+        totp_seed: Some(Sealed(vec![1; 40])),
+        enrollment_code_sha256: None,
+        binding_sha256: binding.into(),
+    }
+}
+
 fn alice() -> UserKey {
     UserKey {
         provider: "corp".into(),
@@ -178,16 +192,7 @@ fn device_lifecycle() {
 #[test]
 fn totp_replay_lockout_and_unlock() {
     let mut c = Catalog::default();
-    let add = Command::AddFactor {
-        user: alice(),
-        kind: FactorKind::Totp,
-        name: "phone".into(),
-        credential_json: String::new(),
-        credential_id: String::new(),
-        totp_seed: Some(Sealed(vec![1; 40])),
-        enrollment_code_sha256: None,
-        binding_sha256: String::new(),
-    };
+    let add = totp_factor("");
     assert_eq!(
         c.apply(1, &env(0, add)).0,
         Ok(Outcome::Factor("fac-1".into()))
@@ -752,16 +757,7 @@ fn the_right_code_at_the_limit_lifts_the_lock_its_own_attempt_set() {
 #[test]
 fn pending_enrollments_take_five_wrong_codes_then_refuse() {
     let mut c = Catalog::default();
-    let add = Command::AddFactor {
-        user: alice(),
-        kind: FactorKind::Totp,
-        name: "phone".into(),
-        credential_json: String::new(),
-        credential_id: String::new(),
-        totp_seed: Some(Sealed(vec![1; 40])),
-        enrollment_code_sha256: None,
-        binding_sha256: "b".repeat(64),
-    };
+    let add = totp_factor(&"b".repeat(64));
     assert!(c.apply(1, &as_edge(0, add)).0.is_ok());
     assert_eq!(c.factors["fac-1"].binding_sha256, "b".repeat(64));
     for i in 0..MAX_CONFIRM_ATTEMPTS {

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod mfa;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
