@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use palisade_proto::v1 as pb;
 use serde::Serialize;
 use serde_json::json;
 
