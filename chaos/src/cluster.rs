@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use palisade_controller::client::AdminClient;
+use palisade_controller::client::{AdminClient, IdempotencyKey};
 use palisade_node::ingress::Addresses;
 use palisade_proto::v1 as pb;
 
@@ -493,6 +493,13 @@ impl LocalCluster {
             cmd.arg("--idp-ca").arg(ca);
         }
         cmd.args(&spec.edge_args);
+        // Each start of an edge begins a new incarnation in its log (an edge keeps no state
+        // across restarts, so "never goes back" holds per incarnation).
+        {
+            use std::io::Write as _;
+            writeln!(log_file(&e.log)?, "{}", crate::applied::INCARNATION_MARK)
+                .with_context(|| format!("writing {}", e.log.display()))?;
+        }
         e.child = Some(
             cmd.spawn()
                 .with_context(|| format!("starting {}", spec.host.display()))?,
@@ -672,40 +679,22 @@ impl LocalCluster {
         comment: &str,
         expected: u64,
     ) -> anyhow::Result<(u64, u64)> {
-        let admin = self.admin()?;
-        let r = admin
-            .call(|ch| async move {
-                pb::policy_service_client::PolicyServiceClient::new(ch)
-                    .apply_policy(pb::ApplyPolicyRequest {
-                        document_json: json.to_string(),
-                        comment: comment.to_string(),
-                        expected_version: expected,
-                    })
-                    .await
-                    .map(|r| r.into_inner())
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("applying the policy: {}", s.message()))?;
-        Ok((
-            r.write.map(|w| w.revision).unwrap_or(0),
-            r.version.map(|v| v.version).unwrap_or(0),
-        ))
+        apply_policy_keyed(
+            &self.admin()?,
+            &IdempotencyKey::random(),
+            json,
+            comment,
+            expected,
+        )
+        .await
+        .map_err(|s| anyhow::anyhow!("applying the policy: {}", s.message()))
     }
 
     /// The current policy version and document, as the leader knows it.
     pub async fn current_policy(&self) -> anyhow::Result<(u64, String)> {
-        let admin = self.admin()?;
-        let r = admin
-            .call(|ch| async move {
-                pb::policy_service_client::PolicyServiceClient::new(ch)
-                    .get_policy(pb::GetPolicyRequest::default())
-                    .await
-                    .map(|r| r.into_inner())
-            })
+        current_policy(&self.admin()?)
             .await
-            .map_err(|s| anyhow::anyhow!("reading the policy: {}", s.message()))?;
-        let v = r.version.unwrap_or_default();
-        Ok((v.version, v.document_json))
+            .map_err(|s| anyhow::anyhow!("reading the policy: {}", s.message()))
     }
 
     /// Stores a named secret; returns the revision.
@@ -840,8 +829,18 @@ pub async fn revoke_session(
     session_id: &str,
     reason: &str,
 ) -> Result<(u64, String), tonic::Status> {
+    revoke_session_keyed(admin, &IdempotencyKey::random(), session_id, reason).await
+}
+
+/// As `revoke_session`, named by `key`: retried with the same key, it is applied once.
+pub async fn revoke_session_keyed(
+    admin: &AdminClient,
+    key: &IdempotencyKey,
+    session_id: &str,
+    reason: &str,
+) -> Result<(u64, String), tonic::Status> {
     let r = admin
-        .call(|ch| {
+        .call_keyed(key, |ch| {
             let (sid, reason) = (session_id.to_string(), reason.to_string());
             async move {
                 pb::revocation_service_client::RevocationServiceClient::new(ch)
@@ -900,6 +899,47 @@ pub async fn ops_status_at(addr: std::net::SocketAddr, path: &str) -> Option<u16
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// Applies a policy document, named by `key`, only if version `expected` is current (0: any);
+/// returns the revision and the new version. Retried with the same key, it is applied once.
+pub async fn apply_policy_keyed(
+    admin: &AdminClient,
+    key: &IdempotencyKey,
+    json: &str,
+    comment: &str,
+    expected: u64,
+) -> Result<(u64, u64), tonic::Status> {
+    let r = admin
+        .call_keyed(key, |ch| async move {
+            pb::policy_service_client::PolicyServiceClient::new(ch)
+                .apply_policy(pb::ApplyPolicyRequest {
+                    document_json: json.to_string(),
+                    comment: comment.to_string(),
+                    expected_version: expected,
+                })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await?;
+    Ok((
+        r.write.map(|w| w.revision).unwrap_or(0),
+        r.version.map(|v| v.version).unwrap_or(0),
+    ))
+}
+
+/// The current policy version and document, read linearizably (from the leader).
+pub async fn current_policy(admin: &AdminClient) -> Result<(u64, String), tonic::Status> {
+    let r = admin
+        .call(|ch| async move {
+            pb::policy_service_client::PolicyServiceClient::new(ch)
+                .get_policy(pb::GetPolicyRequest::default())
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await?;
+    let v = r.version.unwrap_or_default();
+    Ok((v.version, v.document_json))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod applied;
 pub mod cluster;
 pub mod devidp;
 pub mod faultproxy;

@@ -44,13 +44,26 @@ pub fn table(r: &Report) -> String {
         );
     }
     let c = &r.counts;
+    for b in &r.budgets {
+        let verdict = match (b.met, &b.known_unmet) {
+            (true, _) => "[ok]".to_string(),
+            (false, None) => "[OVER BUDGET]".to_string(),
+            (false, Some(why)) => format!("[known unmet: {why}]"),
+        };
+        let _ = writeln!(
+            s,
+            "  budget {:<22} {:>8.1} ms, measured {:>8.1} ms {verdict}",
+            b.name, b.budget_ms, b.measured_ms
+        );
+    }
     let _ = writeln!(
         s,
-        "  revocations acked {} (failed {}), policy changes acked {} (failed {}), probes {}",
+        "  revocations acked {} (failed {}), policy changes acked {} (failed {}, skipped while one was in flight {}), probes {}",
         c.revocations_acked,
         c.revocations_failed,
         c.policy_changes_acked,
         c.policy_changes_failed,
+        c.policy_changes_skipped,
         c.probes
     );
     for i in &r.invariants {

@@ -37,7 +37,60 @@ pub struct Scenario {
     /// Faults, in any order.
     #[serde(default)]
     pub faults: Vec<FaultSpec>,
+    /// Latency budgets: pass/fail criteria besides the invariants.
+    #[serde(default)]
+    pub budgets: Budgets,
 }
+
+/// Latency budgets (acknowledgement → enforcement at every edge), checked per scenario. A
+/// budget the product does not meet yet is listed in `known_unmet` with the measured figure
+/// and why; it is then reported as such instead of failing the run, and instead of hiding
+/// under the invariants' 30 s bound.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budgets {
+    /// p99 of the steady phase, milliseconds.
+    #[serde(default = "steady_p99")]
+    pub steady_p99_ms: f64,
+    /// Max across a leader kill or freeze: the election timeout (the harness runs controllers
+    /// with at most 1,200 ms) + 100 ms.
+    #[serde(default = "leader_fault_max")]
+    pub leader_fault_max_ms: f64,
+    /// Max while an edge is cut off from its controller: it fails over within a second.
+    #[serde(default = "edge_failover_max")]
+    pub edge_failover_max_ms: f64,
+    /// Budgets not met yet (`steady_p99_ms`, ...) → the measured figure and why.
+    #[serde(default)]
+    pub known_unmet: std::collections::BTreeMap<String, String>,
+}
+
+fn steady_p99() -> f64 {
+    10.0
+}
+fn leader_fault_max() -> f64 {
+    1300.0
+}
+fn edge_failover_max() -> f64 {
+    1000.0
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self {
+            steady_p99_ms: steady_p99(),
+            leader_fault_max_ms: leader_fault_max(),
+            edge_failover_max_ms: edge_failover_max(),
+            known_unmet: Default::default(),
+        }
+    }
+}
+
+/// The budget names `known_unmet` may use.
+pub const BUDGET_NAMES: [&str; 3] = [
+    "steady_p99_ms",
+    "leader_fault_max_ms",
+    "edge_failover_max_ms",
+];
 
 fn three() -> u64 {
     3
@@ -264,6 +317,13 @@ impl Scenario {
                 "workload rates must be 0..=200 revocations/s and 0..=50 policy changes/s".into(),
             );
         }
+        for name in self.budgets.known_unmet.keys() {
+            if !BUDGET_NAMES.contains(&name.as_str()) {
+                return bad(format!(
+                    "budgets.known_unmet: unknown budget {name:?} (one of {BUDGET_NAMES:?})"
+                ));
+            }
+        }
         for (i, f) in self.faults.iter().enumerate() {
             if f.at_s < 0.0
                 || f.jitter_s < 0.0
@@ -414,6 +474,10 @@ mod tests {
             (
                 r#"{"name": "t", "seed": 1, "duration_s": 5, "network": "proxied", "faults": [{"at_s": 1, "kind": "link_loss", "loss": 0.9}]}"#,
                 "loss",
+            ),
+            (
+                r#"{"name": "t", "seed": 1, "duration_s": 5, "budgets": {"known_unmet": {"fast_enough": "no"}}}"#,
+                "unknown budget",
             ),
         ] {
             let e = Scenario::from_json(bad).unwrap_err().to_string();

@@ -56,6 +56,18 @@ const FULL: &[(&str, &str)] = &[
         "full/membership.json",
         include_str!("../scenarios/full/membership.json"),
     ),
+    (
+        "full/frozen-leader-writes.json",
+        include_str!("../scenarios/full/frozen-leader-writes.json"),
+    ),
+    (
+        "full/five-by-five-partitions.json",
+        include_str!("../scenarios/full/five-by-five-partitions.json"),
+    ),
+    (
+        "full/ten-edges-lossy.json",
+        include_str!("../scenarios/full/ten-edges-lossy.json"),
+    ),
 ];
 
 /// The scenarios of a suite, parsed.

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Code, Request, Response, Status};
 
 use crate::authz::caller;
-use crate::controller::{Controller, now_ms, ts, unavailable_with_leader};
+use crate::controller::{Controller, IdempotencyKey, now_ms, ts, unavailable_with_leader};
 use crate::convert;
 use crate::raft::Member;
 
@@ -212,6 +212,7 @@ impl Admin {
     pub(crate) async fn revoke_as(
         &self,
         actor: cat::Actor,
+        key: Option<IdempotencyKey>,
         target: cat::RevocationTarget,
         reason: String,
         ttl: Option<Duration>,
@@ -219,8 +220,9 @@ impl Admin {
         let expires_at_ms = ttl.map_or(0, |t| now_ms().saturating_add(t.as_millis() as i64));
         let written = self
             .ctl
-            .write(
+            .write_keyed(
                 actor,
+                key,
                 Command::Revoke {
                     target,
                     reason,
@@ -321,13 +323,15 @@ impl pb::policy_service_server::PolicyService for Admin {
         req: Request<pb::ApplyPolicyRequest>,
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
         let who = caller(&req)?;
+        let key = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         let (doc, _) = self.parse_checked(&r.document_json)?;
         let diff = self.diff_against(&doc, 0)?;
         let written = self
             .ctl
-            .write(
+            .write_keyed(
                 crate::identity::actor(&who),
+                key,
                 Command::ApplyPolicy {
                     document_json: r.document_json,
                     comment: r.comment,
@@ -471,6 +475,7 @@ impl pb::policy_service_server::PolicyService for Admin {
         req: Request<pb::RollbackPolicyRequest>,
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
         let who = caller(&req)?;
+        let key = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         if r.to_version == 0 {
             return Err(Status::invalid_argument("to_version is required"));
@@ -488,8 +493,9 @@ impl pb::policy_service_server::PolicyService for Admin {
         let diff = self.diff_against(&doc, 0)?;
         let written = self
             .ctl
-            .write(
+            .write_keyed(
                 crate::identity::actor(&who),
+                key,
                 Command::RollbackPolicy {
                     to_version: r.to_version,
                     comment: r.comment,
@@ -598,6 +604,7 @@ impl pb::revocation_service_server::RevocationService for Admin {
         req: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
         let who = caller(&req)?;
+        let key = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         let target = convert::target_from_pb(r.target).map_err(Status::invalid_argument)?;
         required(&r.reason, "reason")?;
@@ -606,7 +613,7 @@ impl pb::revocation_service_server::RevocationService for Admin {
             return Err(Status::invalid_argument("ttl may be at most 400 days"));
         }
         let (write, revocation) = self
-            .revoke_as(crate::identity::actor(&who), target, r.reason, ttl)
+            .revoke_as(crate::identity::actor(&who), key, target, r.reason, ttl)
             .await?;
         tracing::info!(actor = %who, revision = write.revision, "revoked");
         Ok(Response::new(pb::RevokeResponse {
@@ -645,6 +652,7 @@ impl pb::device_service_server::DeviceService for Admin {
         req: Request<pb::EnrollDeviceRequest>,
     ) -> Result<Response<pb::EnrollDeviceResponse>, Status> {
         let who = caller(&req)?;
+        let key = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         required(&r.owner, "owner")?;
         let ttl = duration(r.token_ttl)?.unwrap_or(Duration::from_secs(86_400));
@@ -652,8 +660,9 @@ impl pb::device_service_server::DeviceService for Admin {
         let expires = now_ms() + ttl.as_millis() as i64;
         let written = self
             .ctl
-            .write(
+            .write_keyed(
                 crate::identity::actor(&who),
+                key,
                 Command::CreateDevice {
                     owner: r.owner,
                     serial: r.serial,
@@ -738,6 +747,7 @@ impl pb::device_service_server::DeviceService for Admin {
         req: Request<pb::RecordPostureRequest>,
     ) -> Result<Response<pb::DeviceActionResponse>, Status> {
         let who = caller(&req)?;
+        let key = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         let p = r
             .posture
@@ -758,8 +768,9 @@ impl pb::device_service_server::DeviceService for Admin {
         };
         let written = self
             .ctl
-            .write(
+            .write_keyed(
                 crate::identity::actor(&who),
+                key,
                 Command::RecordPosture {
                     id: r.id.clone(),
                     posture,
@@ -784,13 +795,15 @@ impl Admin {
         state: cat::DeviceState,
     ) -> Result<Response<pb::DeviceActionResponse>, Status> {
         let who = caller(&req)?;
+        let key = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         required(&r.id, "id")?;
         required(&r.reason, "reason")?;
         let written = self
             .ctl
-            .write(
+            .write_keyed(
                 crate::identity::actor(&who),
+                key,
                 Command::SetDeviceState {
                     id: r.id.clone(),
                     state,
@@ -846,13 +859,15 @@ impl pb::factor_service_server::FactorService for Admin {
         req: Request<pb::RemoveFactorRequest>,
     ) -> Result<Response<pb::RemoveFactorResponse>, Status> {
         let who = caller(&req)?;
+        let key = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         required(&r.factor_id, "factor_id")?;
         required(&r.reason, "reason")?;
         let written = self
             .ctl
-            .write(
+            .write_keyed(
                 crate::identity::actor(&who),
+                key,
                 Command::RemoveFactor { id: r.factor_id },
             )
             .await?;
@@ -866,6 +881,7 @@ impl pb::factor_service_server::FactorService for Admin {
         req: Request<pb::UnlockUserRequest>,
     ) -> Result<Response<pb::UnlockUserResponse>, Status> {
         let who = caller(&req)?;
+        let key = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         required(&r.subject, "subject")?;
         required(&r.identity_provider, "identity_provider")?;
@@ -875,8 +891,9 @@ impl pb::factor_service_server::FactorService for Admin {
         };
         let written = self
             .ctl
-            .write(
+            .write_keyed(
                 crate::identity::actor(&who),
+                key,
                 Command::UnlockUser { user: user.clone() },
             )
             .await?;
@@ -895,6 +912,7 @@ impl pb::factor_service_server::FactorService for Admin {
         req: Request<pb::IssueFactorEnrollmentCodeRequest>,
     ) -> Result<Response<pb::IssueFactorEnrollmentCodeResponse>, Status> {
         let who = caller(&req)?;
+        let key = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         required(&r.subject, "subject")?;
         required(&r.identity_provider, "identity_provider")?;
@@ -903,8 +921,9 @@ impl pb::factor_service_server::FactorService for Admin {
         let expires = now_ms() + ttl.as_millis() as i64;
         let written = self
             .ctl
-            .write(
+            .write_keyed(
                 crate::identity::actor(&who),
+                key,
                 Command::IssueEnrollmentCode {
                     user: cat::UserKey {
                         provider: r.identity_provider,
@@ -930,6 +949,7 @@ impl pb::key_service_server::KeyService for Admin {
         req: Request<pb::RotateSigningKeyRequest>,
     ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
         let who = caller(&req)?;
+        let key = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         // Without an overlap, the previous key verifies as long as any session it signed lives;
         // an explicit zero retires it now (ending every session it signed).
@@ -953,8 +973,9 @@ impl pb::key_service_server::KeyService for Admin {
             .map_err(|e| Status::internal(e.to_string()))?;
         let written = self
             .ctl
-            .write(
+            .write_keyed(
                 crate::identity::actor(&who),
+                key,
                 Command::RotateSigningKey {
                     secret: cat::Sealed(sealed),
                     overlap_ms: overlap.as_millis() as i64,
@@ -990,6 +1011,7 @@ impl pb::key_service_server::KeyService for Admin {
         req: Request<pb::PutSecretRequest>,
     ) -> Result<Response<pb::PutSecretResponse>, Status> {
         let who = caller(&req)?;
+        let key = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         if r.value.is_empty() || r.value.len() > MAX_SECRET_BYTES {
             return Err(Status::invalid_argument(format!(
@@ -1003,8 +1025,9 @@ impl pb::key_service_server::KeyService for Admin {
             .map_err(|e| Status::internal(e.to_string()))?;
         let written = self
             .ctl
-            .write(
+            .write_keyed(
                 crate::identity::actor(&who),
+                key,
                 Command::PutSecret {
                     name: r.name.clone(),
                     value: cat::Sealed(sealed),

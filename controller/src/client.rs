@@ -1,6 +1,11 @@
 //! An admin API client that follows the leader: it tries each configured server and, when a
 //! follower answers `UNAVAILABLE` with a `LeaderHint`, retries at the leader. Used by
 //! `palisadectl`, the chaos harness and the tests.
+//!
+//! A member that does not answer in time (frozen, partitioned, overloaded) costs one deadline,
+//! then the next member is tried, for writes too: every call carries one idempotency key
+//! (`palisade-idempotency-key`) in all its attempts, and the catalog applies a keyed write
+//! once, so a write whose answer was lost is retried without being applied twice.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,8 +14,32 @@ use std::time::Duration;
 use palisade_link::{Expect, LinkOptions, LinkTls};
 use palisade_proto::v1 as pb;
 use prost::Message;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+use crate::controller::IDEMPOTENCY_HEADER;
+pub use crate::controller::IdempotencyKey;
+
+/// A channel to one controller whose requests carry the call's idempotency key.
+pub type AdminChannel = InterceptedService<Channel, KeyHeader>;
+
+/// Adds the call's idempotency key to every request (reads ignore it).
+#[derive(Debug, Clone)]
+pub struct KeyHeader(MetadataValue<Ascii>);
+
+impl Interceptor for KeyHeader {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        // A key the caller set on the request itself wins.
+        if !req.metadata().contains_key(IDEMPOTENCY_HEADER) {
+            req.metadata_mut()
+                .insert(IDEMPOTENCY_HEADER, self.0.clone());
+        }
+        Ok(req)
+    }
+}
 
 /// Credentials and servers.
 #[derive(Debug, Clone)]
@@ -85,21 +114,18 @@ impl AdminClient {
             .tls
             .as_ref()
             .map_err(|e| Status::invalid_argument(format!("TLS credentials: {e}")))?;
-        let ep = tls
-            .endpoint(
-                addr,
-                Expect::AnyController,
-                &LinkOptions {
-                    connect_timeout: Duration::from_secs(3),
-                    call_timeout: Some(self.timeout),
-                    ..LinkOptions::default()
-                },
-            )
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let ch = ep
-            .connect()
+        let opts = LinkOptions {
+            connect_timeout: Duration::from_secs(3),
+            call_timeout: Some(self.timeout),
+            ..LinkOptions::default()
+        };
+        let ch = tls
+            .connect(addr, Expect::AnyController, &opts)
             .await
-            .map_err(|e| Status::unavailable(format!("cannot reach {addr}: {e}")))?;
+            .map_err(|e| match e {
+                palisade_link::LinkError::Connect { .. } => Status::unavailable(e.to_string()),
+                other => Status::invalid_argument(other.to_string()),
+            })?;
         self.channels
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -115,12 +141,33 @@ impl AdminClient {
     }
 
     /// Runs `call` against the servers in order, following leader hints (at most 3 hops), and
-    /// returns the first answer that is not "unreachable" or "not the leader".
-    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    /// returns the first answer that is not "unreachable", "not the leader" or "no answer in
+    /// time". Every attempt carries the same idempotency key, so retrying a write at another
+    /// member after a timeout cannot apply it twice.
+    pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, Status>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(AdminChannel) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
+        self.call_keyed(&IdempotencyKey::random(), call).await
+    }
+
+    /// As `call`, with the caller's key: a caller that retries a write itself (after `call`
+    /// gave up on every member) passes the same key again, so the write still applies once.
+    pub async fn call_keyed<T, F, Fut>(
+        &self,
+        key: &IdempotencyKey,
+        mut call: F,
+    ) -> Result<T, Status>
+    where
+        F: FnMut(AdminChannel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let key = KeyHeader(
+            key.as_str()
+                .parse()
+                .map_err(|_| Status::internal("idempotency key"))?,
+        );
         let mut queue: Vec<String> = self.servers.clone();
         let suspect = self
             .suspect
@@ -146,7 +193,7 @@ impl AdminClient {
                     continue;
                 }
             };
-            match call(ch).await {
+            match call(InterceptedService::new(ch, key.clone())).await {
                 Ok(v) => {
                     let mut sus = self.suspect.lock().unwrap_or_else(|p| p.into_inner());
                     if sus.as_deref() == Some(addr.as_str()) {
@@ -155,9 +202,9 @@ impl AdminClient {
                     return Ok(v);
                 }
                 Err(s) => {
-                    // A timeout says nothing about the outcome of a write, so it is returned
-                    // as it is; only the order of later calls changes.
-                    if matches!(s.code(), Code::Cancelled | Code::DeadlineExceeded) {
+                    let timed_out = matches!(s.code(), Code::Cancelled | Code::DeadlineExceeded);
+                    if timed_out {
+                        // Tried last by later calls until it answers again.
                         *self.suspect.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some(addr.clone());
                     }
@@ -166,10 +213,12 @@ impl AdminClient {
                     {
                         hops += 1;
                         queue.insert(i, h.leader_admin_addr);
-                    } else if s.code() != Code::Unavailable {
+                    } else if s.code() != Code::Unavailable && !timed_out {
                         return Err(s);
                     } else {
-                        // The connection may be dead (member killed): reconnect next time.
+                        // The connection may be dead (member killed or frozen): reconnect
+                        // next time. A write that timed out is retried at the next member
+                        // under the same key.
                         self.forget(&addr);
                     }
                     last = s;

@@ -41,6 +41,53 @@ pub struct Written {
     pub at_ms: i64,
 }
 
+/// The metadata header in which clients name a write, so that retrying it is safe.
+pub const IDEMPOTENCY_HEADER: &str = "palisade-idempotency-key";
+
+/// A client's name for one write: 8 to 64 characters of `A-Z a-z 0-9 _ -`. The catalog
+/// applies a keyed write once; a retry with the same key gets the first answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// Checks a key as sent.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok_chars = s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if (8..=64).contains(&s.len()) && ok_chars {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(format!(
+                "{IDEMPOTENCY_HEADER} must be 8 to 64 characters of A-Z, a-z, 0-9, '-' and '_'"
+            ))
+        }
+    }
+
+    /// A fresh random key (128 bits).
+    pub fn random() -> Self {
+        use rand::Rng;
+        let bytes: [u8; 16] = rand::rng().random();
+        Self(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The key a request carries, if any; a malformed one is refused.
+    pub fn from_request<T>(req: &tonic::Request<T>) -> Result<Option<Self>, Status> {
+        let Some(v) = req.metadata().get(IDEMPOTENCY_HEADER) else {
+            return Ok(None);
+        };
+        let s = v
+            .to_str()
+            .map_err(|_| Status::invalid_argument(format!("{IDEMPOTENCY_HEADER} is not ASCII")))?;
+        Self::parse(s).map(Some).map_err(Status::invalid_argument)
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 impl Written {
     /// As the wire `WriteResult`.
     pub fn to_pb(&self) -> pb::WriteResult {
@@ -122,12 +169,24 @@ impl Controller {
     /// forwards it to the leader, then waits (at most 5 s) until it has applied the write
     /// itself, so a read on this member right after sees it.
     pub async fn write(&self, actor: Actor, command: Command) -> Result<Written, WriteError> {
-        self.write_inner(actor, command, true).await
+        self.write_inner(actor, None, command, true).await
+    }
+
+    /// As `write`, named by the caller's idempotency key: the catalog applies a keyed write
+    /// once, and a retry (through any member) gets the first answer.
+    pub async fn write_keyed(
+        &self,
+        actor: Actor,
+        key: Option<IdempotencyKey>,
+        command: Command,
+    ) -> Result<Written, WriteError> {
+        self.write_inner(actor, key, command, true).await
     }
 
     pub(crate) async fn write_inner(
         &self,
         actor: Actor,
+        key: Option<IdempotencyKey>,
         command: Command,
         may_forward: bool,
     ) -> Result<Written, WriteError> {
@@ -136,6 +195,7 @@ impl Controller {
             actor: actor.clone(),
             at_ms,
             command: command.clone(),
+            idempotency_key: key.as_ref().map(|k| k.0.clone()),
         };
         let timer = std::time::Instant::now();
         match self.raft.client_write(Request(env)).await {
@@ -161,7 +221,7 @@ impl Controller {
                 let leader = f.leader_id.zip(f.leader_node);
                 match leader {
                     Some((id, node)) if may_forward && id != self.id => {
-                        let written = self.forward(id, &node, actor, command).await?;
+                        let written = self.forward(id, &node, actor, key, command).await?;
                         // read-your-writes on this member: what the caller reads here next
                         // includes its write
                         let mut applied = self.state.applied();
@@ -198,6 +258,7 @@ impl Controller {
         leader_id: u64,
         leader: &Member,
         actor: Actor,
+        key: Option<IdempotencyKey>,
         command: Command,
     ) -> Result<Written, WriteError> {
         // One cached channel per leader address: a TLS handshake per forwarded write would
@@ -217,6 +278,7 @@ impl Controller {
                 role: 0,
                 origin: format!("forwarded by controller {}", self.id),
             }),
+            idempotency_key: key.map(|k| k.0).unwrap_or_default(),
         };
         let resp = client
             .forward_write(req)
@@ -285,9 +347,8 @@ impl Controller {
         }
         let ch = self
             .client_tls
-            .endpoint(addr, palisade_link::Expect::Controller(id), opts)
-            .ok()?
-            .connect_lazy();
+            .connect_lazy(addr, palisade_link::Expect::Controller(id), opts)
+            .ok()?;
         cache.insert(key, ch.clone());
         Some(ch)
     }

@@ -376,7 +376,9 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
             r.reason.chars().take(200).collect()
         };
         let admin = Admin::new(self.ctl.clone());
-        let (write, revocation) = admin.revoke_as(actor.clone(), target, reason, None).await?;
+        let (write, revocation) = admin
+            .revoke_as(actor.clone(), None, target, reason, None)
+            .await?;
         tracing::info!(actor = %actor.subject, revision = write.revision, "session revoked by its user");
         Ok(Response::new(pb::RevokeOwnResponse {
             revocation,

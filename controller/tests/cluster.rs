@@ -338,3 +338,135 @@ async fn reads_and_writes_are_linearizable_under_leader_kills() {
         checked - writes
     );
 }
+
+/// A revocation of `session` named by `key`, sent to whichever member `client` reaches.
+async fn keyed_revoke(
+    client: &palisade_controller::client::AdminClient,
+    session: &str,
+    key: &str,
+) -> Result<String, tonic::Status> {
+    let r = client
+        .call(|ch| async move {
+            let mut req = tonic::Request::new(pb::RevokeRequest {
+                target: Some(pb::RevocationTarget {
+                    target: Some(pb::revocation_target::Target::SessionId(
+                        session.to_string(),
+                    )),
+                }),
+                reason: "test".into(),
+                ttl: None,
+            });
+            // An explicit key wins over the one the client adds: the same write sent again,
+            // as after a lost answer.
+            req.metadata_mut()
+                .insert("palisade-idempotency-key", key.parse().expect("ascii"));
+            pb::revocation_service_client::RevocationServiceClient::new(ch)
+                .revoke(req)
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await?;
+    Ok(r.revocation.map(|v| v.id).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_member_costs_a_deadline_and_a_retried_write_applies_once() {
+    let c = Cluster::start(3, 0, Options::default()).await;
+    let leader = c.wait_leader(T).await;
+    let follower = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
+
+    // The same keyed write through a follower (forwarded) and then the leader: one revocation,
+    // both answers name it.
+    let via_follower = keyed_revoke(&c.client_for(follower), "lost-answer", "retry-key-0001")
+        .await
+        .expect("write through a follower");
+    let via_leader = keyed_revoke(&c.client_for(leader), "lost-answer", "retry-key-0001")
+        .await
+        .expect("the same write at the leader");
+    assert_eq!(via_follower, via_leader, "a retry gets the first answer");
+    let listed = Cluster::revoked_sessions(&c.client(), false).await.unwrap();
+    assert_eq!(
+        listed.iter().filter(|s| *s == "lost-answer").count(),
+        1,
+        "applied once: {listed:?}"
+    );
+    // A malformed key is refused and changes nothing.
+    let bad = keyed_revoke(&c.client_for(leader), "bad-key", "no spaces").await;
+    assert_eq!(
+        bad.expect_err("bad key").code(),
+        tonic::Code::InvalidArgument
+    );
+
+    // Freeze the leader: it still accepts TCP connections but never answers. A client that
+    // lists it first, with palisadectl's 30 s call timeout and a connection already open to
+    // it, must move on after keepalive notices, not wait out the deadline.
+    let mut servers = vec![c.members[&leader].addr()];
+    servers.extend(
+        c.members
+            .values()
+            .filter(|m| m.id != leader)
+            .map(|m| m.addr()),
+    );
+    let client = c
+        .client_with(servers.clone())
+        .with_timeout(Duration::from_secs(30));
+    Cluster::revoke(&client, "before-freeze")
+        .await
+        .expect("a write before the freeze");
+    c.pause(leader);
+    let started = std::time::Instant::now();
+    // Writes keep being tried (as the chaos harness and any script would) until the other
+    // members have elected a leader; none of it may wait out the 30 s deadline.
+    let id = eventually("a write while the leader is frozen", T, || async {
+        keyed_revoke(&client, "during-freeze", "freeze-key-0001")
+            .await
+            .ok()
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(!id.is_empty());
+    assert!(
+        took < Duration::from_secs(15),
+        "a write with a frozen first member took {took:?}"
+    );
+    // A fresh client (palisadectl) listing the frozen member first: status answers from the
+    // next member within a connect timeout.
+    let status_started = std::time::Instant::now();
+    let args = [
+        "--server".to_string(),
+        servers.join(","),
+        "--cert".into(),
+        c.pki().join("admin-admin.pem").display().to_string(),
+        "--key".into(),
+        c.pki().join("admin-admin.key").display().to_string(),
+        "--ca".into(),
+        c.pki().join("ca.pem").display().to_string(),
+        "status".into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_palisadectl"))
+            .args(args)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("palisadectl runs");
+    let status_took = status_started.elapsed();
+    assert!(
+        out.status.success(),
+        "palisadectl status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        status_took < Duration::from_secs(10),
+        "palisadectl status with a frozen first member took {status_took:?}"
+    );
+    eprintln!("with the leader frozen: a write took {took:?}, palisadectl status {status_took:?}");
+    c.resume(leader);
+    let listed = Cluster::revoked_sessions(&c.client(), false).await.unwrap();
+    assert_eq!(
+        listed.iter().filter(|s| *s == "during-freeze").count(),
+        1,
+        "retried writes applied once: {listed:?}"
+    );
+}

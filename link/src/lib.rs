@@ -22,10 +22,11 @@ mod verify;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use tonic::transport::{ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub use identity::{Principal, Role};
 pub use verify::ServerIdentityVerifier;
@@ -50,9 +51,39 @@ impl Expect {
     }
 }
 
+/// The TCP connector under every link (TLS is added by tonic from the endpoint, and the
+/// endpoint's connect timeout then covers both).
+fn tcp(opts: &LinkOptions) -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(opts.connect_timeout));
+    http
+}
+
+/// An error with its causes, for logs and operator messages.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
 /// Why a link could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// The peer could not be reached, or did not finish the handshake in time.
+    #[error("cannot reach {addr}: {reason}")]
+    Connect {
+        /// The address dialled.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
     /// The CA bundle holds no usable certificate.
     #[error("the CA bundle holds no usable certificate: {0}")]
     Ca(String),
@@ -124,8 +155,41 @@ impl LinkTls {
         })
     }
 
-    /// An endpoint to `addr` (`host:port`) that accepts only a server holding `expect`.
-    pub fn endpoint(
+    /// A channel to `addr` (`host:port`) that accepts only a server holding `expect`,
+    /// connecting now. The whole connection, TCP and TLS, must be up within
+    /// `opts.connect_timeout`: a frozen peer accepts TCP connections (the kernel answers) but
+    /// never finishes a TLS handshake.
+    pub async fn connect(
+        &self,
+        addr: &str,
+        expect: Expect,
+        opts: &LinkOptions,
+    ) -> Result<Channel, LinkError> {
+        self.endpoint(addr, expect, opts)?
+            .connect_with_connector(tcp(opts))
+            .await
+            .map_err(|e| LinkError::Connect {
+                addr: addr.to_string(),
+                reason: error_chain(&e),
+            })
+    }
+
+    /// As `connect`, connecting on first use (and again after the connection is lost), each
+    /// time within `opts.connect_timeout`.
+    pub fn connect_lazy(
+        &self,
+        addr: &str,
+        expect: Expect,
+        opts: &LinkOptions,
+    ) -> Result<Channel, LinkError> {
+        Ok(self
+            .endpoint(addr, expect, opts)?
+            .connect_with_connector_lazy(tcp(opts)))
+    }
+
+    /// An endpoint to `addr` (`host:port`) that accepts only a server holding `expect`. Not
+    /// public: tonic's own `connect` bounds only the TCP connect, not the TLS handshake.
+    fn endpoint(
         &self,
         addr: &str,
         expect: Expect,

@@ -23,6 +23,7 @@ fn env(command: Command) -> Envelope {
         },
         at_ms: 1_000,
         command,
+        idempotency_key: None,
     }
 }
 

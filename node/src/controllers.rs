@@ -64,10 +64,10 @@ impl ControllerClient {
                 call_timeout: Some(Duration::from_secs(10)),
                 ..LinkOptions::default()
             };
-            let Ok(ep) = tls.endpoint(&addr, Expect::AnyController, &opts) else {
+            let Ok(ch) = tls.connect_lazy(&addr, Expect::AnyController, &opts) else {
                 continue;
             };
-            out.push((addr, ep.connect_lazy()));
+            out.push((addr, ch));
         }
         out
     }

@@ -127,8 +127,18 @@ impl Replica {
         self.subscriptions.load(Ordering::Relaxed)
     }
 
-    fn install(&self, v: View) {
+    /// Installs `v` as the view every request reads. Each install is logged at debug level
+    /// under the target `palisade_node::applied` (revision, policy version, how), so a test
+    /// can check from outside that an edge never goes back (contract 2).
+    fn install(&self, v: View, how: &'static str) {
         let revision = v.revision;
+        tracing::debug!(
+            target: "palisade_node::applied",
+            revision,
+            policy = v.policy.as_ref().map_or(0, |(version, _)| *version),
+            how,
+            "applied"
+        );
         self.view.store(Some(Arc::new(v)));
         self.applied.send_replace(revision);
         metrics::gauge!("palisade_edge_revision").set(revision as f64);
@@ -184,6 +194,10 @@ enum SessionEnd {
     Silent(Duration),
     #[error("refused update: {0}")]
     Refused(ReplicaError),
+    #[error(
+        "the controller's snapshot at revision {snapshot} is older than the view in force ({enforced})"
+    )]
+    Behind { snapshot: u64, enforced: u64 },
     #[error("shutting down")]
     Shutdown,
 }
@@ -248,9 +262,18 @@ async fn run(cfg: SyncConfig, replica: Arc<Replica>, mut shutdown: watch::Receiv
         next += 1;
         let started = Instant::now();
         let end = session(&cfg, &tls, &addr, &replica, want_snapshot, &mut shutdown).await;
-        want_snapshot = false;
+        let asked_for_snapshot = std::mem::take(&mut want_snapshot);
         match end {
             SessionEnd::Shutdown => return,
+            SessionEnd::Behind { .. } => {
+                // Not a fault in what was sent, so not a refused update: that member has not
+                // caught up yet. Another member (a majority has what this edge enforces) can
+                // bring the edge forward; this one is tried last for a while.
+                tracing::warn!(controller = %addr, reason = %end, "not going back; trying another member");
+                metrics::counter!("palisade_edge_older_snapshots_refused_total").increment(1);
+                suspects.insert(addr.clone(), Instant::now());
+                want_snapshot = asked_for_snapshot;
+            }
             SessionEnd::Refused(e) => {
                 tracing::error!(controller = %addr, error = %e, "refused an update; keeping the last good view and resubscribing for a snapshot");
                 replica.refused.fetch_add(1, Ordering::Relaxed);
@@ -304,17 +327,16 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
     // The subscription lives as long as the connection: no call deadline, but keepalive pings
-    // notice a frozen controller long before the silence timeout.
+    // (answered by the controller's HTTP/2 layer, however busy it is) notice a frozen
+    // controller within a second, before the silence timeout and about when the other
+    // members have elected a new leader.
     let opts = LinkOptions {
         connect_timeout: CONNECT_TIMEOUT,
         call_timeout: None,
-        ..LinkOptions::default()
+        keepalive_interval: Duration::from_millis(250),
+        keepalive_timeout: Duration::from_millis(750),
     };
-    let ep = match tls.endpoint(addr, Expect::AnyController, &opts) {
-        Ok(e) => e,
-        Err(e) => return SessionEnd::Connect(e.to_string()),
-    };
-    let ch = match ep.connect().await {
+    let ch = match tls.connect(addr, Expect::AnyController, &opts).await {
         Ok(ch) => ch,
         Err(e) => return SessionEnd::Connect(e.to_string()),
     };
@@ -401,18 +423,20 @@ async fn session(
                         begin.entry_count
                     )));
                 }
-                if begin.revision < replica.revision() && !want_snapshot {
-                    break SessionEnd::Refused(ReplicaError::BadSnapshot(format!(
-                        "snapshot at {} would move the edge back from {}",
-                        begin.revision,
-                        replica.revision()
-                    )));
+                // Contract 2: the edge never goes back, also when it asked for a snapshot
+                // (after a refused delta) and the member it reached is behind it (a restarted
+                // member or a learner still catching up).
+                if begin.revision < replica.revision() {
+                    break SessionEnd::Behind {
+                        snapshot: begin.revision,
+                        enforced: replica.revision(),
+                    };
                 }
                 match View::from_snapshot(begin.revision, entries) {
                     Ok(v) => {
                         tracing::info!(revision = v.revision, reason = %begin.reason, revocations = v.revocations.len(), "snapshot installed");
                         metrics::counter!("palisade_edge_snapshots_total").increment(1);
-                        replica.install(v);
+                        replica.install(v, "snapshot");
                         report(replica);
                     }
                     Err(e) => break SessionEnd::Refused(e),
@@ -426,7 +450,7 @@ async fn session(
                 };
                 match current.apply(&d) {
                     Ok(v) => {
-                        replica.install(v);
+                        replica.install(v, "delta");
                         if let Some(t) = d.committed_at {
                             let ms = now_ms() - (t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
                             metrics::histogram!("palisade_propagation_seconds")

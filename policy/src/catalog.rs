@@ -47,6 +47,11 @@ pub struct Envelope {
     pub at_ms: i64,
     /// What to do.
     pub command: Command,
+    /// The client's name for this write (with the actor, it identifies the write): a command
+    /// whose key was applied within `IDEMPOTENCY_WINDOW_MS` is not applied again, it returns
+    /// the first one's result. A client whose answer was lost retries with the same key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// The user a factor or counter belongs to.
@@ -548,6 +553,24 @@ pub struct AuthEvent {
 
 /// How many auth events the catalog keeps per user.
 pub const AUTH_EVENTS_PER_USER: usize = 50;
+/// How long an idempotency key is remembered (by the leader's stamp on the entries): longer
+/// than any client keeps retrying one write.
+pub const IDEMPOTENCY_WINDOW_MS: i64 = 10 * 60 * 1000;
+/// At most this many idempotency keys are remembered; the oldest go first.
+pub const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
+
+/// The result of a keyed write, kept to answer its retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyedWrite {
+    /// When it was applied (the leader's stamp, unix ms).
+    pub at_ms: i64,
+    /// Its revision.
+    pub revision: u64,
+    /// What it was (`policy.apply`, `revoke`, ...): a retry must be the same kind of write.
+    pub action: String,
+    /// Its result.
+    pub result: Result<Outcome, CommandError>,
+}
 /// How long a used WebAuthn challenge is remembered (longer than any challenge lives).
 pub const CHALLENGE_MEMORY_MS: i64 = 15 * 60 * 1000;
 /// How long a pending TOTP factor waits for its first code.
@@ -735,6 +758,12 @@ pub struct Catalog {
     /// Recent sign-in and MFA attempts by user, oldest first.
     #[serde(default)]
     pub auth_events: BTreeMap<String, VecDeque<AuthEvent>>,
+    /// Keyed writes of the last `IDEMPOTENCY_WINDOW_MS`, by actor and key.
+    #[serde(default)]
+    pub keyed_writes: BTreeMap<String, KeyedWrite>,
+    /// The same keys, oldest first, for expiry.
+    #[serde(default)]
+    pub keyed_order: VecDeque<(i64, String)>,
 }
 
 fn not_found(kind: &str, id: impl ToString) -> CommandError {
@@ -742,6 +771,10 @@ fn not_found(kind: &str, id: impl ToString) -> CommandError {
         kind: kind.into(),
         id: id.to_string(),
     }
+}
+
+fn keyed_slot(actor: &Actor, key: &str) -> String {
+    format!("{}\u{0}{}\u{0}{}", actor.kind, actor.subject, key)
 }
 
 fn user_slot(u: &UserKey) -> String {
@@ -887,10 +920,49 @@ impl Catalog {
         env: &Envelope,
     ) -> (Result<Outcome, CommandError>, Vec<Change>) {
         self.revision = revision;
+        self.forget_keys(env.at_ms);
+        let slot = env
+            .idempotency_key
+            .as_deref()
+            .map(|k| keyed_slot(&env.actor, k));
+        if let Some(slot) = &slot
+            && let Some(first) = self.keyed_writes.get(slot)
+        {
+            // A retry of a write already applied: its answer again, and nothing else.
+            let (action, _) = describe(&env.command, &Ok(Outcome::Done));
+            if first.action != action {
+                return (
+                    Err(CommandError::Invalid(format!(
+                        "this idempotency key was used for a different write ({})",
+                        first.action
+                    ))),
+                    Vec::new(),
+                );
+            }
+            return (first.result.clone(), Vec::new());
+        }
         let mut changes = Vec::new();
         let r = self.apply_inner(revision, env, &mut changes);
         if r.is_err() {
             changes.clear();
+        }
+        if let Some(slot) = slot {
+            let (action, _) = describe(&env.command, &Ok(Outcome::Done));
+            self.keyed_writes.insert(
+                slot.clone(),
+                KeyedWrite {
+                    at_ms: env.at_ms,
+                    revision,
+                    action: action.into(),
+                    result: r.clone(),
+                },
+            );
+            self.keyed_order.push_back((env.at_ms, slot));
+            while self.keyed_order.len() > MAX_IDEMPOTENCY_KEYS {
+                if let Some((_, old)) = self.keyed_order.pop_front() {
+                    self.keyed_writes.remove(&old);
+                }
+            }
         }
         let quiet = matches!(
             (&env.command, &r),
@@ -918,6 +990,19 @@ impl Catalog {
             }
         }
         (r, changes)
+    }
+
+    /// Forgets idempotency keys older than the window (as of the entry being applied).
+    fn forget_keys(&mut self, at_ms: i64) {
+        while self
+            .keyed_order
+            .front()
+            .is_some_and(|(t, _)| at_ms.saturating_sub(*t) > IDEMPOTENCY_WINDOW_MS)
+        {
+            if let Some((_, old)) = self.keyed_order.pop_front() {
+                self.keyed_writes.remove(&old);
+            }
+        }
     }
 
     fn apply_inner(

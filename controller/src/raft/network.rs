@@ -60,10 +60,9 @@ impl RaftNetworkFactory<C> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: u64, node: &Member) -> Self::Network {
-        let built = self
-            .tls
-            .endpoint(&node.raft_addr, Expect::Controller(target), &raft_link())
-            .map(|e| e.connect_lazy());
+        let built =
+            self.tls
+                .connect_lazy(&node.raft_addr, Expect::Controller(target), &raft_link());
         match built {
             Ok(ch) => Connection {
                 target,

@@ -126,9 +126,15 @@ impl RaftTransport for RaftService {
         })?;
         // One hop only: if this member lost leadership meanwhile, the caller retries. A
         // catalog refusal is an answer, sent as a result so the caller keeps its type.
+        let key = match req.idempotency_key.as_str() {
+            "" => None,
+            k => Some(
+                crate::controller::IdempotencyKey::parse(k).map_err(Status::invalid_argument)?,
+            ),
+        };
         let (write, result) = match self
             .ctl
-            .write_inner(actor_from_pb(req.actor), command, false)
+            .write_inner(actor_from_pb(req.actor), key, command, false)
             .await
         {
             Ok(w) => (Some(w.to_pb()), Ok(w.outcome)),

@@ -324,6 +324,11 @@ impl Cluster {
         )
     }
 
+    /// An admin client trying `servers` in this order.
+    pub fn client_with(&self, servers: Vec<String>) -> AdminClient {
+        self.admin("admin", servers)
+    }
+
     /// An admin client talking to one member only.
     pub fn client_for(&self, id: u64) -> AdminClient {
         self.admin("admin", vec![self.members[&id].addr()])

@@ -8,6 +8,7 @@ fn env(at_ms: i64, command: Command) -> Envelope {
         },
         at_ms,
         command,
+        idempotency_key: None,
     }
 }
 
@@ -489,6 +490,7 @@ fn as_edge(at_ms: i64, command: Command) -> Envelope {
         },
         at_ms,
         command,
+        idempotency_key: None,
     }
 }
 
@@ -834,4 +836,65 @@ fn edges_receive_only_the_secrets_the_policy_references() {
         c.apply(5, &env(0, put("other"))).1,
         vec![Change::Secret("other".into())]
     );
+}
+
+#[test]
+fn a_keyed_write_is_applied_once_and_its_retries_get_its_answer() {
+    let keyed = |at_ms: i64, key: &str, command: Command| Envelope {
+        idempotency_key: Some(key.into()),
+        ..env(at_ms, command)
+    };
+    let revoke = |sid: &str| Command::Revoke {
+        target: RevocationTarget::Session(sid.into()),
+        reason: "lost phone".into(),
+        expires_at_ms: 0,
+    };
+    let mut c = Catalog::default();
+    let first = c.apply(5, &keyed(1_000, "k1", revoke("s1")));
+    assert_eq!(first.0, Ok(Outcome::Revocation("rev-5".into())));
+    // The answer was lost; the client retries (through another member): nothing is applied
+    // again, the first answer comes back.
+    let retry = c.apply(6, &keyed(2_000, "k1", revoke("s1")));
+    assert_eq!(retry, (Ok(Outcome::Revocation("rev-5".into())), Vec::new()));
+    assert_eq!(c.revocations.len(), 1);
+    assert_eq!(c.revision, 6);
+    // Unkeyed writes and other keys apply as always; the same key from another actor is
+    // another write.
+    assert!(c.apply(7, &env(3_000, revoke("s1"))).0.is_ok());
+    let mut other = keyed(3_000, "k1", revoke("s2"));
+    other.actor.subject = "someone-else@example.com".into();
+    assert_eq!(
+        c.apply(8, &other).0,
+        Ok(Outcome::Revocation("rev-8".into()))
+    );
+    assert_eq!(c.revocations.len(), 3);
+    // A key names one write: reused for another kind of write, it is refused.
+    let misuse = c.apply(9, &keyed(4_000, "k1", Command::CollectGarbage));
+    assert!(
+        matches!(&misuse.0, Err(CommandError::Invalid(m)) if m.contains("different write")),
+        "{misuse:?}"
+    );
+    // A refusal is an answer too: its retry is refused the same way.
+    let bad = |at| {
+        keyed(
+            at,
+            "k2",
+            Command::ApplyPolicy {
+                document_json: "{}".into(),
+                comment: String::new(),
+                expected_version: 0,
+            },
+        )
+    };
+    let (r1, _) = c.apply(10, &bad(5_000));
+    assert!(r1.is_err());
+    assert_eq!(c.apply(11, &bad(6_000)).0, r1);
+    // Keys are forgotten after the window, by the entries' own stamps (every member alike).
+    let gc = c.apply(
+        12,
+        &env(1_000 + IDEMPOTENCY_WINDOW_MS + 1, Command::CollectGarbage),
+    );
+    assert!(gc.0.is_ok());
+    assert!(!c.keyed_writes.values().any(|w| w.revision == 5));
+    assert_eq!(c.keyed_writes.len(), c.keyed_order.len());
 }
