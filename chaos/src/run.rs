@@ -223,6 +223,36 @@ impl Probe {
         }
     }
 
+    /// The marker rule an edge decides `marker` by (`marker-<n>`: its number), `None` when
+    /// the edge does not answer.
+    async fn marker(&self, edge: usize) -> Option<u64> {
+        self.probes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (http, port) = &self.clients[edge];
+        let resp = http
+            .get(format!("https://{MARKER_HOST}:{port}/"))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .ok()?;
+        let body = resp.text().await.ok()?;
+        marker_number(&body)
+    }
+
+    /// Whether `edge` answered, and whether its answer shows `target` in force.
+    async fn observe(&self, edge: usize, target: &Target) -> (bool, bool) {
+        match target {
+            Target::Revoked(cookie) => {
+                let s = self.status(PROBE_HOST, edge, Some(cookie)).await;
+                (s.is_some(), refused(s))
+            }
+            Target::Marker(n) => {
+                let m = self.marker(edge).await;
+                (m.is_some(), m.is_some_and(|m| m >= *n))
+            }
+        }
+    }
+
     fn violation(&self, v: String) {
         self.violations
             .lock()
@@ -230,28 +260,27 @@ impl Probe {
             .push(v);
     }
 
-    /// Probes every edge until `done(status)` holds there; returns when the last edge did (the
-    /// enforcement time), or `None` past the bound. Keeps checking each edge for a second after.
+    /// Probes every edge until its answers show `target` in force; returns when the last edge
+    /// did (the enforcement time), or `None` past the bound. Keeps checking each edge for a
+    /// second after: an answer showing `target` not in force is a violation.
     async fn until_all(
         self: &Arc<Self>,
-        host: &'static str,
-        cookie: Option<String>,
+        target: Target,
         what: String,
-        done: fn(Option<u16>) -> bool,
         current: Option<(Arc<std::sync::atomic::AtomicU64>, u64)>,
     ) -> Option<Instant> {
         let mut tasks = Vec::new();
         for edge in 0..self.clients.len() {
             let p = self.clone();
-            let cookie = cookie.clone();
+            let target = target.clone();
             let what = what.clone();
             let current = current.clone();
             tasks.push(tokio::spawn(async move {
                 let start = Instant::now();
                 let at = loop {
-                    let s = p.status(host, edge, cookie.as_deref()).await;
+                    let (answered, done) = p.observe(edge, &target).await;
                     let down = p.down[edge].load(std::sync::atomic::Ordering::SeqCst);
-                    if (s.is_some() || down) && done(s) {
+                    if (answered || down) && done {
                         break Instant::now();
                     }
                     let superseded = current.as_ref().is_some_and(|(g, mine)| {
@@ -268,28 +297,15 @@ impl Probe {
                     }
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 };
-                // once enforced, it stays enforced
+                // Once enforced, it stays enforced. A newer policy change carries a higher
+                // marker number, so it keeps this one in force: no race with it to exclude.
                 let until = Instant::now() + Duration::from_secs(1);
                 while Instant::now() < until {
                     tokio::time::sleep(Duration::from_millis(25)).await;
-                    // a newer change supersedes this one (policy changes flip the marker)
-                    if current.as_ref().is_some_and(|(g, mine)| {
-                        g.load(std::sync::atomic::Ordering::SeqCst) != *mine
-                    }) {
-                        break;
-                    }
-                    let s = p.status(host, edge, cookie.as_deref()).await;
-                    // a newer change may have been made while the request was in flight
-                    if current.as_ref().is_some_and(|(g, mine)| {
-                        g.load(std::sync::atomic::Ordering::SeqCst) != *mine
-                    }) {
-                        break;
-                    }
+                    let (answered, done) = p.observe(edge, &target).await;
                     // no answer (the edge is down) serves nothing: not a regression
-                    if s.is_some() && !done(s) {
-                        p.violation(format!(
-                            "edge {edge}: {what} was enforced, then not (answer {s:?})"
-                        ));
+                    if answered && !done {
+                        p.violation(format!("edge {edge}: {what} was enforced, then not"));
                         break;
                     }
                 }
@@ -307,25 +323,38 @@ impl Probe {
     }
 }
 
+/// What a measurement waits for.
+#[derive(Debug, Clone)]
+enum Target {
+    /// The session (this cookie) refused.
+    Revoked(String),
+    /// The marker application decided by marker rule `n` or a newer one.
+    Marker(u64),
+}
+
 fn refused(s: Option<u16>) -> bool {
     s != Some(200)
 }
 
-fn marker_served(s: Option<u16>) -> bool {
-    s == Some(200)
+/// The number of the marker rule a denial page names (`marker-<n>`).
+fn marker_number(body: &str) -> Option<u64> {
+    let at = body.find("marker-")? + "marker-".len();
+    let digits: String = body[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
 
-fn marker_denied(s: Option<u16>) -> bool {
-    s == Some(403)
-}
-
-/// The scenario's policy. `marker_open` decides whether the marker application is public
-/// (200) or denied to everyone (403); policy changes flip it.
+/// The scenario's policy. The marker application denies everyone by a rule named
+/// `marker-<marker>`, which its denial page shows: each policy change numbers it anew, so a
+/// probe sees which change an edge enforces (a marker that only flipped between two states
+/// could not tell a change from the one before the last, at an edge that lags).
 pub fn policy(
     issuer: &str,
     client_id: &str,
     upstream: std::net::SocketAddr,
-    marker_open: bool,
+    marker: u64,
 ) -> String {
     let up = format!("http://{upstream}");
     json!({
@@ -341,8 +370,8 @@ pub fn policy(
              "staleness": {"mode": "fail_closed", "max_staleness": "2s"},
              "rules": [{"name": "public", "decision": "bypass", "include": [{"everyone": true}]}]},
             {"id": "marker", "hosts": [MARKER_HOST], "upstreams": [up], "mfa": {"required": false},
-             "rules": [{"name": if marker_open { "open" } else { "closed" },
-                        "decision": if marker_open { "bypass" } else { "deny" },
+             "rules": [{"name": format!("marker-{marker}"),
+                        "decision": "deny",
                         "include": [{"everyone": true}]}]}
         ]
     })
@@ -411,9 +440,10 @@ struct PolicyWriter {
     samples: Arc<Mutex<Vec<Sample>>>,
     counts: Arc<Mutex<Counts>>,
     faults: Vec<ScheduledFault>,
-    /// The document with the marker open or closed.
-    doc: Arc<dyn Fn(bool) -> String + Send + Sync>,
-    marker_open: bool,
+    /// The document with marker rule `n`.
+    doc: Arc<dyn Fn(u64) -> String + Send + Sync>,
+    /// The marker number in force (as last acknowledged or read).
+    marker: u64,
     version: u64,
     start: Instant,
 }
@@ -425,11 +455,12 @@ impl PolicyWriter {
         mut ticks: tokio::sync::mpsc::Receiver<()>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let mut workers = Vec::new();
-        // Bumped for each change: the measurement of the previous one stops (the marker flips).
+        // Bumped for each change: the measurement of the previous one stops (the newer one is
+        // measured on its own).
         let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
         while ticks.recv().await.is_some() {
-            let open = !self.marker_open;
-            let doc = (self.doc)(open);
+            let marker = self.marker + 1;
+            let doc = (self.doc)(marker);
             let mine = generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
             let key = IdempotencyKey::random();
             let until = Instant::now() + POLICY_WRITE_FOR;
@@ -480,13 +511,13 @@ impl PolicyWriter {
                     .await
                     {
                         self.version = v;
-                        self.marker_open = !doc.contains("\"closed\"");
+                        self.marker = marker_number(&doc).unwrap_or(self.marker);
                     }
                     continue;
                 }
             };
             self.version = version;
-            self.marker_open = open;
+            self.marker = marker;
             self.counts
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -501,13 +532,8 @@ impl PolicyWriter {
             workers.push(tokio::spawn(async move {
                 let done = probe
                     .until_all(
-                        MARKER_HOST,
-                        None,
-                        format!(
-                            "policy change to v{version} (marker {})",
-                            if open { "open" } else { "closed" }
-                        ),
-                        if open { marker_served } else { marker_denied },
+                        Target::Marker(marker),
+                        format!("policy change to v{version} (rule marker-{marker})"),
                         current,
                     )
                     .await;
@@ -642,11 +668,24 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
     let tmp = tempfile::Builder::new()
         .prefix("palisade-chaos-")
         .tempdir()?;
+    // A kept directory must start empty: controllers would otherwise start from an earlier
+    // run's data, whose members sat at other addresses, and never elect a leader.
+    if let Some(d) = &dir
+        && std::fs::read_dir(d).is_ok_and(|mut entries| entries.next().is_some())
+    {
+        anyhow::bail!(
+            "{} is not empty; --dir keeps one run's files and needs an empty or new directory",
+            d.display()
+        );
+    }
     let dir = dir.unwrap_or_else(|| tmp.path().to_path_buf());
     let mut spec = ClusterSpec::new(sc.controllers, sc.edges, host, dir.clone());
-    // The workload signs in one session per scheduled revocation from this one address: a
-    // load generator, not a client the sign-in rate limit is for.
-    spec.edge_args = vec!["--rate-sign-in".into(), "0/0".into()];
+    // The workload signs in one session per scheduled revocation from this one address (two
+    // `/.palisade/` requests each): a load generator, not a client the per-address limits are
+    // for. A release build signs in faster than the reserved-path limit allows.
+    spec.edge_args = ["--rate-sign-in", "0/0", "--rate-reserved", "0/0"]
+        .map(String::from)
+        .to_vec();
     // Every revision each edge applies is logged (`applied.rs`), and checked afterwards.
     spec.log_filter = format!("info,openraft=warn,{}", crate::applied::FILTER);
     spec.network = sc.network;
@@ -684,10 +723,10 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
     cluster
         .put_secret("dev-oidc", idp.client_secret.as_bytes())
         .await?;
-    let marker_open = true;
+    let marker = 0;
     let (rev, policy_version) = cluster
         .apply_policy_if(
-            &policy(&idp.issuer, &idp.client_id, upstream.addr, marker_open),
+            &policy(&idp.issuer, &idp.client_id, upstream.addr, marker),
             "chaos: initial",
             0,
         )
@@ -766,7 +805,7 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
             counts: counts.clone(),
             faults: schedule.faults.clone(),
             doc: Arc::new(move |open| policy(&issuer, &client_id, upstream_addr, open)),
-            marker_open,
+            marker,
             version: policy_version,
             start,
         }
@@ -810,10 +849,8 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
                         .revocations_acked += 1;
                     if let Some(done) = probe
                         .until_all(
-                            PROBE_HOST,
-                            Some(cookie),
+                            Target::Revoked(cookie),
                             format!("revocation of session {sid}"),
-                            refused,
                             None,
                         )
                         .await
@@ -1298,6 +1335,20 @@ mod tests {
             p99_ms: p99,
             max_ms: max,
         }
+    }
+
+    #[test]
+    fn the_marker_number_is_read_from_a_denial_page_and_a_policy() {
+        let page = "<p>Decided by rule <code>marker-17</code>: denied to everyone</p>";
+        assert_eq!(marker_number(page), Some(17));
+        let doc = policy(
+            "https://idp.example",
+            "c",
+            std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+            42,
+        );
+        assert_eq!(marker_number(&doc), Some(42));
+        assert_eq!(marker_number("<p>Sign in</p>"), None);
     }
 
     #[test]

@@ -115,7 +115,8 @@ impl AdminClient {
             .as_ref()
             .map_err(|e| Status::invalid_argument(format!("TLS credentials: {e}")))?;
         let opts = LinkOptions {
-            connect_timeout: Duration::from_secs(3),
+            // A frozen member (it accepts TCP, never finishes TLS) costs this much.
+            connect_timeout: Duration::from_secs(1),
             call_timeout: Some(self.timeout),
             ..LinkOptions::default()
         };
