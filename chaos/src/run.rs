@@ -538,16 +538,7 @@ impl PolicyWriter {
                     )
                     .await;
                 if let Some(done) = done {
-                    let t = ack.duration_since(start).as_secs_f64();
-                    samples
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(Sample {
-                            kind: "policy",
-                            acked_at_s: t,
-                            latency_ms: done.duration_since(ack).as_secs_f64() * 1e3,
-                            phase: phase_of(t, &faults),
-                        });
+                    record(&samples, "policy", start, ack, done, &faults);
                 }
             }));
         }
@@ -613,6 +604,27 @@ fn controller_ips(c: &LocalCluster, except: u64) -> Vec<std::net::Ipv4Addr> {
             std::net::IpAddr::V6(_) => None,
         })
         .collect()
+}
+
+/// Records one measured change: acknowledged at `ack`, enforced at every edge at `done`.
+fn record(
+    samples: &Mutex<Vec<Sample>>,
+    kind: &'static str,
+    start: Instant,
+    ack: Instant,
+    done: Instant,
+    faults: &[ScheduledFault],
+) {
+    let t = ack.duration_since(start).as_secs_f64();
+    samples
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Sample {
+            kind,
+            acked_at_s: t,
+            latency_ms: done.duration_since(ack).as_secs_f64() * 1e3,
+            phase: phase_of(t, faults),
+        });
 }
 
 fn phase_of(t: f64, faults: &[ScheduledFault]) -> String {
@@ -790,7 +802,6 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
     let mut faulted: HashMap<usize, Vec<u64>> = HashMap::new();
     let mut workers = Vec::new();
     let start = Instant::now();
-    let at_s = move |i: Instant| i.duration_since(start).as_secs_f64();
     let mut incarnation = 0u64;
     let (issuer, client_id, upstream_addr) =
         (idp.issuer.clone(), idp.client_id.clone(), upstream.addr);
@@ -855,16 +866,7 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
                         )
                         .await
                     {
-                        let t = at_s(ack);
-                        samples
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(Sample {
-                                kind: "revocation",
-                                acked_at_s: t,
-                                latency_ms: done.duration_since(ack).as_secs_f64() * 1e3,
-                                phase: phase_of(t, &faults),
-                            });
+                        record(&samples, "revocation", start, ack, done, &faults);
                     }
                 }));
             }
