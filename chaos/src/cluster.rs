@@ -137,12 +137,11 @@ pub struct LocalCluster {
     spec: ClusterSpec,
 }
 
-/// A port that was free a moment ago (controllers need their address before they start, to
-/// know each other).
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// A controller's listen and metrics ports on loopback (controllers need their address before
+/// they start, to know each other).
+fn controller_ports() -> std::io::Result<(u16, u16)> {
+    let p = palisade_controller::process::loopback_ports(2)?;
+    Ok((p[0], p[1]))
 }
 
 impl Drop for LocalCluster {
@@ -195,7 +194,10 @@ impl LocalCluster {
                     7400,
                     9400,
                 ),
-                None => (loopback, free_port()?, free_port()?),
+                None => {
+                    let (port, metrics) = controller_ports()?;
+                    (loopback, port, metrics)
+                }
             };
             controllers.insert(
                 *id,
@@ -375,7 +377,10 @@ impl LocalCluster {
                 7400,
                 9400,
             ),
-            None => (loopback, free_port()?, free_port()?),
+            None => {
+                let (port, metrics) = controller_ports()?;
+                (loopback, port, metrics)
+            }
         };
         if self.spec.network == Network::Proxied {
             let p = crate::faultproxy::FaultProxy::start(

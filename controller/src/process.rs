@@ -79,3 +79,48 @@ pub async fn wait_for_signal() {
         let _ = ctrl_c.await;
     }
 }
+
+/// Loopback TCP ports for processes a harness starts, which must know each other's addresses
+/// before any of them binds (Raft members, an edge and its controller).
+///
+/// Asking the OS for port 0 and closing the socket races twice: the next such request may get
+/// the same port back (one member's metrics listener on another's Raft port), and any outgoing
+/// connection may be given it as its local port. So ports come from below the kernel's
+/// ephemeral range, which the OS never hands out on its own; each one is checked free by binding
+/// it, all of them stay bound until the whole set is chosen, and a port is never handed out
+/// twice by one process.
+pub fn loopback_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_000; // Linux's ephemeral range starts at 32768 by default
+    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let mut handed = HANDED_OUT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut held = Vec::with_capacity(n);
+    let mut port = rand::random_range(LOW..HIGH);
+    for _ in LOW..HIGH {
+        if held.len() == n {
+            break;
+        }
+        port = if port + 1 >= HIGH { LOW } else { port + 1 };
+        if handed.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+            handed.insert(port);
+        }
+    }
+    if held.len() < n {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("only {} free loopback ports below {HIGH}", held.len()),
+        ));
+    }
+    held.iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect()
+}

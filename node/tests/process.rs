@@ -17,14 +17,6 @@ impl Drop for Kill {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 async fn get(port: u16, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -59,8 +51,8 @@ async fn node_is_ready_only_with_a_snapshot_and_reports_what_it_enforces() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = dir.path().join("pki");
     palisade_controller::pki::init_dir(&pki, &[1], &["edge-a".to_string()]).expect("pki");
-    let ctl_port = free_port();
-    let ops_port = free_port();
+    let ports = palisade_controller::process::loopback_ports(2).expect("ports");
+    let (ctl_port, ops_port) = (ports[0], ports[1]);
     let p = |f: &str| pki.join(f).display().to_string();
 
     let node = Kill(

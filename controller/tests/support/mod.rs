@@ -36,11 +36,6 @@ where
     }
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 /// One member process.
 #[derive(Debug)]
 pub struct Member {
@@ -161,6 +156,9 @@ impl Cluster {
             &(1..=6).map(|i| format!("e{i}")).collect::<Vec<_>>(),
         )
         .expect("pki");
+        let mut ports = palisade_controller::process::loopback_ports(2 * ids.len())
+            .expect("loopback ports")
+            .into_iter();
         let members = ids
             .iter()
             .map(|id| {
@@ -168,8 +166,8 @@ impl Cluster {
                     *id,
                     Member {
                         id: *id,
-                        port: free_port(),
-                        metrics_port: free_port(),
+                        port: ports.next().expect("port"),
+                        metrics_port: ports.next().expect("port"),
                         child: None,
                         log: dir.path().join(format!("n{id}.log")),
                     },
