@@ -17,5 +17,6 @@ pub mod run;
 pub mod scenario;
 pub mod softkey;
 pub mod suite;
+pub mod sweep;
 pub mod up;
 pub mod upstream;

@@ -43,6 +43,11 @@ pub struct Sample {
     pub acked_at_s: f64,
     /// Acknowledgement to enforcement at every edge, milliseconds.
     pub latency_ms: f64,
+    /// The write itself: first attempt sent to acknowledgement, milliseconds.
+    pub write_ms: f64,
+    /// Acknowledgement to enforcement at each edge (in the cluster's edge order), milliseconds;
+    /// the latency is the largest.
+    pub edges_ms: Vec<f64>,
     /// The phase (`steady`, or a fault label).
     pub phase: String,
 }
@@ -184,12 +189,94 @@ pub struct Report {
     pub invariants: Vec<Invariant>,
     /// Latency budgets against what was measured.
     pub budgets: Vec<BudgetCheck>,
-    /// Each edge's own commit-to-applied figures (`palisade_propagation_seconds`), as exported.
+    /// Each edge's own figures, as exported: commit to applied (`palisade_propagation_seconds`)
+    /// and the time to apply one update (`palisade_edge_apply_seconds`).
     pub edge_propagation: BTreeMap<String, Vec<String>>,
+    /// Where the machine's CPU went while the workload ran.
+    pub cpu: Cpu,
+    /// The leader when the workload ended, and the controller each edge was subscribed to
+    /// then (0: none), in the cluster's edge order.
+    pub subscriptions: Subscriptions,
     /// Wall time of the run, seconds.
     pub wall_s: f64,
     /// Whether every invariant held.
     pub passed: bool,
+}
+
+/// CPU time spent while the workload ran, by role, seconds (from `/proc`; a process restarted
+/// during the run counts from its restart). On a 2-core machine, a sum near twice
+/// `workload_s` means latency is measuring contention.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Cpu {
+    /// Wall time of the workload.
+    pub workload_s: f64,
+    /// Every controller process.
+    pub controllers_s: f64,
+    /// Every edge process.
+    pub edges_s: f64,
+    /// This process: the probes, the identity provider, the upstream and the writers.
+    pub harness_s: f64,
+}
+
+/// Who each edge followed when the workload ended.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Subscriptions {
+    /// The leader's id (0: unknown).
+    pub leader: u64,
+    /// Each edge's controller.
+    pub edges: Vec<u64>,
+}
+
+/// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: &str) -> f64 {
+    // USER_HZ is 100 on every Linux architecture this runs on.
+    const TICKS: f64 = 100.0;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // the fields after the command name, which may itself contain spaces and parentheses
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / TICKS
+}
+
+/// CPU seconds by role so far, keyed by pid so a restarted process is counted afresh.
+fn cpu_by_role(c: &LocalCluster) -> (HashMap<u32, f64>, HashMap<u32, f64>, f64) {
+    let of = |children: Vec<&Option<std::process::Child>>| {
+        children
+            .into_iter()
+            .flatten()
+            .map(|ch| (ch.id(), cpu_seconds(&ch.id().to_string())))
+            .collect::<HashMap<u32, f64>>()
+    };
+    (
+        of(c.controllers.values().map(|p| &p.child).collect()),
+        of(c.edges.iter().map(|e| &e.child).collect()),
+        cpu_seconds("self"),
+    )
+}
+
+/// The CPU used between two readings of `cpu_by_role`.
+fn cpu_between(
+    before: &(HashMap<u32, f64>, HashMap<u32, f64>, f64),
+    after: &(HashMap<u32, f64>, HashMap<u32, f64>, f64),
+    workload_s: f64,
+) -> Cpu {
+    let used = |b: &HashMap<u32, f64>, a: &HashMap<u32, f64>| -> f64 {
+        a.iter()
+            .map(|(pid, t)| t - b.get(pid).copied().unwrap_or(0.0))
+            .sum()
+    };
+    Cpu {
+        workload_s,
+        controllers_s: used(&before.0, &after.0),
+        edges_s: used(&before.1, &after.1),
+        harness_s: after.2 - before.2,
+    }
 }
 
 /// Everything the probers share.
@@ -260,15 +347,15 @@ impl Probe {
             .push(v);
     }
 
-    /// Probes every edge until its answers show `target` in force; returns when the last edge
-    /// did (the enforcement time), or `None` past the bound. Keeps checking each edge for a
+    /// Probes every edge until its answers show `target` in force; returns when each edge did
+    /// (the last is the enforcement time), or `None` past the bound. Keeps checking each edge for a
     /// second after: an answer showing `target` not in force is a violation.
     async fn until_all(
         self: &Arc<Self>,
         target: Target,
         what: String,
         current: Option<(Arc<std::sync::atomic::AtomicU64>, u64)>,
-    ) -> Option<Instant> {
+    ) -> Option<Vec<Instant>> {
         let mut tasks = Vec::new();
         for edge in 0..self.clients.len() {
             let p = self.clone();
@@ -312,14 +399,11 @@ impl Probe {
                 Some(at)
             }));
         }
-        let mut last = None;
+        let mut each = Vec::with_capacity(tasks.len());
         for t in tasks {
-            match t.await.ok().flatten() {
-                Some(at) => last = Some(last.map_or(at, |l: Instant| l.max(at))),
-                None => return None,
-            }
+            each.push(t.await.ok().flatten()?);
         }
-        last
+        Some(each)
     }
 }
 
@@ -463,7 +547,8 @@ impl PolicyWriter {
             let doc = (self.doc)(marker);
             let mine = generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
             let key = IdempotencyKey::random();
-            let until = Instant::now() + POLICY_WRITE_FOR;
+            let sent = Instant::now();
+            let until = sent + POLICY_WRITE_FOR;
             let written = loop {
                 let attempt = tokio::time::timeout(
                     POLICY_WRITE_FOR,
@@ -538,7 +623,7 @@ impl PolicyWriter {
                     )
                     .await;
                 if let Some(done) = done {
-                    record(&samples, "policy", start, ack, done, &faults);
+                    record(&samples, "policy", start, (sent, ack, done), &faults);
                 }
             }));
         }
@@ -606,23 +691,27 @@ fn controller_ips(c: &LocalCluster, except: u64) -> Vec<std::net::Ipv4Addr> {
         .collect()
 }
 
-/// Records one measured change: acknowledged at `ack`, enforced at every edge at `done`.
+/// Records one measured change: sent at `sent`, acknowledged at `ack`, enforced at each edge
+/// at `done`.
 fn record(
     samples: &Mutex<Vec<Sample>>,
     kind: &'static str,
     start: Instant,
-    ack: Instant,
-    done: Instant,
+    (sent, ack, done): (Instant, Instant, Vec<Instant>),
     faults: &[ScheduledFault],
 ) {
     let t = ack.duration_since(start).as_secs_f64();
+    let ms = |at: Instant| at.saturating_duration_since(ack).as_secs_f64() * 1e3;
+    let edges_ms: Vec<f64> = done.iter().map(|at| ms(*at)).collect();
     samples
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(Sample {
             kind,
             acked_at_s: t,
-            latency_ms: done.duration_since(ack).as_secs_f64() * 1e3,
+            latency_ms: edges_ms.iter().copied().fold(0.0, f64::max),
+            write_ms: ack.duration_since(sent).as_secs_f64() * 1e3,
+            edges_ms,
             phase: phase_of(t, faults),
         });
 }
@@ -635,7 +724,8 @@ fn phase_of(t: f64, faults: &[ScheduledFault]) -> String {
         .unwrap_or_else(|| "steady".into())
 }
 
-fn stats(phase: &str, mut v: Vec<f64>) -> PhaseStats {
+/// p50, p99 and max of `v`, labelled `phase`.
+pub fn stats(phase: &str, mut v: Vec<f64>) -> PhaseStats {
     v.sort_by(|a, b| a.total_cmp(b));
     let at = |q: f64| {
         if v.is_empty() {
@@ -802,6 +892,7 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
     let mut faulted: HashMap<usize, Vec<u64>> = HashMap::new();
     let mut workers = Vec::new();
     let start = Instant::now();
+    let cpu_before = cpu_by_role(&cluster);
     let mut incarnation = 0u64;
     let (issuer, client_id, upstream_addr) =
         (idp.issuer.clone(), idp.client_id.clone(), upstream.addr);
@@ -841,6 +932,7 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
                     let Some(sid) = session_id(&cookie) else {
                         return;
                     };
+                    let sent = Instant::now();
                     let id = match revoke(&admin, &sid).await {
                         Ok(id) => id,
                         Err(e) => {
@@ -866,7 +958,7 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
                         )
                         .await
                     {
-                        record(&samples, "revocation", start, ack, done, &faults);
+                        record(&samples, "revocation", start, (sent, ack, done), &faults);
                     }
                 }));
             }
@@ -1098,6 +1190,24 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
     for w in workers {
         let _ = w.await;
     }
+    let cpu = cpu_between(
+        &cpu_before,
+        &cpu_by_role(&cluster),
+        start.elapsed().as_secs_f64(),
+    );
+    let mut subscriptions = Subscriptions {
+        leader: tokio::time::timeout(Duration::from_secs(5), cluster.leader())
+            .await
+            .unwrap_or(0),
+        edges: Vec::new(),
+    };
+    for e in &cluster.edges {
+        let to = tokio::time::timeout(Duration::from_secs(5), cluster.edge_controller(&e.id))
+            .await
+            .ok()
+            .flatten();
+        subscriptions.edges.push(to.unwrap_or(0));
+    }
     let mut invariants = Vec::new();
 
     // convergence: every edge applies the cluster's latest revision
@@ -1286,7 +1396,10 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
             edge_propagation.insert(
                 e.id.clone(),
                 text.lines()
-                    .filter(|l| l.starts_with("palisade_propagation_seconds"))
+                    .filter(|l| {
+                        l.starts_with("palisade_propagation_seconds")
+                            || l.starts_with("palisade_edge_apply_seconds")
+                    })
                     .map(String::from)
                     .collect(),
             );
@@ -1320,6 +1433,8 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
         invariants,
         budgets,
         edge_propagation,
+        cpu,
+        subscriptions,
         wall_s: wall.elapsed().as_secs_f64(),
         passed,
     })

@@ -432,11 +432,14 @@ async fn session(
                         enforced: replica.revision(),
                     };
                 }
+                let applying = std::time::Instant::now();
                 match View::from_snapshot(begin.revision, entries) {
                     Ok(v) => {
                         tracing::info!(revision = v.revision, reason = %begin.reason, revocations = v.revocations.len(), "snapshot installed");
                         metrics::counter!("palisade_edge_snapshots_total").increment(1);
                         replica.install(v, "snapshot");
+                        metrics::histogram!("palisade_edge_apply_seconds", "update" => "snapshot")
+                            .record(applying.elapsed().as_secs_f64());
                         report(replica);
                     }
                     Err(e) => break SessionEnd::Refused(e),
@@ -448,9 +451,14 @@ async fn session(
                         "delta before any snapshot".into(),
                     ));
                 };
+                let applying = std::time::Instant::now();
                 match current.apply(&d) {
                     Ok(v) => {
                         replica.install(v, "delta");
+                        // the edge's own share of the propagation time: building the new view
+                        // (policy compiled when it changed) and swapping it in
+                        metrics::histogram!("palisade_edge_apply_seconds", "update" => "delta")
+                            .record(applying.elapsed().as_secs_f64());
                         if let Some(t) = d.committed_at {
                             let ms = now_ms() - (t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
                             metrics::histogram!("palisade_propagation_seconds")
