@@ -14,32 +14,14 @@ use std::time::Duration;
 use palisade_link::{Expect, LinkOptions, LinkTls};
 use palisade_proto::v1 as pb;
 use prost::Message;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::controller::IDEMPOTENCY_HEADER;
-pub use crate::controller::IdempotencyKey;
+pub use palisade_link::{IdempotencyKey, KeyHeader};
 
 /// A channel to one controller whose requests carry the call's idempotency key.
 pub type AdminChannel = InterceptedService<Channel, KeyHeader>;
-
-/// Adds the call's idempotency key to every request (reads ignore it).
-#[derive(Debug, Clone)]
-pub struct KeyHeader(MetadataValue<Ascii>);
-
-impl Interceptor for KeyHeader {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        // A key the caller set on the request itself wins.
-        if !req.metadata().contains_key(IDEMPOTENCY_HEADER) {
-            req.metadata_mut()
-                .insert(IDEMPOTENCY_HEADER, self.0.clone());
-        }
-        Ok(req)
-    }
-}
 
 /// Credentials and servers.
 #[derive(Debug, Clone)]
@@ -164,11 +146,7 @@ impl AdminClient {
         F: FnMut(AdminChannel) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        let key = KeyHeader(
-            key.as_str()
-                .parse()
-                .map_err(|_| Status::internal("idempotency key"))?,
-        );
+        let key = KeyHeader::new(key);
         let mut queue: Vec<String> = self.servers.clone();
         let suspect = self
             .suspect

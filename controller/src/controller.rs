@@ -41,52 +41,7 @@ pub struct Written {
     pub at_ms: i64,
 }
 
-/// The metadata header in which clients name a write, so that retrying it is safe.
-pub const IDEMPOTENCY_HEADER: &str = "palisade-idempotency-key";
-
-/// A client's name for one write: 8 to 64 characters of `A-Z a-z 0-9 _ -`. The catalog
-/// applies a keyed write once; a retry with the same key gets the first answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyKey(String);
-
-impl IdempotencyKey {
-    /// Checks a key as sent.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let ok_chars = s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if (8..=64).contains(&s.len()) && ok_chars {
-            Ok(Self(s.to_string()))
-        } else {
-            Err(format!(
-                "{IDEMPOTENCY_HEADER} must be 8 to 64 characters of A-Z, a-z, 0-9, '-' and '_'"
-            ))
-        }
-    }
-
-    /// A fresh random key (128 bits).
-    pub fn random() -> Self {
-        use rand::Rng;
-        let bytes: [u8; 16] = rand::rng().random();
-        Self(bytes.iter().map(|b| format!("{b:02x}")).collect())
-    }
-
-    /// The key a request carries, if any; a malformed one is refused.
-    pub fn from_request<T>(req: &tonic::Request<T>) -> Result<Option<Self>, Status> {
-        let Some(v) = req.metadata().get(IDEMPOTENCY_HEADER) else {
-            return Ok(None);
-        };
-        let s = v
-            .to_str()
-            .map_err(|_| Status::invalid_argument(format!("{IDEMPOTENCY_HEADER} is not ASCII")))?;
-        Self::parse(s).map(Some).map_err(Status::invalid_argument)
-    }
-
-    /// The key.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+pub use palisade_link::{IDEMPOTENCY_HEADER, IdempotencyKey};
 
 impl Written {
     /// As the wire `WriteResult`.
@@ -195,7 +150,7 @@ impl Controller {
             actor: actor.clone(),
             at_ms,
             command: command.clone(),
-            idempotency_key: key.as_ref().map(|k| k.0.clone()),
+            idempotency_key: key.as_ref().map(|k| k.as_str().to_string()),
         };
         let timer = std::time::Instant::now();
         match self.raft.client_write(Request(env)).await {
@@ -278,7 +233,7 @@ impl Controller {
                 role: 0,
                 origin: format!("forwarded by controller {}", self.id),
             }),
-            idempotency_key: key.map(|k| k.0).unwrap_or_default(),
+            idempotency_key: key.map(|k| k.as_str().to_string()).unwrap_or_default(),
         };
         let resp = client
             .forward_write(req)

@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use crate::admin::{Admin, sha256_hex};
-use crate::controller::{Controller, now_ms, ts};
+use crate::controller::{Controller, IdempotencyKey, now_ms, ts};
 use crate::convert;
 use crate::error::WriteError;
 use crate::identity::require_edge;
@@ -152,6 +152,7 @@ impl EdgeAuthService {
     async fn count_failure(
         &self,
         actor: Actor,
+        idem: Option<IdempotencyKey>,
         key: &UserKey,
         challenge: &[u8],
     ) -> Result<(Counters, u64), Status> {
@@ -173,8 +174,9 @@ impl EdgeAuthService {
         }
         match self
             .ctl
-            .write(
+            .write_keyed(
                 actor,
+                idem,
                 Command::RecordMfaFailure {
                     user: key.clone(),
                     challenge_sha256,
@@ -201,13 +203,15 @@ impl EdgeAuthService {
     async fn reserve(
         &self,
         actor: Actor,
+        idem: Option<IdempotencyKey>,
         key: &UserKey,
         pending_factor: Option<String>,
     ) -> Result<(u64, Counters), WriteError> {
         let w = self
             .ctl
-            .write(
+            .write_keyed(
                 actor,
+                idem,
                 Command::ReserveMfaAttempt {
                     user: key.clone(),
                     pending_factor,
@@ -324,6 +328,12 @@ fn kind_from_pb(k: i32) -> Result<FactorKind, Status> {
     }
 }
 
+/// The key of one write of a call (each write a call makes has its own, derived from the
+/// call's key, so a retried call repeats each write under the same key).
+fn write_key(idem: &Option<IdempotencyKey>, name: &str) -> Option<IdempotencyKey> {
+    idem.as_ref().map(|k| k.derive(name))
+}
+
 fn later(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not available yet"))
 }
@@ -339,6 +349,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         req: Request<pb::RevokeOwnRequest>,
     ) -> Result<Response<pb::RevokeOwnResponse>, Status> {
         let edge = require_edge(&req)?;
+        let idem = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         let (actor, user) = user_actor(&edge, r.user.as_ref())?;
         let target = convert::target_from_pb(r.target).map_err(Status::invalid_argument)?;
@@ -377,7 +388,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         };
         let admin = Admin::new(self.ctl.clone());
         let (write, revocation) = admin
-            .revoke_as(actor.clone(), None, target, reason, None)
+            .revoke_as(actor.clone(), idem, target, reason, None)
             .await?;
         tracing::info!(actor = %actor.subject, revision = write.revision, "session revoked by its user");
         Ok(Response::new(pb::RevokeOwnResponse {
@@ -391,6 +402,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         req: Request<pb::VerifyTotpRequest>,
     ) -> Result<Response<pb::VerifyTotpResponse>, Status> {
         let edge = require_edge(&req)?;
+        let idem = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         let (actor, user) = user_actor(&edge, r.user.as_ref())?;
         let key = user_key(&user);
@@ -421,7 +433,10 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         let _checking = self.one_check_at_a_time(&key)?;
         // The attempt is counted before the code is checked: concurrent guesses are serialised
         // here, and none is checked once the lock is in force.
-        let (ticket, counters) = match self.reserve(actor.clone(), &key, None).await {
+        let (ticket, counters) = match self
+            .reserve(actor.clone(), write_key(&idem, "reserve"), &key, None)
+            .await
+        {
             Ok(x) => x,
             Err(WriteError::Refused(CommandError::LockedOut { .. })) => {
                 locked_out(&mut resp, &self.counters(&key));
@@ -438,8 +453,9 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
             Some((factor_id, step)) => {
                 match self
                     .ctl
-                    .write(
+                    .write_keyed(
                         actor,
+                        write_key(&idem, "use"),
                         Command::RecordTotpUse {
                             user: key.clone(),
                             step,
@@ -481,6 +497,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         req: Request<pb::BeginTotpEnrollmentRequest>,
     ) -> Result<Response<pb::BeginTotpEnrollmentResponse>, Status> {
         let edge = require_edge(&req)?;
+        let idem = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         let (actor, user) = user_actor(&edge, r.user.as_ref())?;
         let key = user_key(&user);
@@ -508,6 +525,9 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
             .key
             .seal(Slot::TotpSeed(&key), &seed)
             .map_err(|_| Status::internal("sealing the seed"))?;
+        // Not keyed: a retry draws a new seed, so it must make a new pending factor for it
+        // (the one whose answer was lost expires unconfirmed).
+        let _ = idem;
         let w = self
             .ctl
             .write(
@@ -538,6 +558,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         req: Request<pb::ConfirmTotpEnrollmentRequest>,
     ) -> Result<Response<pb::ConfirmTotpEnrollmentResponse>, Status> {
         let edge = require_edge(&req)?;
+        let idem = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         let (actor, user) = user_actor(&edge, r.user.as_ref())?;
         let key = user_key(&user);
@@ -574,7 +595,12 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         let _checking = self.one_check_at_a_time(&key).map_err(|_| refused())?;
         // Counted before the code is checked, against the user and against this enrollment.
         let (ticket, _) = self
-            .reserve(actor.clone(), &key, Some(f.id.clone()))
+            .reserve(
+                actor.clone(),
+                write_key(&idem, "reserve"),
+                &key,
+                Some(f.id.clone()),
+            )
             .await
             .map_err(|e| match e {
                 WriteError::Refused(_) => refused(),
@@ -592,8 +618,9 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         };
         let w = self
             .ctl
-            .write(
+            .write_keyed(
                 actor,
+                write_key(&idem, "activate"),
                 Command::ActivateTotp {
                     id: f.id.clone(),
                     step,
@@ -617,6 +644,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         req: Request<pb::RegisterWebauthnRequest>,
     ) -> Result<Response<pb::FactorWriteResponse>, Status> {
         let edge = require_edge(&req)?;
+        let idem = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         let (actor, user) = user_actor(&edge, r.user.as_ref())?;
         let key = user_key(&user);
@@ -645,8 +673,9 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         let name = factor_name(&r.name, default)?;
         let w = self
             .ctl
-            .write(
+            .write_keyed(
                 actor,
+                write_key(&idem, "add"),
                 Command::AddFactor {
                     user: key,
                     kind,
@@ -677,6 +706,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         req: Request<pb::RecordWebauthnUseRequest>,
     ) -> Result<Response<pb::RecordWebauthnUseResponse>, Status> {
         let edge = require_edge(&req)?;
+        let idem = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         let (actor, user) = user_actor(&edge, r.user.as_ref())?;
         let key = user_key(&user);
@@ -704,8 +734,9 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         }
         match self
             .ctl
-            .write(
+            .write_keyed(
                 actor.clone(),
+                write_key(&idem, "use"),
                 Command::RecordWebauthnUse {
                     id: f.id,
                     sign_count: r.sign_count,
@@ -728,7 +759,9 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
                     e,
                     CommandError::CounterRegressed | CommandError::NotFound { .. }
                 ) {
-                    let (_, revision) = self.count_failure(actor, &key, &r.challenge).await?;
+                    let (_, revision) = self
+                        .count_failure(actor, write_key(&idem, "failure"), &key, &r.challenge)
+                        .await?;
                     resp.write = Some(pb::WriteResult {
                         revision,
                         ..Default::default()
@@ -745,10 +778,16 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         req: Request<pb::RecordMfaFailureRequest>,
     ) -> Result<Response<pb::RecordMfaFailureResponse>, Status> {
         let edge = require_edge(&req)?;
+        let idem = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         let (actor, user) = user_actor(&edge, r.user.as_ref())?;
         let (c, revision) = self
-            .count_failure(actor, &user_key(&user), &r.challenge)
+            .count_failure(
+                actor,
+                write_key(&idem, "failure"),
+                &user_key(&user),
+                &r.challenge,
+            )
             .await?;
         Ok(Response::new(pb::RecordMfaFailureResponse {
             failed_attempts: c.failed_attempts,
@@ -762,6 +801,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         req: Request<pb::RenameFactorRequest>,
     ) -> Result<Response<pb::FactorWriteResponse>, Status> {
         let edge = require_edge(&req)?;
+        let idem = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         let (actor, user) = user_actor(&edge, r.user.as_ref())?;
         let f = self.own_factor(&user_key(&user), &r.factor_id)?;
@@ -771,8 +811,9 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         }
         let w = self
             .ctl
-            .write(
+            .write_keyed(
                 actor,
+                write_key(&idem, "rename"),
                 Command::RenameFactor {
                     id: f.id.clone(),
                     name,
@@ -791,6 +832,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         req: Request<pb::RemoveOwnFactorRequest>,
     ) -> Result<Response<pb::FactorWriteResponse>, Status> {
         let edge = require_edge(&req)?;
+        let idem = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         let (actor, user) = user_actor(&edge, r.user.as_ref())?;
         let key = user_key(&user);
@@ -802,7 +844,11 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         }
         let w = self
             .ctl
-            .write(actor, Command::RemoveFactor { id: f.id })
+            .write_keyed(
+                actor,
+                write_key(&idem, "remove"),
+                Command::RemoveFactor { id: f.id },
+            )
             .await?;
         Ok(Response::new(pb::FactorWriteResponse {
             factor: None,
@@ -815,6 +861,7 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         req: Request<pb::RecordAuthEventsRequest>,
     ) -> Result<Response<pb::RecordAuthEventsResponse>, Status> {
         let edge = require_edge(&req)?;
+        let idem = IdempotencyKey::from_request(&req)?;
         let r = req.into_inner();
         if r.events.len() > 100 {
             return Err(Status::invalid_argument("at most 100 events per call"));
@@ -867,11 +914,12 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
         let accepted = events.len() as u32;
         if accepted > 0 {
             self.ctl
-                .write(
+                .write_keyed(
                     Actor {
                         subject: edge.clone(),
                         kind: "edge".into(),
                     },
+                    write_key(&idem, "events"),
                     Command::RecordAuthEvents { events },
                 )
                 .await?;

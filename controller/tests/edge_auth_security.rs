@@ -534,3 +534,54 @@ async fn a_compromised_edge_cannot_forge_a_recent_factor_or_read_every_secret() 
         "a factor was planted for bob with a forged assertion: {r:?}"
     );
 }
+
+/// An edge whose call timed out repeats it at the next controller with the same idempotency
+/// key (issue 12). A TOTP check is two writes (reserve an attempt, record the step); repeated,
+/// it must get the first answers: the code accepted, one attempt counted, no "replayed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repeated_code_check_gets_its_first_answer() {
+    let c = Cluster::start(1, 0, Options::default()).await;
+    apply(&c, &policy("30d")).await;
+    let mut ea = edge_auth(&c, "e1").await;
+    let alice = user("alice", "s-alice");
+    let (factor, t, mut used) = enroll_totp(&mut ea, &alice).await;
+    let code = fresh_code(&t, &mut used).await;
+    let keyed = |key: &str| {
+        let mut req = tonic::Request::new(pb::VerifyTotpRequest {
+            user: Some(alice.clone()),
+            code: code.clone(),
+            ..Default::default()
+        });
+        req.metadata_mut().insert(
+            palisade_link::IDEMPOTENCY_HEADER,
+            key.parse().expect("metadata"),
+        );
+        req
+    };
+    let first = ea
+        .verify_totp(keyed("check-0001"))
+        .await
+        .expect("first")
+        .into_inner();
+    assert_eq!(first.result, pb::TotpResult::Ok as i32, "{first:?}");
+    let repeated = ea
+        .verify_totp(keyed("check-0001"))
+        .await
+        .expect("repeat")
+        .into_inner();
+    assert_eq!(
+        repeated.result,
+        pb::TotpResult::Ok as i32,
+        "a repeat with the same key must get the first answer: {repeated:?}"
+    );
+    assert_eq!(repeated.factor_id, factor);
+    // The same code under another key is a new check: a replay, and its own attempt the only
+    // one counted since the success (the repeat reserved no second attempt).
+    let other = ea
+        .verify_totp(keyed("check-0002"))
+        .await
+        .expect("other")
+        .into_inner();
+    assert_eq!(other.result, pb::TotpResult::Replayed as i32, "{other:?}");
+    assert_eq!(other.failed_attempts, 1, "{other:?}");
+}

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod idempotency;
 pub mod identity;
 mod verify;
 
@@ -28,6 +29,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Identity};
 
+pub use idempotency::{IDEMPOTENCY_HEADER, IdempotencyKey, KeyHeader};
 pub use identity::{Principal, Role};
 pub use verify::ServerIdentityVerifier;
 

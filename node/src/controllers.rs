@@ -1,14 +1,37 @@
 //! Calls from the edge to the controllers' `EdgeAuth` service, for writes made on behalf of a
-//! user: sign-out, MFA checks that need agreement across edges, and self-service changes. Any controller accepts them (followers
-//! forward to the leader); the client tries each configured controller in turn and keeps the
-//! channel that worked.
+//! user: sign-out, MFA checks that need agreement across edges, and self-service changes. Any
+//! controller accepts them (followers forward to the leader); the client tries each configured
+//! controller in turn and keeps the channel that worked.
+//!
+//! Every call carries one idempotency key in all its attempts; the controller derives a key
+//! per write from it, and the catalog applies a keyed write once. A call marked
+//! [`Retry::Safe`] therefore moves on to the next controller also when one does not answer in
+//! time (a frozen member) or the connection breaks after the request left.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use palisade_link::{Expect, LinkOptions, LinkTls};
+use palisade_link::{Expect, IdempotencyKey, KeyHeader, LinkOptions, LinkTls};
 use palisade_proto::v1 as pb;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// A client for one attempt of a call: its requests carry the call's idempotency key.
+pub type EdgeAuthClient =
+    pb::edge_auth_client::EdgeAuthClient<InterceptedService<Channel, KeyHeader>>;
+
+/// Whether a call may be repeated at the next controller once its request may have arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Also after a deadline or a cut connection: the controller's handler makes the same keyed
+    /// writes again on a repeat (or only reads), so a repeat gets the first answers.
+    Safe,
+    /// Only when no answer came from a reachable controller (`UNAVAILABLE`, `UNKNOWN`): the
+    /// handler checks state the first attempt may have changed (a factor still pending, a
+    /// challenge not yet used) or draws something new (a TOTP seed), so after a deadline its
+    /// answer is final and the user starts again.
+    Once,
+}
 
 /// Client for the controllers' edge-facing write API.
 #[derive(Debug)]
@@ -72,26 +95,30 @@ impl ControllerClient {
         out
     }
 
-    /// Makes one `EdgeAuth` call, trying each controller until one answers. Only transport
-    /// failures move on to the next controller; an answer (also a refusal) is final.
-    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, CallError>
+    /// Makes one `EdgeAuth` call, trying each controller until one answers. Transport
+    /// failures move on to the next controller, and so do deadlines for a [`Retry::Safe`]
+    /// call; an answer (also a refusal) is final.
+    pub async fn call<T, F, Fut>(&self, retry: Retry, f: F) -> Result<T, CallError>
     where
-        F: Fn(pb::edge_auth_client::EdgeAuthClient<Channel>) -> Fut,
+        F: Fn(EdgeAuthClient) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        let key = KeyHeader::new(&IdempotencyKey::random());
         let mut last = match &self.tls {
             Ok(_) => String::from("no controller configured"),
             Err(e) => format!("the controllers' CA cannot be used: {e}"),
         };
         for (addr, ch) in self.channels().await {
-            match f(pb::edge_auth_client::EdgeAuthClient::new(ch.clone())).await {
+            let client =
+                pb::edge_auth_client::EdgeAuthClient::with_interceptor(ch.clone(), key.clone());
+            match f(client).await {
                 Ok(r) => {
                     if let Ok(mut cur) = self.current.lock() {
                         *cur = Some((addr, ch));
                     }
                     return Ok(r.into_inner());
                 }
-                Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+                Err(s) if moves_on(retry, s.code()) => {
                     last = format!("{addr}: {}", s.message());
                 }
                 Err(s) => return Err(CallError::Refused(s)),
@@ -116,11 +143,44 @@ impl ControllerClient {
             reason: reason.into(),
         };
         let r = self
-            .call(|mut c| {
+            .call(Retry::Safe, |mut c| {
                 let req = req.clone();
                 async move { c.revoke_own(req).await }
             })
             .await?;
         Ok(r.write.map(|w| w.revision).unwrap_or(0))
+    }
+}
+
+/// Whether a failed attempt moves on to the next controller.
+fn moves_on(retry: Retry, code: tonic::Code) -> bool {
+    use tonic::Code::{Cancelled, DeadlineExceeded, Unavailable, Unknown};
+    match retry {
+        Retry::Once => matches!(code, Unavailable | Unknown),
+        Retry::Safe => matches!(code, Unavailable | Unknown | DeadlineExceeded | Cancelled),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_safe_calls_move_on_after_a_deadline() {
+        use tonic::Code::*;
+        for code in [Unavailable, Unknown] {
+            assert!(moves_on(Retry::Once, code) && moves_on(Retry::Safe, code));
+        }
+        for code in [DeadlineExceeded, Cancelled] {
+            assert!(!moves_on(Retry::Once, code) && moves_on(Retry::Safe, code));
+        }
+        for code in [
+            InvalidArgument,
+            PermissionDenied,
+            FailedPrecondition,
+            NotFound,
+        ] {
+            assert!(!moves_on(Retry::Once, code) && !moves_on(Retry::Safe, code));
+        }
     }
 }

@@ -44,6 +44,7 @@ use webauthn_rs::prelude::{
     SecurityKeyRegistration, Url, Uuid, Webauthn, WebauthnBuilder,
 };
 
+use crate::controllers::Retry;
 use crate::cookie;
 use crate::gateway::{Caller, Gateway, RESERVED, now_secs, query_param, redirect, safe_return_to};
 use crate::pages::{self, escape};
@@ -670,7 +671,7 @@ impl Gateway {
         };
         let started = std::time::Instant::now();
         let r = ctl
-            .call(|mut c| {
+            .call(Retry::Safe, |mut c| {
                 let req = req.clone();
                 async move { c.verify_totp(req).await }
             })
@@ -797,7 +798,7 @@ impl Gateway {
         tokio::spawn(async move {
             let req = pb::RecordAuthEventsRequest { events: vec![ev] };
             if let Err(e) = ctl
-                .call(|mut c| {
+                .call(Retry::Safe, |mut c| {
                     let req = req.clone();
                     async move { c.record_auth_events(req).await }
                 })
@@ -1005,7 +1006,7 @@ impl Gateway {
             challenge,
         };
         let recorded = ctl
-            .call(|mut cl| {
+            .call(Retry::Once, |mut cl| {
                 let req = req.clone();
                 async move { cl.record_webauthn_use(req).await }
             })
@@ -1068,7 +1069,7 @@ impl Gateway {
             challenge,
         };
         match ctl
-            .call(|mut c| {
+            .call(Retry::Safe, |mut c| {
                 let req = req.clone();
                 async move { c.record_mfa_failure(req).await }
             })
@@ -1307,7 +1308,7 @@ impl Gateway {
             enrollment_code: c.code.clone(),
         };
         match ctl
-            .call(|mut cl| {
+            .call(Retry::Once, |mut cl| {
                 let req = req.clone();
                 async move { cl.register_webauthn(req).await }
             })
@@ -1538,7 +1539,7 @@ impl Gateway {
             user: Some(caller.user_ref()),
             limit: 50,
         };
-        ctl.call(|mut c| {
+        ctl.call(Retry::Safe, |mut c| {
             let req = req.clone();
             async move { c.list_auth_events(req).await }
         })
@@ -1584,7 +1585,7 @@ impl Gateway {
                         .collect(),
                 };
                 return match ctl
-                    .call(|mut c| {
+                    .call(Retry::Once, |mut c| {
                         let req = req.clone();
                         async move { c.begin_totp_enrollment(req).await }
                     })
@@ -1643,7 +1644,7 @@ impl Gateway {
                     binding: pending.binding.into_bytes(),
                 };
                 match ctl
-                    .call(|mut c| {
+                    .call(Retry::Once, |mut c| {
                         let req = req.clone();
                         async move { c.confirm_totp_enrollment(req).await }
                     })
@@ -1672,7 +1673,7 @@ impl Gateway {
                     factor_id: field("factor_id"),
                     name: field("name"),
                 };
-                ctl.call(|mut c| {
+                ctl.call(Retry::Safe, |mut c| {
                     let req = req.clone();
                     async move { c.rename_factor(req).await }
                 })
@@ -1686,7 +1687,7 @@ impl Gateway {
                     factor_id: field("factor_id"),
                 };
                 let r = ctl
-                    .call(|mut c| {
+                    .call(Retry::Once, |mut c| {
                         let req = req.clone();
                         async move { c.remove_own_factor(req).await }
                     })

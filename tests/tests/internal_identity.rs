@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use palisade_controller::client::AdminClient;
 use palisade_controller::pki;
-use palisade_node::controllers::{CallError, ControllerClient};
+use palisade_node::controllers::{CallError, ControllerClient, Retry};
 use palisade_node::sync::{Replica, SyncConfig};
 use palisade_proto::v1 as pb;
 use tokio::sync::watch;
@@ -222,7 +222,7 @@ async fn edge_clients_refuse_a_server_that_is_not_a_controller() {
             "localhost",
         );
         let r = ctl
-            .call(|mut c| async move {
+            .call(Retry::Safe, |mut c| async move {
                 c.record_mfa_failure(pb::RecordMfaFailureRequest::default())
                     .await
             })
