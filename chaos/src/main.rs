@@ -151,9 +151,9 @@ async fn run_suite(
         "
 suite {name}: {}",
         if passed {
-            "every invariant held"
+            "every invariant held, every budget met or declared not met yet"
         } else {
-            "INVARIANTS FAILED"
+            "FAILED (an invariant, or a budget not met and not declared)"
         }
     );
     if let Some(p) = &report {

@@ -141,7 +141,12 @@ fn check_budgets(sc: &Scenario, schedule: &Schedule, phases: &[PhaseStats]) -> V
     push(
         "leader_fault_max_ms",
         b.leader_fault_max_ms,
-        of_kind(&[FaultKind::KillLeader, FaultKind::PauseLeader]),
+        // a rolling restart kills the leader too, when its turn comes
+        of_kind(&[
+            FaultKind::KillLeader,
+            FaultKind::PauseLeader,
+            FaultKind::RollingRestart,
+        ]),
         false,
     );
     push(

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const SUSPECT_FOR: Duration = Duration::from_secs(10);
 /// TCP and TLS connect timeout to a controller: an unreachable member costs this much per try.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest wait (jittered) before the next attempt after a working subscription ended; it
+/// doubles with each attempt that fails, up to 2 s.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 use arc_swap::ArcSwapOption;
 use palisade_link::{Expect, LinkOptions, LinkTls};
@@ -222,7 +225,7 @@ async fn run(cfg: SyncConfig, replica: Arc<Replica>, mut shutdown: watch::Receiv
     };
     let mut targets: Vec<String> = Vec::new();
     let mut next = 0usize;
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = FIRST_BACKOFF;
     let mut want_snapshot = false;
     // Members whose session just failed (silent, unreachable, out of contact) are tried last
     // for a while: a member cut off from the network can cost a connect timeout per attempt,
@@ -261,7 +264,12 @@ async fn run(cfg: SyncConfig, replica: Arc<Replica>, mut shutdown: watch::Receiv
         let addr = targets[next].clone();
         next += 1;
         let started = Instant::now();
+        let subscribed_before = replica.subscriptions();
         let end = session(&cfg, &tls, &addr, &replica, want_snapshot, &mut shutdown).await;
+        // The member took the subscription: it was healthy then, and its end now (killed,
+        // frozen, cut off) is a new fault, not the next of a run of failed attempts. The
+        // backoff those attempts built up must not delay the failover.
+        let was_subscribed = replica.subscriptions() > subscribed_before;
         let asked_for_snapshot = std::mem::take(&mut want_snapshot);
         match end {
             SessionEnd::Shutdown => return,
@@ -282,11 +290,14 @@ async fn run(cfg: SyncConfig, replica: Arc<Replica>, mut shutdown: watch::Receiv
             other => {
                 tracing::warn!(controller = %addr, reason = %other, "subscription ended; failing over");
                 suspects.insert(addr.clone(), Instant::now());
+                if was_subscribed {
+                    backoff = FIRST_BACKOFF;
+                }
             }
         }
         metrics::counter!("palisade_edge_reconnects_total").increment(1);
         if started.elapsed() > Duration::from_secs(10) {
-            backoff = Duration::from_millis(50);
+            backoff = FIRST_BACKOFF;
         }
         let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64);
         tokio::select! {
