@@ -62,30 +62,9 @@ enum Cmd {
     /// rate, at a constant revocation rate, with its parts (write, edge apply, CPU by role).
     /// One fresh fault-free cluster per point.
     Sweep {
-        /// Edge counts (at --base-policy-rate).
-        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
-        edges: Vec<usize>,
-        /// Policy changes per second (at --base-edges).
-        #[arg(long, value_delimiter = ',', default_value = "0,1,2,4")]
-        policy_rates: Vec<f64>,
-        /// The edge count of the policy-rate axis.
-        #[arg(long, default_value_t = 2)]
-        base_edges: usize,
-        /// The policy-change rate of the edge axis.
-        #[arg(long, default_value_t = 1.0)]
-        base_policy_rate: f64,
-        /// Revocations per second at every point.
-        #[arg(long, default_value_t = 10.0)]
-        revocations_per_s: f64,
-        /// Workload seconds per point.
-        #[arg(long, default_value_t = 20.0)]
-        duration_s: f64,
-        /// Controllers.
-        #[arg(long, default_value_t = 3)]
-        controllers: u64,
-        /// Seed of each point's schedule.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        /// What to sweep.
+        #[command(flatten)]
+        spec: palisade_chaos::sweep::SweepSpec,
         /// Write the JSON report here.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -217,35 +196,13 @@ fn main() -> ExitCode {
         Cmd::Suite { name, report, plot } => {
             rt.block_on(until_signal(run_suite(name, report, plot, host)))
         }
-        Cmd::Sweep {
-            edges,
-            policy_rates,
-            base_edges,
-            base_policy_rate,
-            revocations_per_s,
-            duration_s,
-            controllers,
-            seed,
-            report,
-        } => {
-            let spec = palisade_chaos::sweep::SweepSpec {
-                edges,
-                policy_rates,
-                base_edges,
-                base_policy_rate,
-                revocations_per_s,
-                duration_s,
-                controllers,
-                seed,
-            };
-            rt.block_on(until_signal(async move {
-                let r = palisade_chaos::sweep::sweep(spec, host).await?;
-                if let Some(p) = &report {
-                    write(p, &serde_json::to_string_pretty(&r)?)?;
-                }
-                Ok(r.points.iter().all(|p| p.passed))
-            }))
-        }
+        Cmd::Sweep { spec, report } => rt.block_on(until_signal(async move {
+            let r = palisade_chaos::sweep::sweep(spec, host).await?;
+            if let Some(p) = &report {
+                write(p, &serde_json::to_string_pretty(&r)?)?;
+            }
+            Ok(r.points.iter().all(|p| p.passed))
+        })),
         Cmd::Up {
             controllers,
             edges,

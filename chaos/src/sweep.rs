@@ -14,24 +14,32 @@ use serde::Serialize;
 use crate::run::{Cpu, PhaseStats, Report, stats};
 use crate::scenario::Scenario;
 
-/// What to sweep.
-#[derive(Debug, Clone, Serialize)]
+/// What to sweep (also the `sweep` command's flags).
+#[derive(Debug, Clone, Serialize, clap::Args)]
 pub struct SweepSpec {
-    /// Edge counts, at `base_policy_rate`.
+    /// Edge counts (at --base-policy-rate).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     pub edges: Vec<usize>,
-    /// Policy changes per second, at `base_edges`.
+    /// Policy changes per second (at --base-edges).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2,4")]
     pub policy_rates: Vec<f64>,
     /// The edge count of the policy-rate axis.
+    #[arg(long, default_value_t = 2)]
     pub base_edges: usize,
     /// The policy-change rate of the edge axis.
+    #[arg(long, default_value_t = 1.0)]
     pub base_policy_rate: f64,
     /// Revocations per second at every point.
+    #[arg(long, default_value_t = 10.0)]
     pub revocations_per_s: f64,
-    /// Workload length of each point, seconds.
+    /// Workload seconds per point.
+    #[arg(long, default_value_t = 20.0)]
     pub duration_s: f64,
     /// Controllers.
+    #[arg(long, default_value_t = 3)]
     pub controllers: u64,
-    /// Seed of every point's schedule.
+    /// Seed of each point's schedule.
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
 
