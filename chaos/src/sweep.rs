@@ -337,15 +337,6 @@ pub fn row(p: &Point) -> String {
     )
 }
 
-/// The whole table.
-pub fn table(r: &SweepReport) -> String {
-    let mut s = header();
-    for p in &r.points {
-        s.push_str(&row(p));
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
