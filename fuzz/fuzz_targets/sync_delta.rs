@@ -3,7 +3,6 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use palisade_node::replica::View;
 use palisade_proto::v1 as pb;
 use prost::Message;
 
@@ -11,14 +10,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(delta) = pb::CatalogDelta::decode(data) else {
         return;
     };
-    let Ok(base) = View::from_snapshot(5, Vec::new()) else {
+    let Ok(base) = palisade_node::replica::snapshot(5, Vec::new()) else {
         return;
     };
-    match base.apply(&delta) {
+    match palisade_node::replica::apply(&base, &delta) {
         Ok(v) => assert_eq!(v.revision, delta.revision),
         Err(_) => assert_eq!(base.revision, 5),
     }
     if let Ok(entries) = pb::SnapshotChunk::decode(data) {
-        let _ = View::from_snapshot(1, entries.entries);
+        let _ = palisade_node::replica::snapshot(1, entries.entries);
     }
 });

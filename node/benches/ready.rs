@@ -2,15 +2,14 @@
 //! a snapshot of 10,000 applications and `PALISADE_BENCH_REVOCATIONS` revocations (default
 //! 1,000,000), on the path a real subscription takes: the controller's snapshot entries
 //! (`palisade_controller::sync::snapshot_entries`), encoded as the `SyncEvent` chunks that go on
-//! the wire and decoded again, then the edge's `View::from_snapshot` (which compiles the policy
-//! and indexes every revocation). The catalog is built in memory with the catalog's own
+//! the wire and decoded again, then the edge's `replica::snapshot` (which converts the entries,
+//! compiles the policy and indexes every revocation). The catalog is built in memory with the catalog's own
 //! `apply`, not through Raft (see the propagation benchmark for the end-to-end figure at 100,000).
 
 use std::time::{Duration, Instant};
 
 use palisade_controller::raft::state_machine::Applied;
 use palisade_controller::seal::DataKey;
-use palisade_node::replica::View;
 use palisade_policy::catalog::{Actor, Command, Envelope, RevocationTarget};
 use palisade_proto::v1 as pb;
 use prost::Message;
@@ -118,7 +117,7 @@ fn main() {
     }
     let decode = t.elapsed();
     let t = Instant::now();
-    let view = View::from_snapshot(revocations + 1, received).expect("view");
+    let view = palisade_node::replica::snapshot(revocations + 1, received).expect("view");
     let build = t.elapsed();
     let total = started.elapsed();
     assert_eq!(view.revocations.len() as u64, revocations);
@@ -129,7 +128,7 @@ fn main() {
         bytes as f64 / 1048576.0
     );
     println!(
-        "edge decode: {}   edge View::from_snapshot (compile 10,000 apps + index revocations): {}",
+        "edge decode: {}   edge replica::snapshot (convert, compile 10,000 apps + index revocations): {}",
         secs(decode),
         secs(build)
     );

@@ -19,8 +19,11 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use palisade_policy::decide::{Challenge, Decision, DenyReason};
-use palisade_policy::document::{IdentityProvider, Protocol};
+use palisade_edge_core::ReservedPath;
+use palisade_edge_core::enforce::{Enforced, Transport, Unavailable, Verdict, enforce};
+use palisade_edge_core::reserved::MFA_PROMPT;
+use palisade_policy::decide::DenyReason;
+use palisade_policy::document::IdentityProvider;
 use palisade_policy::token::{SessionClaims, TokenKind};
 use palisade_policy::{CompiledApp, CompiledPolicy};
 use palisade_proto::v1 as pb;
@@ -40,10 +43,7 @@ use crate::proxy::{Body, Forwarding, Upstreams, full};
 use crate::replica::View;
 use crate::sync::Replica;
 
-/// Palisade's reserved path prefix on every application host.
-pub const RESERVED: &str = "/.palisade/";
-/// Where every edge publishes the identity assertion's public key.
-pub const JWKS_PATH: &str = "/.well-known/palisade/jwks.json";
+pub use palisade_edge_core::reserved::{JWKS_PATH, PREFIX as RESERVED};
 /// How long a sign-in attempt may take.
 const LOGIN_TTL_SECS: i64 = 600;
 /// Most claims (in bytes of JSON) carried in a session beyond the standard ones.
@@ -102,9 +102,14 @@ struct LoginState {
     redirect_uri: String,
 }
 
-impl Caller {
-    /// Who the edge acts for in calls to the controllers.
-    pub(crate) fn user_ref(&self) -> pb::UserRef {
+/// Who the edge acts for in calls to the controllers.
+pub(crate) trait UserRefOf {
+    /// The caller as the controllers' `EdgeAuth` names a user.
+    fn user_ref(&self) -> pb::UserRef;
+}
+
+impl UserRefOf for Caller {
+    fn user_ref(&self) -> pb::UserRef {
         pb::UserRef {
             identity_provider: self.session.idp.clone(),
             subject: self.session.sub.clone(),
@@ -327,7 +332,8 @@ impl Gateway {
                 );
             }
         };
-        if path == JWKS_PATH {
+        let reserved = ReservedPath::parse(&path);
+        if reserved == Some(ReservedPath::Jwks) {
             let mut r = Response::new(full(self.signer.jwks().to_string()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -339,105 +345,100 @@ impl Gateway {
             );
             return r;
         }
-        let Some(view) = view else {
-            return pages::message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Starting up",
-                "this edge has not received its configuration yet; try again in a moment",
-                rid,
-            );
-        };
-        let Some((_, policy)) = view.policy.as_ref() else {
-            return pages::message(
-                StatusCode::NOT_FOUND,
-                "Not found",
-                "no application is served at this address",
-                rid,
-            );
-        };
-        let policy = policy.clone();
-        if let Some(rest) = path.strip_prefix(RESERVED) {
+        if let (Some(view), Some(reserved)) = (&view, reserved)
+            && let Some(policy) = view.compiled_policy()
+        {
+            let policy = policy.clone();
             if let Err(r) = limited(&self.limits.reserved, &peer.ip(), rid) {
                 return *r;
             }
-            return match rest {
-                "callback" | "login" => {
+            return match reserved {
+                ReservedPath::Callback | ReservedPath::Login => {
                     if let Err(r) = limited(&self.limits.sign_in, &peer.ip(), rid) {
                         return *r;
                     }
-                    if rest == "callback" {
-                        self.callback(&req, &view, &policy, &authority, &host, rid)
+                    if reserved == ReservedPath::Callback {
+                        self.callback(&req, view, &policy, &authority, &host, rid)
                             .await
                     } else {
-                        self.login_choice(&req, &view, &policy, &authority, &host, rid)
+                        self.login_choice(&req, view, &policy, &authority, &host, rid)
                             .await
                     }
                 }
-                "logout" => self.logout(req, &view, &authority, &host, rid).await,
-                r if r == "webauthn.js"
-                    || r == "mfa"
-                    || r.starts_with("mfa/")
-                    || r == "portal"
-                    || r.starts_with("portal/") =>
-                {
-                    let rest = r.to_string();
-                    self.mfa_routes(req, &view, &policy, &authority, &host, &rest, peer, rid)
-                        .await
-                }
-                _ => pages::message(
+                ReservedPath::Logout => self.logout(req, view, &authority, &host, rid).await,
+                ReservedPath::Jwks | ReservedPath::Unknown => pages::message(
                     StatusCode::NOT_FOUND,
                     "Not found",
                     "there is no such Palisade page",
                     rid,
                 ),
+                mfa_or_portal => {
+                    self.mfa_routes(
+                        req,
+                        view,
+                        &policy,
+                        &authority,
+                        &host,
+                        mfa_or_portal,
+                        peer,
+                        rid,
+                    )
+                    .await
+                }
             };
         }
-        let app = match policy.route_request(&host, &path) {
-            Ok(Some(app)) => app,
-            Ok(None) => {
-                return pages::message(
-                    StatusCode::NOT_FOUND,
-                    "Not found",
-                    "no application is served at this address",
-                    rid,
-                );
-            }
-            Err(e) => {
-                tracing::info!(request_id = %rid, client = %peer.ip(), error = %e, "refused an ambiguous path");
-                return pages::message(
-                    StatusCode::BAD_REQUEST,
-                    "Bad request",
-                    &format!("the request path is refused: {e}"),
-                    rid,
-                );
-            }
-        };
         let now = now_secs();
         let head = Head {
             host: host.clone(),
             path: path.clone(),
+            method: req.method().clone(),
             peer: peer.ip(),
+            transport: if req.version() == http::Version::HTTP_2 {
+                Transport::H2
+            } else {
+                Transport::H1
+            },
             session: cookie::get(req.headers(), cookie::SESSION).map(str::to_string),
             mfa: cookie::get(req.headers(), cookie::MFA).map(str::to_string),
         };
-        let Some((decision, caller, clear)) = crate::enforce::decide_request(
-            &view,
+        let Enforced {
+            verdict,
+            session_refused,
+        } = enforce(
+            view.as_deref(),
+            &head.request(0),
             self.replica.staleness(),
-            &head,
-            Protocol::Http,
             now,
-            0,
-        ) else {
-            return pages::message(
+        );
+        if let Some(why) = session_refused {
+            tracing::debug!(request_id = %rid, reason = %why, "session cookie refused");
+        }
+        if let Some(app) = verdict.app() {
+            tracing::debug!(request_id = %rid, app = %app.id, verdict = verdict.kind(), "decided");
+        }
+        let mut resp = match verdict {
+            Verdict::Unavailable(Unavailable::NotReady) => pages::message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Starting up",
+                "this edge has not received its configuration yet; try again in a moment",
+                rid,
+            ),
+            Verdict::NotFound => pages::message(
                 StatusCode::NOT_FOUND,
                 "Not found",
                 "no application is served at this address",
                 rid,
-            );
-        };
-        tracing::debug!(request_id = %rid, app = %app.id, decision = decision.kind(), "decided");
-        let mut resp = match &decision {
-            Decision::Allow { .. } | Decision::Bypass { .. } => {
+            ),
+            Verdict::BadPath(e) => {
+                tracing::info!(request_id = %rid, client = %peer.ip(), error = %e, "refused an ambiguous path");
+                pages::message(
+                    StatusCode::BAD_REQUEST,
+                    "Bad request",
+                    &format!("the request path is refused: {e}"),
+                    rid,
+                )
+            }
+            Verdict::Forward { app, caller, .. } => {
                 let watch = Watch::new(
                     self.replica.clone(),
                     head,
@@ -457,50 +458,52 @@ impl Gateway {
                 )
                 .await
             }
-            Decision::Deny { rule, reason } => {
+            Verdict::Unavailable(stale @ Unavailable::Stale { .. }) => {
+                let v = Verdict::Unavailable(stale);
+                tracing::info!(request_id = %rid, explanation = %v.explain(), "denied");
+                pages::message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Temporarily unavailable",
+                    &v.explain(),
+                    rid,
+                )
+            }
+            ref denied @ Verdict::Deny {
+                app,
+                ref rule,
+                ref reason,
+            } => {
                 // The page names the rule and the request id; what the rule would have needed
                 // (who else is allowed) stays in the log and in `palisadectl simulate`.
-                tracing::info!(request_id = %rid, app = %app.id, explanation = %decision.explain(), "denied");
-                match reason {
-                    DenyReason::StaleView { .. } => pages::message(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "Temporarily unavailable",
-                        &reason.to_string(),
-                        rid,
-                    ),
-                    DenyReason::NoRuleMatched { .. } => pages::denied(
-                        &app.name,
-                        rule.as_ref().map(|r| &*r.name),
-                        "no rule allows this request",
-                        &[],
-                        rid,
-                    ),
-                    other => pages::denied(
-                        &app.name,
-                        rule.as_ref().map(|r| &*r.name),
-                        &other.to_string(),
-                        &[],
-                        rid,
-                    ),
-                }
+                tracing::info!(request_id = %rid, app = %app.id, explanation = %denied.explain(), "denied");
+                let why = match reason {
+                    DenyReason::NoRuleMatched { .. } => "no rule allows this request".to_string(),
+                    other => other.to_string(),
+                };
+                pages::denied(&app.name, rule.as_ref().map(|r| &*r.name), &why, &[], rid)
             }
-            Decision::Challenge {
-                challenge: Challenge::Login { providers },
-                ..
-            } => {
+            Verdict::SignIn { app, providers } => {
                 let return_to = match req.uri().query() {
                     Some(q) => format!("{path}?{q}"),
                     None => path.clone(),
                 };
+                let (Some(view), Some(policy)) = (
+                    view.as_deref(),
+                    view.as_deref().and_then(View::compiled_policy),
+                ) else {
+                    return pages::message(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Starting up",
+                        "this edge has not received its configuration yet; try again in a moment",
+                        rid,
+                    );
+                };
                 self.challenge_login(
-                    &req, &view, &policy, app, providers, &authority, &return_to, rid,
+                    &req, view, policy, app, &providers, &authority, &return_to, rid,
                 )
                 .await
             }
-            Decision::Challenge {
-                challenge: Challenge::Mfa { methods, .. },
-                rule,
-            } => {
+            Verdict::Mfa { rule, methods, .. } => {
                 let return_to = match req.uri().query() {
                     Some(q) => format!("{path}?{q}"),
                     None => path.clone(),
@@ -509,7 +512,7 @@ impl Gateway {
                     redirect(
                         StatusCode::SEE_OTHER,
                         &format!(
-                            "{RESERVED}mfa?rd={}",
+                            "{MFA_PROMPT}?rd={}",
                             url::form_urlencoded::byte_serialize(return_to.as_bytes())
                                 .collect::<String>()
                         ),
@@ -523,7 +526,7 @@ impl Gateway {
                             "rule {} needs a second factor (one of {}): open {} in a browser",
                             rule.as_ref().map(|r| &*r.name).unwrap_or("-"),
                             names.join(", "),
-                            "/.palisade/mfa"
+                            MFA_PROMPT
                         ),
                         rid,
                     );
@@ -537,23 +540,22 @@ impl Gateway {
                 }
             }
         };
-        if clear {
+        if session_refused.is_some() {
             resp.headers_mut()
                 .append(header::SET_COOKIE, cookie::clear(cookie::SESSION));
         }
         resp
     }
 
-    /// Reads and checks the session and MFA cookies. Returns the caller (if any) and whether a
-    /// session cookie was present but unusable (so the response clears it).
+    /// Reads and checks the session and MFA cookies: the caller, if they make one.
     pub(crate) fn caller(
         &self,
         req: &Request<Incoming>,
         view: &View,
         host: &str,
         now: i64,
-    ) -> (Option<Caller>, bool) {
-        crate::enforce::caller(
+    ) -> Option<Caller> {
+        palisade_edge_core::session::verify(
             view,
             cookie::get(req.headers(), cookie::SESSION),
             cookie::get(req.headers(), cookie::MFA),
@@ -561,6 +563,10 @@ impl Gateway {
             now,
             0,
         )
+        .unwrap_or_else(|why| {
+            tracing::debug!(reason = %why, "session cookie refused");
+            None
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -893,7 +899,7 @@ impl Gateway {
                 "the sign-in response comes from another issuer",
             );
         }
-        let Some(secret) = view.secrets.get(&p.client_secret_ref) else {
+        let Some(secret) = view.secret(&p.client_secret_ref) else {
             tracing::error!(request_id = %rid, provider = %p.id, secret = %p.client_secret_ref, "the client secret is not in the catalog (palisadectl secrets put)");
             return fail(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -998,7 +1004,7 @@ impl Gateway {
         rid: &str,
     ) -> Response<Body> {
         let now = now_secs();
-        let (caller, _) = self.caller(&req, view, host, now);
+        let caller = self.caller(&req, view, host, now);
         let Some(c) = caller else {
             let mut r = pages::message(StatusCode::OK, "Signed out", "you are signed out", rid);
             r.headers_mut()

@@ -29,9 +29,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use palisade_policy::decide::{Challenge, Decision};
-use palisade_policy::document::{MfaMethod, Protocol};
-use palisade_policy::request::Context;
+use palisade_policy::document::MfaMethod;
 use palisade_policy::token::{MfaClaims, TokenKind};
 use palisade_policy::{CompiledApp, CompiledPolicy};
 use palisade_proto::v1 as pb;
@@ -46,10 +44,16 @@ use webauthn_rs::prelude::{
 
 use crate::controllers::Retry;
 use crate::cookie;
-use crate::gateway::{Caller, Gateway, RESERVED, now_secs, query_param, redirect, safe_return_to};
+use crate::gateway::{
+    Caller, Gateway, RESERVED, UserRefOf, now_secs, query_param, redirect, safe_return_to,
+};
 use crate::pages::{self, escape};
 use crate::proxy::{Body, full};
 use crate::replica::View;
+use palisade_edge_core::enforce::{Transport, Verdict};
+use palisade_edge_core::mfa as core_mfa;
+use palisade_edge_core::reserved::{PortalAction, ReservedPath, Step};
+use palisade_policy::catalog::{DeviceRecord, FactorKind, FactorRecord};
 
 /// The WebAuthn ceremony cookie.
 pub const CEREMONY_COOKIE: &str = "__Host-palisade-webauthn";
@@ -63,11 +67,10 @@ const CEREMONY_SECS: i64 = 300;
 const MAX_FORM_BYTES: usize = 64 * 1024;
 /// Passing a factor this recently allows adding or removing factors (the controllers keep
 /// the authoritative record; the edge uses the same window to decide what to offer).
-pub const RECENT_SECS: i64 = palisade_policy::catalog::RECENT_MFA_MS / 1000;
+pub use palisade_edge_core::mfa::RECENT_SECS;
 /// MFA assertion lifetime when no application names one (the portal).
 const DEFAULT_MFA_SECS: i64 = 12 * 3600;
-/// Where the portal lives.
-pub const PORTAL: &str = "/.palisade/portal";
+pub use palisade_edge_core::reserved::PORTAL;
 
 /// The browser half of the WebAuthn ceremonies, served from the edge itself (no CDN).
 const WEBAUTHN_JS: &str = include_str!("webauthn.js");
@@ -144,18 +147,9 @@ fn method_label(m: MfaMethod) -> &'static str {
     }
 }
 
-fn kind_method(kind: i32) -> Option<MfaMethod> {
-    match pb::FactorKind::try_from(kind).ok()? {
-        pb::FactorKind::Totp => Some(MfaMethod::Totp),
-        pb::FactorKind::SecurityKey => Some(MfaMethod::SecurityKey),
-        pb::FactorKind::Platform => Some(MfaMethod::Platform),
-        pb::FactorKind::Unspecified => None,
-    }
-}
-
 /// The user's usable factors, oldest first.
-fn user_factors<'a>(view: &'a View, c: &Caller) -> Vec<&'a pb::Factor> {
-    view.user_factors(&c.session.idp, &c.session.sub)
+fn user_factors<'a>(view: &'a View, c: &Caller) -> Vec<&'a FactorRecord> {
+    view.user_factors(&c.user())
 }
 
 fn counters_slot(c: &Caller) -> String {
@@ -164,13 +158,7 @@ fn counters_slot(c: &Caller) -> String {
 
 /// Until when the user is locked out of MFA (unix seconds), if now.
 fn locked_until(view: &View, c: &Caller, now: i64) -> Option<i64> {
-    let until = view
-        .counters
-        .get(&counters_slot(c))?
-        .locked_until
-        .as_ref()?
-        .seconds;
-    (until > now).then_some(until)
+    core_mfa::locked_until(view, &c.user(), now)
 }
 
 fn lockout_text(until: i64, now: i64) -> String {
@@ -297,11 +285,11 @@ impl Gateway {
         policy: &CompiledPolicy,
         authority: &str,
         host: &str,
-        rest: &str,
+        reserved: ReservedPath,
         peer: SocketAddr,
         rid: &str,
     ) -> Response<Body> {
-        if rest == "webauthn.js" {
+        if reserved == ReservedPath::WebauthnJs {
             let mut r = Response::new(full(WEBAUTHN_JS));
             let h = r.headers_mut();
             h.insert(
@@ -315,7 +303,7 @@ impl Gateway {
             return r;
         }
         let now = now_secs();
-        let (caller, _) = self.caller(&req, view, host, now);
+        let caller = self.caller(&req, view, host, now);
         let Some(caller) = caller else {
             let rd = safe_return_to(
                 &query_param(req.uri().query(), "rd").unwrap_or_else(|| PORTAL.to_string()),
@@ -347,8 +335,8 @@ impl Gateway {
             };
             let return_to = if *req.method() == Method::GET {
                 match req.uri().query() {
-                    Some(q) => format!("/.palisade/{rest}?{q}"),
-                    None => format!("/.palisade/{rest}"),
+                    Some(q) => format!("{}?{q}", reserved.path()),
+                    None => reserved.path().to_string(),
                 }
             } else {
                 PORTAL.to_string()
@@ -361,7 +349,7 @@ impl Gateway {
         };
         let method = req.method().clone();
         // Per user: a stolen session cannot drive the controllers faster than this.
-        let limiter = if rest.starts_with("portal") {
+        let limiter = if reserved.is_portal() {
             &self.limits.portal
         } else {
             &self.limits.mfa
@@ -375,14 +363,14 @@ impl Gateway {
                 return cross_site_refused(rid);
             }
         }
-        match (method, rest) {
-            (Method::GET, "mfa") => {
+        match (method, reserved) {
+            (Method::GET, ReservedPath::MfaPrompt) => {
                 let rd = safe_return_to(
                     &query_param(req.uri().query(), "rd").unwrap_or_else(|| "/".into()),
                 );
                 self.mfa_prompt(view, policy, host, &caller, &rd, peer, None, rid)
             }
-            (Method::POST, "mfa/totp") => {
+            (Method::POST, ReservedPath::MfaTotp) => {
                 let Some(body) = read_body(req).await else {
                     return too_large(rid);
                 };
@@ -395,7 +383,7 @@ impl Gateway {
                 self.verify_totp(view, policy, host, &caller, &rd, &code, peer, rid)
                     .await
             }
-            (Method::POST, "mfa/webauthn/begin") | (Method::POST, "mfa/webauthn/finish") => {
+            (Method::POST, ReservedPath::MfaWebauthn(step)) => {
                 let csrf = req
                     .headers()
                     .get("x-palisade-csrf")
@@ -411,7 +399,7 @@ impl Gateway {
                 let Ok(body) = serde_json::from_slice::<Value>(&body) else {
                     return json_error(StatusCode::BAD_REQUEST, "the request is not JSON");
                 };
-                if rest.ends_with("begin") {
+                if step == Step::Begin {
                     self.webauthn_auth_begin(view, policy, authority, host, &caller, &body, peer)
                 } else {
                     self.webauthn_auth_finish(
@@ -427,11 +415,11 @@ impl Gateway {
                     .await
                 }
             }
-            (Method::GET, "portal") => {
+            (Method::GET, ReservedPath::Portal) => {
                 let done = query_param(req.uri().query(), "done");
                 self.portal(view, &caller, done.as_deref(), None, rid).await
             }
-            (Method::POST, p) if p.starts_with("portal/webauthn/") => {
+            (Method::POST, ReservedPath::PortalWebauthn(step)) => {
                 let csrf = req
                     .headers()
                     .get("x-palisade-csrf")
@@ -447,11 +435,11 @@ impl Gateway {
                 let Ok(body) = serde_json::from_slice::<Value>(&body) else {
                     return json_error(StatusCode::BAD_REQUEST, "the request is not JSON");
                 };
-                match p {
-                    "portal/webauthn/begin" => {
+                match step {
+                    Step::Begin => {
                         self.webauthn_register_begin(view, policy, authority, host, &caller, &body)
                     }
-                    "portal/webauthn/finish" => {
+                    Step::Finish => {
                         self.webauthn_register_finish(
                             view,
                             policy,
@@ -464,10 +452,9 @@ impl Gateway {
                         )
                         .await
                     }
-                    _ => json_error(StatusCode::NOT_FOUND, "no such endpoint"),
                 }
             }
-            (Method::POST, p) if p.starts_with("portal/") => {
+            (Method::POST, ReservedPath::PortalAction(action)) => {
                 let enroll = cookie::get(req.headers(), ENROLL_COOKIE).map(str::to_string);
                 let Some(body) = read_body(req).await else {
                     return too_large(rid);
@@ -476,15 +463,8 @@ impl Gateway {
                 if !csrf_ok(f.get("csrf"), &caller) {
                     return csrf_refused(rid);
                 }
-                self.portal_action(
-                    view,
-                    &caller,
-                    &p["portal/".len()..],
-                    &f,
-                    enroll.as_deref(),
-                    rid,
-                )
-                .await
+                self.portal_action(view, &caller, action, &f, enroll.as_deref(), rid)
+                    .await
             }
             (m, _) if m != Method::GET && m != Method::POST => pages::message(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -521,22 +501,15 @@ impl Gateway {
             });
         }
         let app = policy.route(host, path)?;
-        let ctx = Context {
-            source_ip: peer.ip(),
-            protocol: Protocol::Http,
-            view_age: self.replica.staleness(),
-        };
-        match palisade_policy::decide(
+        match palisade_edge_core::enforce::verdict(
             app,
-            Some(&caller.identity),
-            None,
-            &ctx,
-            jiff::Timestamp::now(),
+            Some(caller.clone()),
+            peer.ip(),
+            Transport::H1,
+            self.replica.staleness(),
+            now_secs(),
         ) {
-            Decision::Challenge {
-                challenge: Challenge::Mfa { methods, .. },
-                ..
-            } => Some(Need {
+            Verdict::Mfa { methods, .. } => Some(Need {
                 app_name: app.name.to_string(),
                 methods,
                 user_verification: app.mfa.user_verification,
@@ -573,10 +546,7 @@ impl Gateway {
         };
         let now = now_secs();
         let factors = user_factors(view, caller);
-        let usable: Vec<&&pb::Factor> = factors
-            .iter()
-            .filter(|f| kind_method(f.kind).is_some_and(|m| need.methods.contains(&m)))
-            .collect();
+        let usable = core_mfa::eligible(&factors, &need.methods);
         let csrf = csrf_token(&caller.session.sid);
         let wanted: Vec<&str> = need.methods.iter().map(|m| method_label(*m)).collect();
         let mut body = format!(
@@ -616,7 +586,7 @@ impl Gateway {
             ));
             return pages::page(StatusCode::FORBIDDEN, "Stronger factor needed", &body, rid);
         }
-        if usable.iter().any(|f| f.kind == pb::FactorKind::Totp as i32) {
+        if usable.iter().any(|f| f.kind == FactorKind::Totp) {
             body.push_str(&format!(
                 "<form method=post action=\"/.palisade/mfa/totp\">\
                  <input type=hidden name=csrf value=\"{csrf}\"><input type=hidden name=rd value=\"{rd}\">\
@@ -625,13 +595,9 @@ impl Gateway {
                 rd = escape(rd),
             ));
         }
-        if usable.iter().any(|f| f.kind != pb::FactorKind::Totp as i32) {
-            let keys = usable
-                .iter()
-                .any(|f| f.kind == pb::FactorKind::SecurityKey as i32);
-            let device = usable
-                .iter()
-                .any(|f| f.kind == pb::FactorKind::Platform as i32);
+        if usable.iter().any(|f| f.kind != FactorKind::Totp) {
+            let keys = usable.iter().any(|f| f.kind == FactorKind::SecurityKey);
+            let device = usable.iter().any(|f| f.kind == FactorKind::Platform);
             let label = match (keys, device) {
                 (true, true) => "Use your security key or this device",
                 (true, false) => "Use your security key",
@@ -828,13 +794,11 @@ impl Gateway {
         let Some(need) = self.need(policy, host, caller, &rd, peer) else {
             return json_response(StatusCode::OK, json!({ "redirect": rd }));
         };
-        let keys: Vec<&pb::Factor> = user_factors(view, caller)
-            .into_iter()
-            .filter(|f| {
-                f.kind != pb::FactorKind::Totp as i32
-                    && kind_method(f.kind).is_some_and(|m| need.methods.contains(&m))
-            })
-            .collect();
+        let keys: Vec<&FactorRecord> =
+            core_mfa::eligible(&user_factors(view, caller), &need.methods)
+                .into_iter()
+                .filter(|f| f.kind != FactorKind::Totp)
+                .collect();
         if keys.is_empty() {
             return json_error(
                 StatusCode::BAD_REQUEST,
@@ -846,13 +810,8 @@ impl Gateway {
         };
         // User verification is required when the application asks for it or when only
         // platform authenticators are allowed (they always verify the user).
-        let uv = need.user_verification
-            || keys
-                .iter()
-                .all(|f| f.kind == pb::FactorKind::Platform as i32);
-        let credentials = keys
-            .iter()
-            .filter_map(|f| f.webauthn.as_ref().map(|w| w.credential_json.as_str()));
+        let uv = need.user_verification || keys.iter().all(|f| f.kind == FactorKind::Platform);
+        let credentials = keys.iter().map(|f| f.credential_json.as_str());
         let started = if uv {
             let passkeys: Vec<Passkey> = credentials
                 .filter_map(|j| serde_json::from_str(j).ok())
@@ -977,18 +936,16 @@ impl Gateway {
             }
         };
         let cred_id = URL_SAFE_NO_PAD.encode(result.cred_id());
-        let Some(factor) = user_factors(view, caller).into_iter().find(|f| {
-            f.webauthn.as_ref().is_some_and(|w| {
-                URL_SAFE_NO_PAD.encode(&w.credential_id) == cred_id
-                    || w.credential_id == cred_id.as_bytes()
-            })
-        }) else {
+        let Some(factor) = user_factors(view, caller)
+            .into_iter()
+            .find(|f| f.kind != FactorKind::Totp && f.credential_id == cred_id)
+        else {
             return json_error(
                 StatusCode::UNAUTHORIZED,
                 "this key is not one of your factors",
             );
         };
-        let platform = factor.kind == pb::FactorKind::Platform as i32;
+        let platform = factor.kind == FactorKind::Platform;
         if platform && !result.user_verified() {
             return json_error(
                 StatusCode::UNAUTHORIZED,
@@ -1109,9 +1066,7 @@ impl Gateway {
         }
         // A security key or device authenticator is only added after one was passed, when
         // the user has one (a phished code must not buy a phishing-resistant factor).
-        let holds_key = factors
-            .iter()
-            .any(|f| f.kind != pb::FactorKind::Totp as i32);
+        let holds_key = factors.iter().any(|f| f.kind != FactorKind::Totp);
         let passed_key = caller
             .identity
             .mfa
@@ -1128,9 +1083,9 @@ impl Gateway {
         };
         let exclude: Vec<Vec<u8>> = factors
             .iter()
+            .filter(|f| f.kind != FactorKind::Totp)
             .filter_map(|f| {
-                let j = &f.webauthn.as_ref()?.credential_json;
-                serde_json::from_str::<SecurityKey>(j)
+                serde_json::from_str::<SecurityKey>(&f.credential_json)
                     .ok()
                     .map(|k| k.cred_id().clone())
             })
@@ -1388,9 +1343,8 @@ impl Gateway {
                 "<table id=factors><tr><th>Name</th><th>Kind</th><th>Added</th><th></th></tr>",
             );
             for f in &factors {
-                let added = f
-                    .created_at
-                    .and_then(|t| jiff::Timestamp::from_second(t.seconds).ok())
+                let added = jiff::Timestamp::from_millisecond(f.created_at_ms)
+                    .ok()
                     .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
                     .unwrap_or_default();
                 body.push_str(&format!(
@@ -1482,7 +1436,7 @@ impl Gateway {
             ));
         }
         body.push_str("</table>");
-        let devices: Vec<&pb::Device> = view
+        let devices: Vec<&DeviceRecord> = view
             .devices
             .values()
             .filter(|d| {
@@ -1553,7 +1507,7 @@ impl Gateway {
         &self,
         view: &View,
         caller: &Caller,
-        action: &str,
+        action: PortalAction,
         f: &BTreeMap<String, String>,
         enroll: Option<&str>,
         rid: &str,
@@ -1564,7 +1518,7 @@ impl Gateway {
         let user = caller.user_ref();
         let field = |k: &str| f.get(k).cloned().unwrap_or_default();
         let outcome: Result<(u64, &str), String> = match action {
-            "totp/begin" => {
+            PortalAction::TotpBegin => {
                 // The browser keeps a secret whose hash the controllers keep with the pending
                 // factor: only this browser can confirm it.
                 let Ok(secret) = crate::oidc::random_token() else {
@@ -1616,7 +1570,7 @@ impl Gateway {
                     }
                 };
             }
-            "totp/confirm" => {
+            PortalAction::TotpConfirm => {
                 let factor_id = field("factor_id");
                 let again = |msg: &str| {
                     // Show the same QR again with the error; the pending factor stays.
@@ -1667,7 +1621,7 @@ impl Gateway {
                     Err(e) => return again(&call_failure(&e)),
                 }
             }
-            "factor/rename" => {
+            PortalAction::Rename => {
                 let req = pb::RenameFactorRequest {
                     user: Some(user),
                     factor_id: field("factor_id"),
@@ -1681,7 +1635,7 @@ impl Gateway {
                 .map(|r| (r.write.map(|w| w.revision).unwrap_or(0), "renamed"))
                 .map_err(|e| call_failure(&e))
             }
-            "factor/remove" => {
+            PortalAction::Remove => {
                 let req = pb::RemoveOwnFactorRequest {
                     user: Some(user),
                     factor_id: field("factor_id"),
@@ -1699,7 +1653,7 @@ impl Gateway {
                 }
                 r
             }
-            "revoke" => {
+            PortalAction::Revoke => {
                 let target = if !field("session_id").is_empty() {
                     pb::revocation_target::Target::SessionId(field("session_id"))
                 } else {
@@ -1709,14 +1663,6 @@ impl Gateway {
                     .await
                     .map(|rev| (rev, "revoked"))
                     .map_err(|e| call_failure(&e))
-            }
-            _ => {
-                return pages::message(
-                    StatusCode::NOT_FOUND,
-                    "Not found",
-                    "there is no such Palisade page",
-                    rid,
-                );
             }
         };
         match outcome {
@@ -1739,12 +1685,11 @@ fn fmt_time(secs: i64) -> String {
         .unwrap_or_default()
 }
 
-fn kind_name(kind: i32) -> &'static str {
-    match pb::FactorKind::try_from(kind) {
-        Ok(pb::FactorKind::Totp) => "authenticator app",
-        Ok(pb::FactorKind::SecurityKey) => "security key",
-        Ok(pb::FactorKind::Platform) => "device authenticator",
-        _ => "unknown",
+fn kind_name(kind: FactorKind) -> &'static str {
+    match kind {
+        FactorKind::Totp => "authenticator app",
+        FactorKind::SecurityKey => "security key",
+        FactorKind::Platform => "device authenticator",
     }
 }
 
@@ -1801,14 +1746,7 @@ fn unreachable_page(rid: &str) -> Response<Body> {
     )
 }
 
-/// Whether the caller passed a factor within `RECENT_SECS`.
-fn recently_verified(caller: &Caller, now: i64) -> bool {
-    caller
-        .identity
-        .mfa
-        .as_ref()
-        .is_some_and(|m| now - m.authenticated_at.as_second() <= RECENT_SECS)
-}
+use palisade_edge_core::mfa::recently_verified;
 
 /// The MFA assertion cookie: bound to the session, its own lifetime (the application's
 /// `mfa.max_age`), never beyond the session's.

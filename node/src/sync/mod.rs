@@ -27,6 +27,8 @@ use tokio::task::JoinHandle;
 
 use crate::replica::{ReplicaError, View};
 
+pub mod convert;
+
 /// How the edge reaches the controllers.
 #[derive(Clone)]
 pub struct SyncConfig {
@@ -444,7 +446,7 @@ async fn session(
                     };
                 }
                 let applying = std::time::Instant::now();
-                match View::from_snapshot(begin.revision, entries) {
+                match convert::snapshot(begin.revision, entries) {
                     Ok(v) => {
                         tracing::info!(revision = v.revision, reason = %begin.reason, revocations = v.revocations.len(), "snapshot installed");
                         metrics::counter!("palisade_edge_snapshots_total").increment(1);
@@ -463,7 +465,7 @@ async fn session(
                     ));
                 };
                 let applying = std::time::Instant::now();
-                match current.apply(&d) {
+                match convert::apply(&current, &d) {
                     Ok(v) => {
                         replica.install(v, "delta");
                         // the edge's own share of the propagation time: building the new view
