@@ -34,8 +34,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(req) = b.body(()) else {
         return;
     };
-    let _ = palisade_node::gateway::framing_problem(&req);
-    let _ = palisade_node::gateway::authority(&req);
+    let _ = palisade_node::http::framing_problem(&req);
+    let _ = palisade_node::http::authority(&req);
     for mode in [SemicolonParameters::Refuse, SemicolonParameters::Strip] {
         if let Ok(p) = normalize_with(req.uri().path(), mode) {
             assert!(p.starts_with('/'));

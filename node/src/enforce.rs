@@ -17,7 +17,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Frame;
-pub(crate) use palisade_edge_core::Caller;
 use palisade_edge_core::enforce::{Credentials, Request, Transport, still_allowed};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::WatchStream;
@@ -94,7 +93,7 @@ impl Watch {
             &self.head.request(self.opened),
             self.sid.as_deref(),
             self.replica.staleness(),
-            crate::gateway::now_secs(),
+            crate::http::now_secs(),
         )
     }
 

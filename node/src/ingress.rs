@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::gateway::Gateway;
+use crate::http::Gateway;
 use crate::proxy::{Body, full};
 
 /// Limits on client connections.

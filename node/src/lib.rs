@@ -5,12 +5,16 @@
 
 #![forbid(unsafe_code)]
 
+/// Palisade's reserved path prefix on every application host.
+pub use palisade_edge_core::reserved::{JWKS_PATH, PREFIX as RESERVED};
+
 pub mod assertion;
+pub(crate) mod auth;
 pub mod config;
 pub mod controllers;
 pub mod cookie;
 pub(crate) mod enforce;
-pub mod gateway;
+pub mod http;
 pub mod ingress;
 pub mod limits;
 pub mod mfa;

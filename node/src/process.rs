@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use crate::assertion::AssertionSigner;
 use crate::config::Config;
 use crate::controllers::ControllerClient;
-use crate::gateway::Gateway;
+use crate::http::Gateway;
 use crate::ingress::{self, Addresses, Limits};
 use crate::oidc::RelyingParty;
 use crate::proxy::{UpstreamConfig, Upstreams};
@@ -158,7 +158,7 @@ pub async fn run(cfg: Config) -> ExitCode {
         signer,
         upstreams,
         Some(controllers),
-        crate::gateway::GatewayOptions {
+        crate::http::GatewayOptions {
             rates: cfg.rates(),
             hsts_max_age_secs: cfg.hsts_max_age,
         },

@@ -1,0 +1,287 @@
+//! The self-service portal: the user's factors (add, rename, remove), sessions and devices
+//! (revocable), and recent sign-in and MFA attempts.
+
+use http::{Response, StatusCode};
+use palisade_edge_core::reserved::PortalAction;
+use palisade_edge_core::{Caller, View};
+use palisade_policy::catalog::DeviceRecord;
+use palisade_proto::v1 as pb;
+
+use crate::auth::claims::UserRefOf;
+use crate::controllers::Retry;
+use crate::http::Gateway;
+use crate::http::context::RequestCtx;
+use crate::http::csrf::{Submitted, csrf_token};
+use crate::http::framing::enc;
+use crate::http::framing::redirect;
+use crate::mfa::{Answer, PORTAL, call_failure, fmt_time, kind_name, unreachable, user_factors};
+use crate::pages::{self, escape};
+use crate::proxy::Body;
+use palisade_edge_core::mfa::recently_verified;
+
+impl Gateway {
+    /// The portal page.
+    pub(crate) async fn portal(
+        &self,
+        ctx: &RequestCtx,
+        caller: &Caller,
+        done: Option<&str>,
+        error: Option<&str>,
+    ) -> Response<Body> {
+        let (view, rid, now) = (&*ctx.view, ctx.rid.as_str(), ctx.now);
+        let csrf = csrf_token(&caller.session.sid);
+        let factors = user_factors(view, caller);
+        let recent = recently_verified(caller, now);
+        let mut body = format!(
+            "<p>Signed in as <strong>{}</strong> ({}).</p>",
+            escape(if caller.session.email.is_empty() {
+                &caller.session.sub
+            } else {
+                &caller.session.email
+            }),
+            escape(&caller.session.idp)
+        );
+        let notice = match done {
+            Some("added") => Some("The factor was added."),
+            Some("removed") => Some("The factor was removed."),
+            Some("renamed") => Some("The factor was renamed."),
+            Some("revoked") => Some("Revoked."),
+            _ => None,
+        };
+        if let Some(n) = notice {
+            body.push_str(&format!(
+                "<p class=ok role=status id=notice>{}</p>",
+                escape(n)
+            ));
+        }
+        if let Some(e) = error {
+            body.push_str(&format!("<p class=error role=alert>{}</p>", escape(e)));
+        }
+        body.push_str("<h2>Your second factors</h2>");
+        if factors.is_empty() {
+            body.push_str("<p>You have none yet. Add one below: applications protected by Palisade ask for it.</p>");
+        } else {
+            body.push_str(
+                "<table id=factors><tr><th>Name</th><th>Kind</th><th>Added</th><th></th></tr>",
+            );
+            for f in &factors {
+                let added = jiff::Timestamp::from_millisecond(f.created_at_ms)
+                    .ok()
+                    .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
+                    .unwrap_or_default();
+                body.push_str(&format!(
+                    "<tr data-factor=\"{id}\"><td>{name}</td><td>{kind}</td><td>{added}</td><td>\
+                     <form method=post action=\"/.palisade/portal/factor/rename\" class=inline><input type=hidden name=csrf value=\"{csrf}\"><input type=hidden name=factor_id value=\"{id}\"><input name=name aria-label=\"New name\" placeholder=\"New name\" maxlength=64 required><button type=submit class=small>Rename</button></form> \
+                     <form method=post action=\"/.palisade/portal/factor/remove\" class=inline><input type=hidden name=csrf value=\"{csrf}\"><input type=hidden name=factor_id value=\"{id}\"><button type=submit class=\"small danger\">Remove</button></form></td></tr>",
+                    id = escape(&f.id),
+                    name = escape(&f.name),
+                    kind = kind_name(f.kind),
+                    added = escape(&added),
+                ));
+            }
+            body.push_str("</table>");
+        }
+        body.push_str("<h2>Add a factor</h2>");
+        if !factors.is_empty() && !recent {
+            body.push_str(&format!(
+                "<p>To add or remove factors, first <a class=button href=\"/.palisade/mfa?rd={}\">verify with an existing factor</a> (valid for 10 minutes).</p>",
+                enc(PORTAL)
+            ));
+        } else {
+            let code_field = if factors.is_empty() && self.enrollment_needs_code(view) {
+                "<label>Enrollment code from your administrator<br><input name=enrollment_code id=enrollment_code required></label>"
+            } else {
+                ""
+            };
+            body.push_str(&format!(
+                "<form method=post action=\"/.palisade/portal/totp/begin\"><input type=hidden name=csrf value=\"{csrf}\">{code_field}\
+                 <label>Name<br><input name=name value=\"Authenticator app\" maxlength=64></label> <button type=submit id=add-totp>Add an authenticator app</button></form>\
+                 <div class=webauthn-add>{code_js}<label>Name<br><input id=webauthn-name value=\"Security key\" maxlength=64></label><br>\
+                 <button type=button id=add-security-key>Add a security key</button> <button type=button id=add-platform>Add this device (Touch ID, Windows Hello)</button></div><p id=status role=status></p>",
+                code_js = if code_field.is_empty() { "" } else { "<label>Enrollment code (for a key)<br><input id=webauthn-code></label><br>" },
+            ));
+        }
+        // Sessions and devices.
+        let events = self.auth_events(caller).await;
+        body.push_str("<h2>Your sessions</h2><table id=sessions><tr><th>Signed in</th><th>Where</th><th></th></tr>");
+        let mut seen = std::collections::HashSet::new();
+        for e in events
+            .iter()
+            .filter(|e| e.action == "login.oidc" && e.result == "ok")
+        {
+            let Some(sid) = e.details.get("session_id") else {
+                continue;
+            };
+            if !seen.insert(sid.clone()) {
+                continue;
+            }
+            let exp: i64 = e
+                .details
+                .get("expires_at")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let iat: i64 = e
+                .details
+                .get("issued_at")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let rev: u64 = e
+                .details
+                .get("revision")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            if exp <= now
+                || view.revocations.session_revoked(
+                    sid,
+                    &caller.session.idp,
+                    &caller.session.sub,
+                    iat,
+                    rev,
+                )
+            {
+                continue;
+            }
+            let this = *sid == caller.session.sid;
+            body.push_str(&format!(
+                "<tr><td>{}</td><td>{} via {}</td><td>{}</td></tr>",
+                escape(&fmt_time(e.time.map(|t| t.seconds).unwrap_or(0))),
+                escape(e.details.get("host").map(String::as_str).unwrap_or("")),
+                escape(&e.edge_id),
+                if this {
+                    "this session".to_string()
+                } else {
+                    format!(
+                        "<form method=post action=\"/.palisade/portal/revoke\" class=inline><input type=hidden name=csrf value=\"{csrf}\"><input type=hidden name=session_id value=\"{}\"><button type=submit class=\"small danger\">Sign out</button></form>",
+                        escape(sid)
+                    )
+                }
+            ));
+        }
+        body.push_str("</table>");
+        let devices: Vec<&DeviceRecord> = view
+            .devices
+            .values()
+            .filter(|d| {
+                d.owner == caller.session.sub
+                    || (!caller.session.email.is_empty() && d.owner == caller.session.email)
+            })
+            .collect();
+        if !devices.is_empty() {
+            body.push_str("<h2>Your devices</h2><table id=devices><tr><th>Device</th><th>State</th><th></th></tr>");
+            for d in devices {
+                let revoked = view.revocations.device_revoked(&d.id);
+                body.push_str(&format!(
+                    "<tr><td>{} <span class=muted>{}</span></td><td>{}</td><td>{}</td></tr>",
+                    escape(&d.display_name),
+                    escape(&d.serial),
+                    if revoked { "revoked" } else { "active" },
+                    if revoked {
+                        String::new()
+                    } else {
+                        format!(
+                            "<form method=post action=\"/.palisade/portal/revoke\" class=inline><input type=hidden name=csrf value=\"{csrf}\"><input type=hidden name=device_id value=\"{}\"><button type=submit class=\"small danger\">Revoke</button></form>",
+                            escape(&d.id)
+                        )
+                    }
+                ));
+            }
+            body.push_str("</table>");
+        }
+        body.push_str("<h2>Recent sign-in and MFA attempts</h2><table id=events><tr><th>Time</th><th>What</th><th>Result</th><th>Edge</th></tr>");
+        for e in events.iter().take(20) {
+            body.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&fmt_time(e.time.map(|t| t.seconds).unwrap_or(0))),
+                escape(&e.action),
+                escape(&e.result),
+                escape(&e.edge_id),
+            ));
+        }
+        body.push_str("</table><p><a href=\"/.palisade/logout\">Sign out</a></p>");
+        pages::interactive(StatusCode::OK, "Your account", &body, &csrf, rid)
+    }
+
+    /// Form posts from the portal.
+    pub(crate) async fn portal_action(
+        &self,
+        ctx: &RequestCtx,
+        caller: &Caller,
+        action: PortalAction,
+        f: &Submitted,
+        enroll: Option<&str>,
+    ) -> Answer {
+        let rid = ctx.rid.as_str();
+        let Some(ctl) = &self.controllers else {
+            return Err(unreachable());
+        };
+        let user = caller.user_ref();
+        let field = |k: &str| f.field(k);
+        let outcome: Result<(u64, &str), String> = match action {
+            PortalAction::TotpBegin => return self.totp_begin(ctx, caller, f).await,
+            PortalAction::TotpConfirm => return self.totp_confirm(ctx, caller, f, enroll).await,
+            PortalAction::Rename => {
+                let req = pb::RenameFactorRequest {
+                    user: Some(user),
+                    factor_id: field("factor_id"),
+                    name: field("name"),
+                };
+                ctl.call(Retry::Safe, |mut c| {
+                    let req = req.clone();
+                    async move { c.rename_factor(req).await }
+                })
+                .await
+                .map(|r| (r.write.map(|w| w.revision).unwrap_or(0), "renamed"))
+                .map_err(|e| call_failure(&e))
+            }
+            PortalAction::Remove => {
+                let req = pb::RemoveOwnFactorRequest {
+                    user: Some(user),
+                    factor_id: field("factor_id"),
+                };
+                let r = ctl
+                    .call(Retry::Once, |mut c| {
+                        let req = req.clone();
+                        async move { c.remove_own_factor(req).await }
+                    })
+                    .await
+                    .map(|r| (r.write.map(|w| w.revision).unwrap_or(0), "removed"))
+                    .map_err(|e| call_failure(&e));
+                if r.is_ok() {
+                    self.record_event(caller, "factor.remove", "ok", rid, "", &field("factor_id"));
+                }
+                r
+            }
+            PortalAction::Revoke => {
+                let target = if !field("session_id").is_empty() {
+                    pb::revocation_target::Target::SessionId(field("session_id"))
+                } else {
+                    pb::revocation_target::Target::DeviceId(field("device_id"))
+                };
+                ctl.revoke_own(user, target, "revoked by its user in the portal")
+                    .await
+                    .map(|rev| (rev, "revoked"))
+                    .map_err(|e| call_failure(&e))
+            }
+        };
+        match outcome {
+            Ok((revision, done)) => {
+                self.wait_applied(revision).await;
+                Ok(redirect(
+                    StatusCode::SEE_OTHER,
+                    &format!("{PORTAL}?done={done}"),
+                ))
+            }
+            Err(msg) => {
+                let mut r = self.portal(ctx, caller, None, Some(&msg)).await;
+                *r.status_mut() = StatusCode::BAD_REQUEST;
+                Ok(r)
+            }
+        }
+    }
+
+    fn enrollment_needs_code(&self, view: &View) -> bool {
+        view.policy
+            .as_ref()
+            .is_some_and(|(_, p)| p.mfa_policy().enrollment_requires_code)
+    }
+}

@@ -1,0 +1,335 @@
+//! TOTP at the edge: passing a code (checked by the controllers, which hold the seeds and
+//! record the time step, so a code works once at one edge), and adding an authenticator app
+//! from the portal. A TOTP enrollment is bound to the browser that began it (a secret in a
+//! sealed cookie whose hash the controllers keep), and confirming it is not passing a factor.
+
+use http::header;
+use http::{Response, StatusCode};
+use palisade_edge_core::Caller;
+use palisade_policy::document::MfaMethod;
+use palisade_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use webauthn_rs::prelude::Url;
+
+use crate::auth::claims::UserRefOf;
+use crate::controllers::Retry;
+use crate::cookie;
+use crate::http::Gateway;
+use crate::http::context::RequestCtx;
+use crate::http::csrf::{Submitted, csrf_token};
+use crate::http::framing::redirect;
+use crate::mfa::{
+    Answer, PORTAL, call_failure, issue_mfa, lockout_text, mfa_lifetime, unreachable,
+};
+use crate::pages::{self, escape};
+use crate::proxy::Body;
+
+/// The cookie binding a pending TOTP enrollment to the browser that began it.
+pub const ENROLL_COOKIE: &str = "__Host-palisade-enroll";
+/// The uniform answer to every refused first code of an enrollment.
+const CONFIRM_REFUSED: &str = "That code was not accepted. Check the authenticator's clock and enter the next code, or start again.";
+
+/// A pending TOTP enrollment, sealed into `ENROLL_COOKIE`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Enrollment {
+    /// The session that began it.
+    sid: String,
+    /// The pending factor.
+    factor_id: String,
+    /// The secret whose SHA-256 the controllers keep, base64url.
+    binding: String,
+}
+
+impl Gateway {
+    pub(crate) async fn verify_totp(
+        &self,
+        ctx: &RequestCtx,
+        caller: &Caller,
+        rd: &str,
+        code: &str,
+    ) -> Answer {
+        let (view, host, rid, now) = (&*ctx.view, ctx.host.as_str(), ctx.rid.as_str(), ctx.now);
+        let Some(ctl) = &self.controllers else {
+            return Err(unreachable());
+        };
+        let req = pb::VerifyTotpRequest {
+            user: Some(caller.user_ref()),
+            code: code.chars().take(16).collect(),
+            request_id: rid.to_string(),
+        };
+        let started = std::time::Instant::now();
+        let r = ctl
+            .call(Retry::Safe, |mut c| {
+                let req = req.clone();
+                async move { c.verify_totp(req).await }
+            })
+            .await;
+        metrics::histogram!("palisade_edge_totp_verify_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(request_id = %rid, error = %e, "TOTP verification unavailable");
+                return Err(unreachable());
+            }
+        };
+        let result = pb::TotpResult::try_from(r.result).unwrap_or(pb::TotpResult::Unspecified);
+        self.record_event(
+            caller,
+            "mfa.totp",
+            totp_result_name(result),
+            rid,
+            host,
+            &r.factor_id,
+        );
+        let error = match result {
+            pb::TotpResult::Ok => {
+                // The step is recorded: at most this edge's replica is behind, which does not
+                // matter for the cookie.
+                let lifetime = mfa_lifetime(ctx, rd);
+                return match issue_mfa(
+                    view,
+                    caller,
+                    MfaMethod::Totp,
+                    &r.factor_id,
+                    false,
+                    lifetime,
+                    now,
+                ) {
+                    Some(c) => {
+                        tracing::info!(request_id = %rid, subject = %caller.session.sub, factor = %r.factor_id, "TOTP passed");
+                        let mut resp = redirect(StatusCode::SEE_OTHER, rd);
+                        resp.headers_mut().append(header::SET_COOKIE, c);
+                        Ok(resp)
+                    }
+                    None => Err(unreachable()),
+                };
+            }
+            pb::TotpResult::Invalid => format!(
+                "That code is not right. Failed attempts in a row: {}.",
+                r.failed_attempts
+            ),
+            pb::TotpResult::Replayed => {
+                "That code was already used. Wait for the next code and try again.".into()
+            }
+            pb::TotpResult::LockedOut => {
+                let until = r.locked_until.map(|t| t.seconds).unwrap_or(i64::MAX);
+                lockout_text(until, now)
+            }
+            pb::TotpResult::NoFactor => "You have no authenticator app enrolled.".into(),
+            pb::TotpResult::Unspecified => "The code could not be checked.".into(),
+        };
+        tracing::info!(request_id = %rid, subject = %caller.session.sub, result = totp_result_name(result), failed_attempts = r.failed_attempts, "TOTP refused");
+        let mut page = self.mfa_prompt(ctx, caller, rd, Some(&error));
+        if result == pb::TotpResult::LockedOut {
+            *page.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        }
+        Ok(page)
+    }
+
+    /// `POST /.palisade/portal/totp/begin`: a pending factor and its QR code.
+    pub(crate) async fn totp_begin(
+        &self,
+        ctx: &RequestCtx,
+        caller: &Caller,
+        f: &Submitted,
+    ) -> Answer {
+        let (view, rid, now) = (&*ctx.view, ctx.rid.as_str(), ctx.now);
+        let Some(ctl) = &self.controllers else {
+            return Err(unreachable());
+        };
+        let user = caller.user_ref();
+        let field = |k: &str| f.field(k);
+
+        // The browser keeps a secret whose hash the controllers keep with the pending
+        // factor: only this browser can confirm it.
+        let Ok(secret) = crate::oidc::random_token() else {
+            return Err(unreachable());
+        };
+        let req = pb::BeginTotpEnrollmentRequest {
+            user: Some(user),
+            name: field("name"),
+            account_label: if caller.session.email.is_empty() {
+                caller.session.sub.clone()
+            } else {
+                caller.session.email.clone()
+            },
+            enrollment_code: field("enrollment_code"),
+            binding_sha256: Sha256::digest(secret.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        };
+        return match ctl
+            .call(Retry::Once, |mut c| {
+                let req = req.clone();
+                async move { c.begin_totp_enrollment(req).await }
+            })
+            .await
+        {
+            Ok(r) => {
+                let pending = Enrollment {
+                    sid: caller.session.sid.clone(),
+                    factor_id: r.factor_id.clone(),
+                    binding: secret,
+                };
+                let ttl = palisade_policy::catalog::PENDING_TOTP_MS / 1000;
+                let mut page =
+                    totp_enrollment_page(&r, &csrf_token(&caller.session.sid), None, rid);
+                match cookie::seal(&view.keyring, "enroll", &pending, now + ttl) {
+                    Ok(sealed) => page
+                        .headers_mut()
+                        .append(header::SET_COOKIE, cookie::set(ENROLL_COOKIE, &sealed, ttl)),
+                    Err(_) => return Err(unreachable()),
+                };
+                Ok(page)
+            }
+            Err(e) => Ok(self
+                .portal(ctx, caller, None, Some(&call_failure(&e)))
+                .await),
+        };
+    }
+
+    /// `POST /.palisade/portal/totp/confirm`: the first code of the pending factor, from the
+    /// browser that began it.
+    pub(crate) async fn totp_confirm(
+        &self,
+        ctx: &RequestCtx,
+        caller: &Caller,
+        f: &Submitted,
+        enroll: Option<&str>,
+    ) -> Answer {
+        let (view, rid, now) = (&*ctx.view, ctx.rid.as_str(), ctx.now);
+        let Some(ctl) = &self.controllers else {
+            return Err(unreachable());
+        };
+        let user = caller.user_ref();
+        let field = |k: &str| f.field(k);
+
+        let factor_id = field("factor_id");
+        let again = |msg: &str| {
+            // Show the same QR again with the error; the pending factor stays.
+            let again = pb::BeginTotpEnrollmentResponse {
+                factor_id: factor_id.clone(),
+                provisioning_uri: field("uri"),
+            };
+            totp_enrollment_page(&again, &csrf_token(&caller.session.sid), Some(msg), rid)
+        };
+        let pending: Option<Enrollment> = enroll
+            .and_then(|e| cookie::open(&view.keyring, "enroll", e, now).ok())
+            .filter(|p: &Enrollment| {
+                use subtle::ConstantTimeEq;
+                bool::from(p.sid.as_bytes().ct_eq(caller.session.sid.as_bytes()))
+                    && p.factor_id == factor_id
+            });
+        // Without the binding, the controllers are not asked: the answer is the same.
+        let Some(pending) = pending else {
+            return Ok(again(CONFIRM_REFUSED));
+        };
+        let req = pb::ConfirmTotpEnrollmentRequest {
+            user: Some(user),
+            factor_id: factor_id.clone(),
+            code: field("code"),
+            binding: pending.binding.into_bytes(),
+        };
+        match ctl
+            .call(Retry::Once, |mut c| {
+                let req = req.clone();
+                async move { c.confirm_totp_enrollment(req).await }
+            })
+            .await
+        {
+            Ok(r) => {
+                self.wait_applied(r.write.map(|w| w.revision).unwrap_or(0))
+                    .await;
+                self.record_event(caller, "factor.add", "ok", rid, "", &factor_id);
+                // Confirming the new factor is not passing it: no MFA assertion here.
+                let mut resp = redirect(StatusCode::SEE_OTHER, &format!("{PORTAL}?done=added"));
+                resp.headers_mut()
+                    .append(header::SET_COOKIE, cookie::clear(ENROLL_COOKIE));
+                Ok(resp)
+            }
+            Err(crate::controllers::CallError::Refused(_)) => Ok(again(CONFIRM_REFUSED)),
+            Err(e) => Ok(again(&call_failure(&e))),
+        }
+    }
+}
+
+fn totp_result_name(r: pb::TotpResult) -> &'static str {
+    match r {
+        pb::TotpResult::Ok => "ok",
+        pb::TotpResult::Invalid => "failed",
+        pb::TotpResult::Replayed => "replayed",
+        pb::TotpResult::LockedOut => "locked_out",
+        pb::TotpResult::NoFactor => "no_factor",
+        pb::TotpResult::Unspecified => "error",
+    }
+}
+
+/// The page that shows a new TOTP seed (QR code and text) and asks for a first code.
+fn totp_enrollment_page(
+    r: &pb::BeginTotpEnrollmentResponse,
+    csrf: &str,
+    error: Option<&str>,
+    rid: &str,
+) -> Response<Body> {
+    let secret = Url::parse(&r.provisioning_uri)
+        .ok()
+        .and_then(|u| {
+            u.query_pairs()
+                .find(|(k, _)| k == "secret")
+                .map(|(_, v)| v.into_owned())
+        })
+        .unwrap_or_default();
+    let qr = qr_svg(&r.provisioning_uri).unwrap_or_default();
+    let mut body = String::from(
+        "<p>Scan this code with your authenticator app (Google Authenticator, 1Password, Authy...), then enter the code it shows.</p>",
+    );
+    if let Some(e) = error {
+        body.push_str(&format!("<p class=error role=alert>{}</p>", escape(e)));
+    }
+    body.push_str(&format!(
+        "<div class=qr>{qr}</div><p class=muted>Can't scan? Enter this key: <code id=totp-secret>{}</code></p>\
+         <form method=post action=\"/.palisade/portal/totp/confirm\"><input type=hidden name=csrf value=\"{}\">\
+         <input type=hidden name=factor_id value=\"{}\"><input type=hidden name=uri value=\"{}\">\
+         <label>Code<br><input name=code id=code inputmode=numeric autocomplete=one-time-code maxlength=8 required autofocus></label> <button type=submit>Confirm</button></form>\
+         <p class=muted>Never share this page: the key is your second factor.</p>",
+        escape(&secret),
+        escape(csrf),
+        escape(&r.factor_id),
+        escape(&r.provisioning_uri),
+    ));
+    pages::page(StatusCode::OK, "Add an authenticator app", &body, rid)
+}
+
+/// A QR code as inline SVG (no image library, no external asset).
+pub fn qr_svg(text: &str) -> Option<String> {
+    let qr = qrcodegen::QrCode::encode_text(text, qrcodegen::QrCodeEcc::Medium).ok()?;
+    let size = qr.size();
+    let border = 4;
+    let dim = size + border * 2;
+    let mut path = String::new();
+    for y in 0..size {
+        for x in 0..size {
+            if qr.get_module(x, y) {
+                path.push_str(&format!("M{},{}h1v1h-1z", x + border, y + border));
+            }
+        }
+    }
+    Some(format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {dim} {dim}\" width=\"220\" height=\"220\" role=img aria-label=\"QR code\" shape-rendering=crispEdges><rect width=\"100%\" height=\"100%\" fill=\"#fff\"/><path d=\"{path}\" fill=\"#000\"/></svg>"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qr_codes_render() {
+        let svg = qr_svg("otpauth://totp/Palisade:alice?secret=JBSWY3DPEHPK3PXP&issuer=Palisade")
+            .expect("qr");
+        assert!(svg.starts_with("<svg") && svg.contains("<path d=\"M"));
+    }
+}
