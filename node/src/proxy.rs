@@ -12,7 +12,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -153,7 +152,7 @@ impl Upstreams {
     pub async fn forward(
         &self,
         upstreams: &[String],
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         fwd: Forwarding,
         on_upgrade: impl FnOnce(hyper::upgrade::OnUpgrade, hyper::upgrade::OnUpgrade) + Send + 'static,
     ) -> Result<Response<Body>, ProxyError> {
@@ -185,7 +184,7 @@ impl Upstreams {
             Some(max) => {
                 Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).boxed_unsync()
             }
-            None => body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
+            None => body,
         };
         let body = IdleTimeout::new(body, self.body_idle_timeout).boxed_unsync();
         let mut out = Request::new(body);

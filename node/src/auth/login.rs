@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use http::header;
+use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use palisade_policy::CompiledApp;
 use palisade_policy::document::IdentityProvider;
@@ -56,10 +57,10 @@ fn unavailable(status: StatusCode, text: &'static str) -> EdgeError {
 impl Gateway {
     /// The answer to a request that needs a session: a redirect to the provider (or the
     /// choice between providers) for a browser, 401 for anything else.
-    pub(crate) async fn challenge_login<B>(
+    pub(crate) async fn challenge_login(
         &self,
         ctx: &RequestCtx,
-        req: &Request<B>,
+        req: &Parts,
         app: &CompiledApp,
         providers: &[String],
         return_to: &str,
@@ -101,8 +102,8 @@ impl Gateway {
 
     /// `/.palisade/login?idp=..&rd=..`: sign-in with the chosen provider, if the application at
     /// `rd` accepts it.
-    pub(crate) async fn login_choice<B>(&self, ctx: &RequestCtx, req: &Request<B>) -> Answer {
-        let q = req.uri().query();
+    pub(crate) async fn login_choice(&self, ctx: &RequestCtx, req: &Parts) -> Answer {
+        let q = req.uri.query();
         let return_to = safe_return_to(&query_param(q, "rd").unwrap_or_else(|| "/".into()));
         let idp = query_param(q, "idp").unwrap_or_default();
         let rd_path = return_to.split('?').next().unwrap_or("/");
@@ -164,9 +165,9 @@ impl Gateway {
 
     /// `/.palisade/callback`: the provider's answer. Issues the session and returns the user
     /// where they were going.
-    pub(crate) async fn callback<B>(&self, ctx: &RequestCtx, req: &Request<B>) -> Answer {
+    pub(crate) async fn callback(&self, ctx: &RequestCtx, req: &Parts) -> Answer {
         let rid = &ctx.rid;
-        let q = req.uri().query();
+        let q = req.uri.query();
         if let Some(err) = query_param(q, "error") {
             let err: String = err
                 .chars()
@@ -191,7 +192,7 @@ impl Gateway {
             .filter(|s| !s.is_empty())
             .ok_or_else(|| failed(StatusCode::BAD_REQUEST, "the sign-in response has no code"))?;
         let cookie_name = login_cookie_name(&state);
-        let sealed = cookie::get(req.headers(), &cookie_name).ok_or_else(|| {
+        let sealed = cookie::get(&req.headers, &cookie_name).ok_or_else(|| {
             failed(
                 StatusCode::BAD_REQUEST,
                 "this sign-in attempt is unknown here or has expired; start again from the application",
@@ -334,11 +335,7 @@ impl Gateway {
     /// Sign-out: `GET` shows a confirmation form (a link from another site must not sign
     /// anyone out); `POST` with the session's anti-CSRF token from this origin revokes the
     /// session everywhere.
-    pub(crate) async fn logout<B>(&self, ctx: &RequestCtx, req: Request<B>) -> Answer
-    where
-        B: hyper::body::Body,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    pub(crate) async fn logout(&self, ctx: &RequestCtx, req: Request<Body>) -> Answer {
         let rid = &ctx.rid;
         let signed_out = |text: &str| {
             let mut r = pages::message(StatusCode::OK, "Signed out", text, rid);
@@ -348,10 +345,11 @@ impl Gateway {
                 .append(header::SET_COOKIE, cookie::clear(cookie::MFA));
             r
         };
-        let Some(c) = self.caller(ctx, &req) else {
+        let (parts, body) = req.into_parts();
+        let Some(c) = self.caller(ctx, &parts.headers) else {
             return Ok(signed_out("you are signed out"));
         };
-        match *req.method() {
+        match parts.method {
             Method::GET | Method::HEAD => {
                 let csrf = csrf_token(&c.session.sid);
                 let body = format!(
@@ -368,7 +366,7 @@ impl Gateway {
                 ));
             }
         }
-        guard(req, &ctx.authority, &c, false).await?;
+        guard(&parts, body, &ctx.authority, &c, false).await?;
         let unrecorded = |text: &'static str| {
             EdgeError::refused(StatusCode::SERVICE_UNAVAILABLE, "Sign-out failed", text)
         };

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http::Request;
 use http::header;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -17,6 +16,7 @@ use palisade_edge_core::Caller;
 
 use crate::http::error::EdgeError;
 use crate::http::framing::{form, read_body};
+use crate::proxy::Body;
 
 /// The header the WebAuthn script carries the token in.
 pub(crate) const CSRF_HEADER: &str = "x-palisade-csrf";
@@ -37,8 +37,8 @@ pub(crate) fn csrf_ok(given: Option<&str>, caller: &Caller) -> bool {
 
 /// Whether a state-changing request comes from this origin (or names none, as non-browser
 /// clients do; the anti-CSRF token is checked as well).
-pub(crate) fn same_origin<B>(req: &Request<B>, authority: &str) -> bool {
-    req.headers()
+pub(crate) fn same_origin(headers: &http::HeaderMap, authority: &str) -> bool {
+    headers
         .get(header::ORIGIN)
         .and_then(|o| o.to_str().ok())
         .is_none_or(|o| o.eq_ignore_ascii_case(&format!("https://{authority}")))
@@ -73,38 +73,31 @@ impl Submitted {
 
 /// Checks the origin and the anti-CSRF token of a state-changing request from `caller`, and
 /// reads its body: a JSON document when `json`, a form otherwise.
-pub(crate) async fn guard<B>(
-    req: Request<B>,
+pub(crate) async fn guard(
+    req: &http::request::Parts,
+    body: Body,
     authority: &str,
     caller: &Caller,
     json: bool,
-) -> Result<Submitted, EdgeError>
-where
-    B: hyper::body::Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    if !same_origin(&req, authority) {
+) -> Result<Submitted, EdgeError> {
+    if !same_origin(&req.headers, authority) {
         return Err(EdgeError::CrossSite);
     }
     if json {
         let token = req
-            .headers()
+            .headers
             .get(CSRF_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         if !csrf_ok(token.as_deref(), caller) {
             return Err(EdgeError::Csrf);
         }
-        let body = read_body(req.into_body())
-            .await
-            .ok_or(EdgeError::TooLarge)?;
+        let body = read_body(body).await.ok_or(EdgeError::TooLarge)?;
         let v = serde_json::from_slice::<Value>(&body)
             .map_err(|_| EdgeError::BadRequest("the request is not JSON".into()))?;
         return Ok(Submitted::Json(v));
     }
-    let body = read_body(req.into_body())
-        .await
-        .ok_or(EdgeError::TooLarge)?;
+    let body = read_body(body).await.ok_or(EdgeError::TooLarge)?;
     let f = form(&body);
     if !csrf_ok(f.get("csrf").map(String::as_str), caller) {
         return Err(EdgeError::Csrf);
@@ -123,6 +116,8 @@ mod tests {
         assert_eq!(csrf_token("a").len(), 24);
     }
 
+    use http::Request;
+
     #[test]
     fn origins_must_match_when_named() {
         let r = |origin: Option<&str>| {
@@ -130,7 +125,7 @@ mod tests {
             if let Some(o) = origin {
                 b = b.header(header::ORIGIN, o);
             }
-            same_origin(&b.body(()).expect("request"), "app.test:8443")
+            same_origin(b.body(()).expect("request").headers(), "app.test:8443")
         };
         assert!(r(None));
         assert!(r(Some("https://app.test:8443")));

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use palisade_edge_core::Caller;
 use palisade_policy::CompiledApp;
 use palisade_policy::token::TokenKind;
@@ -39,7 +38,7 @@ impl Gateway {
     pub(crate) async fn forward(
         &self,
         at: &Head<'_>,
-        req: Request<Incoming>,
+        req: Request<Body>,
         app: &CompiledApp,
         caller: Option<&Caller>,
         watch: Watch,

@@ -80,22 +80,28 @@ pub(crate) fn redirect(status: StatusCode, to: &str) -> Response<Body> {
 }
 
 /// Whether the client is a browser navigating (it gets pages and redirects, not 401s).
-pub(crate) fn wants_html<B>(req: &Request<B>) -> bool {
-    matches!(*req.method(), Method::GET | Method::HEAD)
+pub(crate) fn wants_html(req: &http::request::Parts) -> bool {
+    matches!(req.method, Method::GET | Method::HEAD)
 }
 
 /// Reads a form or JSON body: at most `MAX_FORM_BYTES`, within ten seconds.
-pub(crate) async fn read_body<B>(body: B) -> Option<Vec<u8>>
-where
-    B: hyper::body::Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+pub(crate) async fn read_body(mut body: Body) -> Option<Vec<u8>> {
     const BODY_SECS: u64 = 10;
-    let limited = http_body_util::Limited::new(body, MAX_FORM_BYTES);
-    let collected = tokio::time::timeout(Duration::from_secs(BODY_SECS), limited.collect())
+    let read = async {
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.ok()?.into_data() {
+                if out.len() + data.len() > MAX_FORM_BYTES {
+                    return None;
+                }
+                out.extend_from_slice(&data);
+            }
+        }
+        Some(out)
+    };
+    tokio::time::timeout(Duration::from_secs(BODY_SECS), read)
         .await
-        .ok()?;
-    Some(collected.ok()?.to_bytes().to_vec())
+        .ok()?
 }
 
 /// A form body's fields.

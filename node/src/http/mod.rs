@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use palisade_edge_core::enforce::{Enforced, Transport, Unavailable, Verdict, enforce};
 use palisade_edge_core::reserved::{MFA_PROMPT, Step};
@@ -40,7 +41,7 @@ use crate::enforce::{Head, Watch};
 use crate::limits::{Limiters, RateLimiter, UsedStates};
 use crate::oidc::{RelyingParty, random_token};
 use crate::pages;
-use crate::proxy::{Body, Upstreams, full};
+use crate::proxy::{Body, BoxError, Upstreams, full};
 use crate::sync::Replica;
 
 pub use framing::{authority, framing_problem};
@@ -177,11 +178,25 @@ impl Gateway {
         }
     }
 
-    /// Handles one request.
+    /// Handles one HTTP/1.1 or HTTP/2 request from hyper.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+    ) -> Response<Body> {
+        let transport = transport_of(&req);
+        // Upgrades (WebSocket) travel in the request's extensions, which `map` keeps.
+        let req = req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync());
+        self.serve(req, peer, transport).await
+    }
+
+    /// Handles one request that arrived over `transport`: the entry point every HTTP adapter
+    /// calls (hyper's HTTP/1.1 and HTTP/2 through `handle`, HTTP/3 with its own body).
+    pub async fn serve(
+        &self,
+        req: Request<Body>,
+        peer: SocketAddr,
+        transport: Transport,
     ) -> Response<Body> {
         let rid = random_token()
             .map(|t| t[..16].to_string())
@@ -189,7 +204,7 @@ impl Gateway {
         let method = req.method().clone();
         let path_for_log = req.uri().path().to_string();
         let started = std::time::Instant::now();
-        let mut resp = self.route(req, peer, &rid).await;
+        let mut resp = self.route(req, peer, transport, &rid).await;
         if let Ok(v) = HeaderValue::from_str(&rid) {
             resp.headers_mut().insert("x-request-id", v);
         }
@@ -201,11 +216,17 @@ impl Gateway {
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("palisade_edge_requests_total", "status" => resp.status().as_u16().to_string())
             .increment(1);
-        tracing::debug!(request_id = %rid, %method, path = %path_for_log, status = resp.status().as_u16(), client = %peer.ip(), "request");
+        tracing::debug!(request_id = %rid, %method, path = %path_for_log, status = resp.status().as_u16(), client = %peer.ip(), ?transport, "request");
         resp
     }
 
-    async fn route(&self, req: Request<Incoming>, peer: SocketAddr, rid: &str) -> Response<Body> {
+    async fn route(
+        &self,
+        req: Request<Body>,
+        peer: SocketAddr,
+        transport: Transport,
+        rid: &str,
+    ) -> Response<Body> {
         if let Some(problem) = framing_problem(&req) {
             tracing::info!(request_id = %rid, client = %peer.ip(), problem, "refused an ambiguous request");
             let mut r = EdgeError::BadRequest(problem.into()).into_response(Format::Html, rid);
@@ -267,7 +288,7 @@ impl Gateway {
             path,
             method: req.method().clone(),
             peer: peer.ip(),
-            transport: transport_of(&req),
+            transport,
             session: cookie::get(req.headers(), cookie::SESSION).map(str::to_string),
             mfa: cookie::get(req.headers(), cookie::MFA).map(str::to_string),
         };
@@ -314,7 +335,7 @@ impl Gateway {
     /// Renders the core's verdict for a request to an application.
     async fn application(
         &self,
-        req: Request<Incoming>,
+        req: Request<Body>,
         verdict: Verdict<'_>,
         at: &Arrival<'_>,
     ) -> Result<Response<Body>, EdgeError> {
@@ -393,12 +414,13 @@ impl Gateway {
                     format: Format::Html,
                 };
                 let back = return_to(&req, &head.path);
-                self.challenge_login(&ctx, &req, app, &providers, &back)
+                let (parts, _) = req.into_parts();
+                self.challenge_login(&ctx, &parts, app, &providers, &back)
                     .await
             }
             Verdict::Mfa { rule, methods, .. } => {
                 let back = return_to(&req, &head.path);
-                if wants_html(&req) {
+                if wants_html(&req.into_parts().0) {
                     return Ok(redirect(
                         StatusCode::SEE_OTHER,
                         &format!("{MFA_PROMPT}?rd={}", framing::enc(&back)),
@@ -431,18 +453,18 @@ impl Gateway {
         &self,
         ctx: &RequestCtx,
         reserved: ReservedPath,
-        req: Request<Incoming>,
+        req: Request<Body>,
     ) -> Result<Response<Body>, EdgeError> {
         let client = ctx.peer.ip();
         limited(&self.limits.reserved, &client, &ctx.rid)?;
         match reserved {
             ReservedPath::Callback => {
                 limited(&self.limits.sign_in, &client, &ctx.rid)?;
-                self.callback(ctx, &req).await
+                self.callback(ctx, &req.into_parts().0).await
             }
             ReservedPath::Login => {
                 limited(&self.limits.sign_in, &client, &ctx.rid)?;
-                self.login_choice(ctx, &req).await
+                self.login_choice(ctx, &req.into_parts().0).await
             }
             ReservedPath::Logout => self.logout(ctx, req).await,
             ReservedPath::Jwks | ReservedPath::Unknown => Err(EdgeError::NotFound),
@@ -457,11 +479,11 @@ impl Gateway {
     }
 
     /// The caller of a request to one of the edge's own pages, from its cookies.
-    pub(crate) fn caller<B>(&self, ctx: &RequestCtx, req: &Request<B>) -> Option<Caller> {
+    pub(crate) fn caller(&self, ctx: &RequestCtx, headers: &http::HeaderMap) -> Option<Caller> {
         palisade_edge_core::session::verify(
             &ctx.view,
-            cookie::get(req.headers(), cookie::SESSION),
-            cookie::get(req.headers(), cookie::MFA),
+            cookie::get(headers, cookie::SESSION),
+            cookie::get(headers, cookie::MFA),
             &ctx.host,
             ctx.now,
             0,

@@ -29,8 +29,8 @@ pub(crate) mod webauthn;
 use std::borrow::Cow;
 
 use http::header::HeaderValue;
+use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use palisade_edge_core::enforce::{Transport, Verdict};
 use palisade_edge_core::mfa as core_mfa;
 use palisade_edge_core::reserved::{ReservedPath, Step};
@@ -189,9 +189,10 @@ impl Gateway {
         &self,
         ctx: &RequestCtx,
         reserved: ReservedPath,
-        req: Request<Incoming>,
+        req: Request<Body>,
     ) -> Answer {
-        let Some(caller) = self.caller(ctx, &req) else {
+        let (req, body) = req.into_parts();
+        let Some(caller) = self.caller(ctx, &req.headers) else {
             return self.sign_in_first(ctx, reserved, &req).await;
         };
         // Per user: a stolen session cannot drive the controllers faster than this.
@@ -201,26 +202,26 @@ impl Gateway {
             &self.limits.mfa
         };
         limited(limiter, &counters_slot(&caller), &ctx.rid)?;
-        let method = req.method().clone();
+        let method = req.method.clone();
         match (method, reserved) {
             (Method::GET, ReservedPath::MfaPrompt) => {
                 let rd = safe_return_to(
-                    &query_param(req.uri().query(), "rd").unwrap_or_else(|| "/".into()),
+                    &query_param(req.uri.query(), "rd").unwrap_or_else(|| "/".into()),
                 );
                 Ok(self.mfa_prompt(ctx, &caller, &rd, None))
             }
             (Method::GET, ReservedPath::Portal) => {
-                let done = query_param(req.uri().query(), "done");
+                let done = query_param(req.uri.query(), "done");
                 Ok(self.portal(ctx, &caller, done.as_deref(), None).await)
             }
             (Method::POST, r) if r.changes_state() => {
-                let ceremony = cookie::get(req.headers(), CEREMONY_COOKIE).map(str::to_string);
-                let enroll = cookie::get(req.headers(), ENROLL_COOKIE).map(str::to_string);
+                let ceremony = cookie::get(&req.headers, CEREMONY_COOKIE).map(str::to_string);
+                let enroll = cookie::get(&req.headers, ENROLL_COOKIE).map(str::to_string);
                 let json = matches!(
                     r,
                     ReservedPath::MfaWebauthn(_) | ReservedPath::PortalWebauthn(_)
                 );
-                let submitted = guard(req, &ctx.authority, &caller, json).await?;
+                let submitted = guard(&req, body, &ctx.authority, &caller, json).await?;
                 match r {
                     ReservedPath::MfaTotp => {
                         let rd = safe_return_to(&submitted.field("rd"));
@@ -267,14 +268,9 @@ impl Gateway {
 
     /// Without a session: sign in for the application the user was going to (or the host's
     /// root application), then come back here.
-    async fn sign_in_first(
-        &self,
-        ctx: &RequestCtx,
-        reserved: ReservedPath,
-        req: &Request<Incoming>,
-    ) -> Answer {
+    async fn sign_in_first(&self, ctx: &RequestCtx, reserved: ReservedPath, req: &Parts) -> Answer {
         let rd = safe_return_to(
-            &query_param(req.uri().query(), "rd").unwrap_or_else(|| PORTAL.to_string()),
+            &query_param(req.uri.query(), "rd").unwrap_or_else(|| PORTAL.to_string()),
         );
         let app_path = if rd.starts_with(RESERVED) {
             "/"
@@ -295,8 +291,8 @@ impl Gateway {
         } else {
             app.identity_providers.clone()
         };
-        let return_to = if *req.method() == Method::GET {
-            match req.uri().query() {
+        let return_to = if req.method == Method::GET {
+            match req.uri.query() {
                 Some(q) => format!("{}?{q}", reserved.path()),
                 None => reserved.path().to_string(),
             }
