@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use palisade_edge_core::Caller;
 use palisade_proto::v1 as pb;
 
-use crate::auth::claims::UserRefOf;
-use crate::controllers::Retry;
+use crate::controllers::api::AuthEvent;
 use crate::http::Gateway;
 
 impl Gateway {
@@ -67,33 +66,17 @@ impl Gateway {
             ..Default::default()
         };
         tokio::spawn(async move {
-            let req = pb::RecordAuthEventsRequest { events: vec![ev] };
-            if let Err(e) = ctl
-                .call(Retry::Safe, |mut c| {
-                    let req = req.clone();
-                    async move { c.record_auth_events(req).await }
-                })
-                .await
-            {
+            if let Err(e) = ctl.record_auth_events(vec![ev]).await {
                 tracing::debug!(error = %e, "auth event not recorded");
             }
         });
     }
 
-    pub(crate) async fn auth_events(&self, caller: &Caller) -> Vec<pb::AuditEvent> {
+    /// The caller's recent sign-in and MFA attempts (empty when no controller answers).
+    pub(crate) async fn auth_events(&self, caller: &Caller) -> Vec<AuthEvent> {
         let Some(ctl) = &self.controllers else {
             return Vec::new();
         };
-        let req = pb::ListAuthEventsRequest {
-            user: Some(caller.user_ref()),
-            limit: 50,
-        };
-        ctl.call(Retry::Safe, |mut c| {
-            let req = req.clone();
-            async move { c.list_auth_events(req).await }
-        })
-        .await
-        .map(|r| r.events)
-        .unwrap_or_default()
+        ctl.list_auth_events(caller, 50).await.unwrap_or_default()
     }
 }

@@ -8,7 +8,6 @@ use palisade_policy::catalog::DeviceRecord;
 use palisade_proto::v1 as pb;
 
 use crate::auth::claims::UserRefOf;
-use crate::controllers::Retry;
 use crate::http::Gateway;
 use crate::http::context::RequestCtx;
 use crate::http::csrf::{Submitted, csrf_token};
@@ -144,7 +143,7 @@ impl Gateway {
             let this = *sid == caller.session.sid;
             body.push_str(&format!(
                 "<tr><td>{}</td><td>{} via {}</td><td>{}</td></tr>",
-                escape(&fmt_time(e.time.map(|t| t.seconds).unwrap_or(0))),
+                escape(&fmt_time(e.at)),
                 escape(e.details.get("host").map(String::as_str).unwrap_or("")),
                 escape(&e.edge_id),
                 if this {
@@ -191,7 +190,7 @@ impl Gateway {
         for e in events.iter().take(20) {
             body.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(&fmt_time(e.time.map(|t| t.seconds).unwrap_or(0))),
+                escape(&fmt_time(e.at)),
                 escape(&e.action),
                 escape(&e.result),
                 escape(&e.edge_id),
@@ -214,37 +213,20 @@ impl Gateway {
         let Some(ctl) = &self.controllers else {
             return Err(unreachable());
         };
-        let user = caller.user_ref();
         let field = |k: &str| f.field(k);
         let outcome: Result<(u64, &str), String> = match action {
             PortalAction::TotpBegin => return self.totp_begin(ctx, caller, f).await,
             PortalAction::TotpConfirm => return self.totp_confirm(ctx, caller, f, enroll).await,
-            PortalAction::Rename => {
-                let req = pb::RenameFactorRequest {
-                    user: Some(user),
-                    factor_id: field("factor_id"),
-                    name: field("name"),
-                };
-                ctl.call(Retry::Safe, |mut c| {
-                    let req = req.clone();
-                    async move { c.rename_factor(req).await }
-                })
+            PortalAction::Rename => ctl
+                .rename_factor(caller, &field("factor_id"), &field("name"))
                 .await
-                .map(|r| (r.write.map(|w| w.revision).unwrap_or(0), "renamed"))
-                .map_err(|e| call_failure(&e))
-            }
+                .map(|rev| (rev, "renamed"))
+                .map_err(|e| call_failure(&e)),
             PortalAction::Remove => {
-                let req = pb::RemoveOwnFactorRequest {
-                    user: Some(user),
-                    factor_id: field("factor_id"),
-                };
                 let r = ctl
-                    .call(Retry::Once, |mut c| {
-                        let req = req.clone();
-                        async move { c.remove_own_factor(req).await }
-                    })
+                    .remove_own_factor(caller, &field("factor_id"))
                     .await
-                    .map(|r| (r.write.map(|w| w.revision).unwrap_or(0), "removed"))
+                    .map(|rev| (rev, "removed"))
                     .map_err(|e| call_failure(&e));
                 if r.is_ok() {
                     self.record_event(caller, "factor.remove", "ok", rid, "", &field("factor_id"));
@@ -257,10 +239,14 @@ impl Gateway {
                 } else {
                     pb::revocation_target::Target::DeviceId(field("device_id"))
                 };
-                ctl.revoke_own(user, target, "revoked by its user in the portal")
-                    .await
-                    .map(|rev| (rev, "revoked"))
-                    .map_err(|e| call_failure(&e))
+                ctl.revoke_own(
+                    caller.user_ref(),
+                    target,
+                    "revoked by its user in the portal",
+                )
+                .await
+                .map(|rev| (rev, "revoked"))
+                .map_err(|e| call_failure(&e))
             }
         };
         match outcome {

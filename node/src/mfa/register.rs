@@ -7,15 +7,13 @@ use http::header;
 use palisade_edge_core::Caller;
 use palisade_policy::catalog::FactorKind;
 use palisade_policy::document::MfaMethod;
-use palisade_proto::v1 as pb;
 use serde_json::{Value, json};
 use webauthn_rs::prelude::{
     AuthenticatorAttachment, PasskeyRegistration, RegisterPublicKeyCredential, SecurityKey,
     SecurityKeyRegistration,
 };
 
-use crate::auth::claims::UserRefOf;
-use crate::controllers::Retry;
+use crate::controllers::api::NewCredential;
 use crate::cookie;
 use crate::http::Gateway;
 use crate::http::context::RequestCtx;
@@ -219,39 +217,25 @@ impl Gateway {
             ));
         };
         let kind = if key == NewKey::Platform {
-            pb::FactorKind::Platform
+            FactorKind::Platform
         } else {
-            pb::FactorKind::SecurityKey
+            FactorKind::SecurityKey
         };
-        let req = pb::RegisterWebauthnRequest {
-            user: Some(caller.user_ref()),
-            kind: kind as i32,
+        let credential = NewCredential {
+            kind,
             name,
-            credential: Some(pb::WebauthnCredential {
-                credential_id: cred_id,
-                credential_json: json,
-                sign_count: 0,
-                user_verified: key == NewKey::Platform,
-                aaguid: String::new(),
-            }),
+            credential_id: cred_id.to_vec(),
+            credential_json: json,
             enrollment_code: code,
         };
-        match ctl
-            .call(Retry::Once, |mut cl| {
-                let req = req.clone();
-                async move { cl.register_webauthn(req).await }
-            })
-            .await
-        {
-            Ok(r) => {
-                let factor = r.factor.unwrap_or_default();
-                self.wait_applied(r.write.map(|w| w.revision).unwrap_or(0))
-                    .await;
-                tracing::info!(request_id = %rid, subject = %caller.session.sub, factor = %factor.id, kind = ?kind, "WebAuthn factor added");
-                self.record_event(caller, "factor.add", "ok", rid, host, &factor.id);
+        match ctl.register_webauthn(caller, credential).await {
+            Ok((factor_id, revision)) => {
+                self.wait_applied(revision).await;
+                tracing::info!(request_id = %rid, subject = %caller.session.sub, factor = %factor_id, kind = ?kind, "WebAuthn factor added");
+                self.record_event(caller, "factor.add", "ok", rid, host, &factor_id);
                 let mut r = json_response(
                     StatusCode::OK,
-                    json!({ "redirect": format!("{PORTAL}?done=added"), "factor_id": factor.id }),
+                    json!({ "redirect": format!("{PORTAL}?done=added"), "factor_id": factor_id }),
                 );
                 r.headers_mut()
                     .append(header::SET_COOKIE, cookie::clear(CEREMONY_COOKIE));

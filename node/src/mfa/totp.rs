@@ -7,13 +7,11 @@ use http::header;
 use http::{Response, StatusCode};
 use palisade_edge_core::Caller;
 use palisade_policy::document::MfaMethod;
-use palisade_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use webauthn_rs::prelude::Url;
 
-use crate::auth::claims::UserRefOf;
-use crate::controllers::Retry;
+use crate::controllers::api::{PendingTotp, TotpOutcome};
 use crate::cookie;
 use crate::http::Gateway;
 use crate::http::context::RequestCtx;
@@ -53,76 +51,51 @@ impl Gateway {
         let Some(ctl) = &self.controllers else {
             return Err(unreachable());
         };
-        let req = pb::VerifyTotpRequest {
-            user: Some(caller.user_ref()),
-            code: code.chars().take(16).collect(),
-            request_id: rid.to_string(),
-        };
         let started = std::time::Instant::now();
-        let r = ctl
-            .call(Retry::Safe, |mut c| {
-                let req = req.clone();
-                async move { c.verify_totp(req).await }
-            })
-            .await;
+        let r = ctl.verify_totp(caller, code, rid).await;
         metrics::histogram!("palisade_edge_totp_verify_seconds")
             .record(started.elapsed().as_secs_f64());
-        let r = match r {
+        let (outcome, factor_id) = match r {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(request_id = %rid, error = %e, "TOTP verification unavailable");
                 return Err(unreachable());
             }
         };
-        let result = pb::TotpResult::try_from(r.result).unwrap_or(pb::TotpResult::Unspecified);
-        self.record_event(
-            caller,
-            "mfa.totp",
-            totp_result_name(result),
-            rid,
-            host,
-            &r.factor_id,
-        );
-        let error = match result {
-            pb::TotpResult::Ok => {
+        self.record_event(caller, "mfa.totp", outcome.name(), rid, host, &factor_id);
+        let error = match &outcome {
+            TotpOutcome::Passed { factor_id } => {
                 // The step is recorded: at most this edge's replica is behind, which does not
                 // matter for the cookie.
                 let lifetime = mfa_lifetime(ctx, rd);
-                return match issue_mfa(
+                let cookie = issue_mfa(
                     view,
                     caller,
                     MfaMethod::Totp,
-                    &r.factor_id,
+                    factor_id,
                     false,
                     lifetime,
                     now,
-                ) {
-                    Some(c) => {
-                        tracing::info!(request_id = %rid, subject = %caller.session.sub, factor = %r.factor_id, "TOTP passed");
-                        let mut resp = redirect(StatusCode::SEE_OTHER, rd);
-                        resp.headers_mut().append(header::SET_COOKIE, c);
-                        Ok(resp)
-                    }
-                    None => Err(unreachable()),
-                };
+                )
+                .ok_or_else(unreachable)?;
+                tracing::info!(request_id = %rid, subject = %caller.session.sub, factor = %factor_id, "TOTP passed");
+                let mut resp = redirect(StatusCode::SEE_OTHER, rd);
+                resp.headers_mut().append(header::SET_COOKIE, cookie);
+                return Ok(resp);
             }
-            pb::TotpResult::Invalid => format!(
-                "That code is not right. Failed attempts in a row: {}.",
-                r.failed_attempts
-            ),
-            pb::TotpResult::Replayed => {
+            TotpOutcome::Invalid { failed_attempts } => {
+                format!("That code is not right. Failed attempts in a row: {failed_attempts}.")
+            }
+            TotpOutcome::Replayed => {
                 "That code was already used. Wait for the next code and try again.".into()
             }
-            pb::TotpResult::LockedOut => {
-                let until = r.locked_until.map(|t| t.seconds).unwrap_or(i64::MAX);
-                lockout_text(until, now)
-            }
-            pb::TotpResult::NoFactor => "You have no authenticator app enrolled.".into(),
-            pb::TotpResult::Unspecified => "The code could not be checked.".into(),
+            TotpOutcome::LockedOut { until } => lockout_text(*until, now),
+            TotpOutcome::NoFactor => "You have no authenticator app enrolled.".into(),
+            TotpOutcome::Unchecked => "The code could not be checked.".into(),
         };
-        tracing::info!(request_id = %rid, subject = %caller.session.sub, result = totp_result_name(result), failed_attempts = r.failed_attempts, "TOTP refused");
+        tracing::info!(request_id = %rid, subject = %caller.session.sub, result = outcome.name(), "TOTP refused");
         let mut page = self.mfa_prompt(ctx, caller, rd, Some(&error));
-        if result == pb::TotpResult::LockedOut {
+        if matches!(outcome, TotpOutcome::LockedOut { .. }) {
             *page.status_mut() = StatusCode::TOO_MANY_REQUESTS;
         }
         Ok(page)
@@ -139,56 +112,43 @@ impl Gateway {
         let Some(ctl) = &self.controllers else {
             return Err(unreachable());
         };
-        let user = caller.user_ref();
-        let field = |k: &str| f.field(k);
-
         // The browser keeps a secret whose hash the controllers keep with the pending
         // factor: only this browser can confirm it.
         let Ok(secret) = crate::oidc::random_token() else {
             return Err(unreachable());
         };
-        let req = pb::BeginTotpEnrollmentRequest {
-            user: Some(user),
-            name: field("name"),
-            account_label: if caller.session.email.is_empty() {
-                caller.session.sub.clone()
-            } else {
-                caller.session.email.clone()
-            },
-            enrollment_code: field("enrollment_code"),
-            binding_sha256: Sha256::digest(secret.as_bytes())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-        };
-        return match ctl
-            .call(Retry::Once, |mut c| {
-                let req = req.clone();
-                async move { c.begin_totp_enrollment(req).await }
-            })
+        let binding: String = Sha256::digest(secret.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let pending = match ctl
+            .begin_totp_enrollment(
+                caller,
+                &f.field("name"),
+                &f.field("enrollment_code"),
+                &binding,
+            )
             .await
         {
-            Ok(r) => {
-                let pending = Enrollment {
-                    sid: caller.session.sid.clone(),
-                    factor_id: r.factor_id.clone(),
-                    binding: secret,
-                };
-                let ttl = palisade_policy::catalog::PENDING_TOTP_MS / 1000;
-                let mut page =
-                    totp_enrollment_page(&r, &csrf_token(&caller.session.sid), None, rid);
-                match cookie::seal(&view.keyring, "enroll", &pending, now + ttl) {
-                    Ok(sealed) => page
-                        .headers_mut()
-                        .append(header::SET_COOKIE, cookie::set(ENROLL_COOKIE, &sealed, ttl)),
-                    Err(_) => return Err(unreachable()),
-                };
-                Ok(page)
+            Ok(p) => p,
+            Err(e) => {
+                return Ok(self
+                    .portal(ctx, caller, None, Some(&call_failure(&e)))
+                    .await);
             }
-            Err(e) => Ok(self
-                .portal(ctx, caller, None, Some(&call_failure(&e)))
-                .await),
         };
+        let bound = Enrollment {
+            sid: caller.session.sid.clone(),
+            factor_id: pending.factor_id.clone(),
+            binding: secret,
+        };
+        let ttl = palisade_policy::catalog::PENDING_TOTP_MS / 1000;
+        let mut page = totp_enrollment_page(&pending, &csrf_token(&caller.session.sid), None, rid);
+        let sealed =
+            cookie::seal(&view.keyring, "enroll", &bound, now + ttl).map_err(|_| unreachable())?;
+        page.headers_mut()
+            .append(header::SET_COOKIE, cookie::set(ENROLL_COOKIE, &sealed, ttl));
+        Ok(page)
     }
 
     /// `POST /.palisade/portal/totp/confirm`: the first code of the pending factor, from the
@@ -204,13 +164,11 @@ impl Gateway {
         let Some(ctl) = &self.controllers else {
             return Err(unreachable());
         };
-        let user = caller.user_ref();
         let field = |k: &str| f.field(k);
-
         let factor_id = field("factor_id");
         let again = |msg: &str| {
             // Show the same QR again with the error; the pending factor stays.
-            let again = pb::BeginTotpEnrollmentResponse {
+            let again = PendingTotp {
                 factor_id: factor_id.clone(),
                 provisioning_uri: field("uri"),
             };
@@ -227,22 +185,12 @@ impl Gateway {
         let Some(pending) = pending else {
             return Ok(again(CONFIRM_REFUSED));
         };
-        let req = pb::ConfirmTotpEnrollmentRequest {
-            user: Some(user),
-            factor_id: factor_id.clone(),
-            code: field("code"),
-            binding: pending.binding.into_bytes(),
-        };
         match ctl
-            .call(Retry::Once, |mut c| {
-                let req = req.clone();
-                async move { c.confirm_totp_enrollment(req).await }
-            })
+            .confirm_totp_enrollment(caller, &factor_id, &field("code"), &pending.binding)
             .await
         {
-            Ok(r) => {
-                self.wait_applied(r.write.map(|w| w.revision).unwrap_or(0))
-                    .await;
+            Ok(revision) => {
+                self.wait_applied(revision).await;
                 self.record_event(caller, "factor.add", "ok", rid, "", &factor_id);
                 // Confirming the new factor is not passing it: no MFA assertion here.
                 let mut resp = redirect(StatusCode::SEE_OTHER, &format!("{PORTAL}?done=added"));
@@ -256,20 +204,9 @@ impl Gateway {
     }
 }
 
-fn totp_result_name(r: pb::TotpResult) -> &'static str {
-    match r {
-        pb::TotpResult::Ok => "ok",
-        pb::TotpResult::Invalid => "failed",
-        pb::TotpResult::Replayed => "replayed",
-        pb::TotpResult::LockedOut => "locked_out",
-        pb::TotpResult::NoFactor => "no_factor",
-        pb::TotpResult::Unspecified => "error",
-    }
-}
-
 /// The page that shows a new TOTP seed (QR code and text) and asks for a first code.
 fn totp_enrollment_page(
-    r: &pb::BeginTotpEnrollmentResponse,
+    r: &PendingTotp,
     csrf: &str,
     error: Option<&str>,
     rid: &str,

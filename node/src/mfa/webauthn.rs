@@ -13,7 +13,6 @@ use http::{Response, StatusCode};
 use palisade_edge_core::Caller;
 use palisade_policy::catalog::{FactorKind, FactorRecord};
 use palisade_policy::document::MfaMethod;
-use palisade_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -22,8 +21,6 @@ use webauthn_rs::prelude::{
     Url, Uuid, Webauthn, WebauthnBuilder,
 };
 
-use crate::auth::claims::UserRefOf;
-use crate::controllers::Retry;
 use crate::cookie;
 use crate::http::Gateway;
 use crate::http::context::RequestCtx;
@@ -334,10 +331,14 @@ impl Gateway {
                 let challenge = URL_SAFE_NO_PAD
                     .decode(c.challenge.trim_end_matches('='))
                     .unwrap_or_default();
-                if self
-                    .count_failure(ctl, caller, pb::FactorKind::SecurityKey, challenge, rid)
+                let counted = ctl
+                    .record_mfa_failure(caller, FactorKind::SecurityKey, challenge, rid)
                     .await
-                {
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(request_id = %rid, error = %e, "MFA failure not counted");
+                        false
+                    });
+                if counted {
                     self.record_event(caller, "mfa.webauthn", "failed", rid, host, "");
                 }
                 return Err(refuse(
@@ -366,25 +367,15 @@ impl Gateway {
         let Ok(challenge) = URL_SAFE_NO_PAD.decode(c.challenge.trim_end_matches('=')) else {
             return Err(refuse(StatusCode::BAD_REQUEST, "the ceremony is malformed"));
         };
-        let req = pb::RecordWebauthnUseRequest {
-            user: Some(caller.user_ref()),
-            factor_id: factor.id.clone(),
-            sign_count: result.counter(),
-            request_id: rid.to_string(),
-            challenge,
-        };
-        let recorded = ctl
-            .call(Retry::Once, |mut cl| {
-                let req = req.clone();
-                async move { cl.record_webauthn_use(req).await }
-            })
-            .await;
-        match recorded {
-            Ok(r) if r.accepted => {}
-            Ok(r) => {
-                tracing::warn!(request_id = %rid, subject = %caller.session.sub, factor = %factor.id, refusal = %r.refusal, "WebAuthn assertion refused");
+        match ctl
+            .record_webauthn_use(caller, &factor.id, result.counter(), challenge, rid)
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(refusal)) => {
+                tracing::warn!(request_id = %rid, subject = %caller.session.sub, factor = %factor.id, refusal = %refusal, "WebAuthn assertion refused");
                 self.record_event(caller, "mfa.webauthn", "refused", rid, host, &factor.id);
-                return Err(refuse(StatusCode::UNAUTHORIZED, &r.refusal));
+                return Err(refuse(StatusCode::UNAUTHORIZED, &refusal));
             }
             Err(e) => {
                 tracing::warn!(request_id = %rid, error = %e, "WebAuthn use not recorded");
@@ -418,37 +409,6 @@ impl Gateway {
         r.headers_mut()
             .append(header::SET_COOKIE, cookie::clear(CEREMONY_COOKIE));
         Ok(r)
-    }
-
-    /// Counts a failed answer to a ceremony; whether it was recorded (not when the user is
-    /// locked out or the ceremony was used before).
-    async fn count_failure(
-        &self,
-        ctl: &crate::controllers::ControllerClient,
-        caller: &Caller,
-        kind: pb::FactorKind,
-        challenge: Vec<u8>,
-        rid: &str,
-    ) -> bool {
-        let req = pb::RecordMfaFailureRequest {
-            user: Some(caller.user_ref()),
-            kind: kind as i32,
-            request_id: rid.to_string(),
-            challenge,
-        };
-        match ctl
-            .call(Retry::Safe, |mut c| {
-                let req = req.clone();
-                async move { c.record_mfa_failure(req).await }
-            })
-            .await
-        {
-            Ok(r) => r.recorded,
-            Err(e) => {
-                tracing::warn!(request_id = %rid, error = %e, "MFA failure not counted");
-                false
-            }
-        }
     }
 }
 

@@ -8,6 +8,8 @@
 //! [`Retry::Safe`] therefore moves on to the next controller also when one does not answer in
 //! time (a frozen member) or the connection breaks after the request left.
 
+pub mod api;
+
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -126,38 +128,26 @@ impl ControllerClient {
         }
         Err(CallError::Unreachable(last))
     }
-
-    /// Revokes one of the user's own sessions or devices (sign-out revokes the current
-    /// session). Returns the revision of the revocation.
-    pub async fn revoke_own(
-        &self,
-        user: pb::UserRef,
-        target: pb::revocation_target::Target,
-        reason: &str,
-    ) -> Result<u64, CallError> {
-        let req = pb::RevokeOwnRequest {
-            user: Some(user),
-            target: Some(pb::RevocationTarget {
-                target: Some(target),
-            }),
-            reason: reason.into(),
-        };
-        let r = self
-            .call(Retry::Safe, |mut c| {
-                let req = req.clone();
-                async move { c.revoke_own(req).await }
-            })
-            .await?;
-        Ok(r.write.map(|w| w.revision).unwrap_or(0))
-    }
 }
 
 /// Whether a failed attempt moves on to the next controller.
 fn moves_on(retry: Retry, code: tonic::Code) -> bool {
-    use tonic::Code::{Cancelled, DeadlineExceeded, Unavailable, Unknown};
+    use tonic::Code::*;
     match retry {
+        // The request may have been applied: only a connection that never got there moves on.
         Retry::Once => matches!(code, Unavailable | Unknown),
-        Retry::Safe => matches!(code, Unavailable | Unknown | DeadlineExceeded | Cancelled),
+        // A definitive answer about the request itself would be the same from every
+        // controller; anything else (a deadline, a busy or failing member) is worth another.
+        Retry::Safe => !matches!(
+            code,
+            Ok | InvalidArgument
+                | FailedPrecondition
+                | PermissionDenied
+                | Unauthenticated
+                | NotFound
+                | AlreadyExists
+                | OutOfRange
+        ),
     }
 }
 
@@ -171,7 +161,13 @@ mod tests {
         for code in [Unavailable, Unknown] {
             assert!(moves_on(Retry::Once, code) && moves_on(Retry::Safe, code));
         }
-        for code in [DeadlineExceeded, Cancelled] {
+        for code in [
+            DeadlineExceeded,
+            Cancelled,
+            ResourceExhausted,
+            Aborted,
+            Internal,
+        ] {
             assert!(!moves_on(Retry::Once, code) && moves_on(Retry::Safe, code));
         }
         for code in [
@@ -179,6 +175,9 @@ mod tests {
             PermissionDenied,
             FailedPrecondition,
             NotFound,
+            AlreadyExists,
+            Unauthenticated,
+            OutOfRange,
         ] {
             assert!(!moves_on(Retry::Once, code) && !moves_on(Retry::Safe, code));
         }
