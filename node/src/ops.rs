@@ -40,6 +40,10 @@ pub async fn serve(listener: TcpListener, replica: Arc<Replica>, metrics: Promet
                 async move {
                     let resp = match req.uri().path() {
                         "/healthz" => text(StatusCode::OK, "ok\n".into()),
+                        "/readyz" if let Some(why) = replica.halted() => text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: sync stopped: {why}\n"),
+                        ),
                         "/readyz" if replica.ready() => text(
                             StatusCode::OK,
                             format!("ready at revision {}\n", replica.revision()),

@@ -76,6 +76,9 @@ pub struct Replica {
     refused: AtomicU64,
     /// Subscriptions made.
     subscriptions: AtomicU64,
+    /// Why the sync client stopped for good (every controller refused this edge's
+    /// certificate); `None` while it runs.
+    halted: Mutex<Option<String>>,
 }
 
 impl Default for Replica {
@@ -87,6 +90,7 @@ impl Default for Replica {
             pending: Mutex::default(),
             refused: AtomicU64::default(),
             subscriptions: AtomicU64::default(),
+            halted: Mutex::default(),
         }
     }
 }
@@ -130,6 +134,15 @@ impl Replica {
     /// Subscriptions made so far (1 + reconnects).
     pub fn subscriptions(&self) -> u64 {
         self.subscriptions.load(Ordering::Relaxed)
+    }
+
+    /// Why the sync client gave up, if it did: every controller refused this edge's
+    /// certificate, which no retry can change (the certificate is read at start).
+    pub fn halted(&self) -> Option<String> {
+        self.halted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Installs `v` as the view every request reads. Each install is logged at debug level
@@ -203,8 +216,54 @@ enum SessionEnd {
         "the controller's snapshot at revision {snapshot} is older than the view in force ({enforced})"
     )]
     Behind { snapshot: u64, enforced: u64 },
+    /// The controller (whose certificate this edge verified) refused this edge's certificate
+    /// or identity: in the handshake (a TLS alert) or in answer to `Subscribe`.
+    #[error("refused this edge's certificate: {0}")]
+    NotAdmitted(String),
     #[error("shutting down")]
     Shutdown,
+}
+
+/// TLS alerts a server sends about the client's certificate (rustls' names for them).
+/// `DecryptError` is how rustls reports a chain whose signature does not verify, such as a
+/// certificate from another CA with the same name as the controllers' CA.
+const CERTIFICATE_ALERTS: [&str; 9] = [
+    "DecryptError",
+    "BadCertificate",
+    "UnsupportedCertificate",
+    "CertificateRevoked",
+    "CertificateExpired",
+    "CertificateUnknown",
+    "UnknownCA",
+    "AccessDenied",
+    "CertificateRequired",
+];
+
+/// Whether an error text reports the server refusing this client's certificate.
+fn refuses_certificate(error: &str) -> bool {
+    error
+        .split("received fatal alert: ")
+        .skip(1)
+        .any(|rest| CERTIFICATE_ALERTS.iter().any(|a| rest.starts_with(a)))
+}
+
+/// Why a failed `Subscribe` ended the session.
+fn subscribe_failed(s: &tonic::Status) -> SessionEnd {
+    use tonic::Code::{PermissionDenied, Unauthenticated};
+    let mut text = s.message().to_string();
+    let mut cur = std::error::Error::source(s);
+    while let Some(e) = cur {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cur = e.source();
+    }
+    if matches!(s.code(), PermissionDenied | Unauthenticated) {
+        SessionEnd::NotAdmitted(s.message().to_string())
+    } else if refuses_certificate(&text) {
+        SessionEnd::NotAdmitted(text)
+    } else {
+        SessionEnd::Stream(s.message().to_string())
+    }
 }
 
 /// Starts the sync client; it runs until `shutdown` turns true.
@@ -233,6 +292,10 @@ async fn run(cfg: SyncConfig, replica: Arc<Replica>, mut shutdown: watch::Receiv
     // for a while: a member cut off from the network can cost a connect timeout per attempt,
     // and the other members are the ones that can bring this edge up to date.
     let mut suspects: HashMap<String, Instant> = HashMap::new();
+    // Members that refused this edge's certificate since the last other outcome. When every
+    // member has, no retry can help (the certificate is read once, at start): the loop stops
+    // and says why, instead of knocking forever.
+    let mut refusals: HashMap<String, String> = HashMap::new();
     loop {
         if *shutdown.borrow() || cfg.controllers.is_empty() {
             return;
@@ -273,8 +336,31 @@ async fn run(cfg: SyncConfig, replica: Arc<Replica>, mut shutdown: watch::Receiv
         // backoff those attempts built up must not delay the failover.
         let was_subscribed = replica.subscriptions() > subscribed_before;
         let asked_for_snapshot = std::mem::take(&mut want_snapshot);
+        if !matches!(end, SessionEnd::NotAdmitted(_)) {
+            refusals.clear();
+        }
         match end {
             SessionEnd::Shutdown => return,
+            SessionEnd::NotAdmitted(ref why) => {
+                tracing::warn!(controller = %addr, reason = %why, "the controller refused this edge's certificate");
+                refusals.insert(addr.clone(), why.clone());
+                suspects.insert(addr.clone(), Instant::now());
+                if targets.iter().all(|t| refusals.contains_key(t)) {
+                    let why = format!(
+                        "every controller refused this edge's certificate (edge id {:?}): {}",
+                        cfg.edge_id,
+                        refusals
+                            .iter()
+                            .map(|(a, r)| format!("{a}: {r}"))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    );
+                    tracing::error!(reason = %why, "sync stopped: issue this edge a certificate the controllers accept, then restart it");
+                    metrics::gauge!("palisade_edge_sync_halted").set(1.0);
+                    *replica.halted.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                    return;
+                }
+            }
             SessionEnd::Behind { .. } => {
                 // Not a fault in what was sent, so not a refused update: that member has not
                 // caught up yet. Another member (a majority has what this edge enforces) can
@@ -351,6 +437,9 @@ async fn session(
     };
     let ch = match tls.connect(addr, Expect::AnyController, &opts).await {
         Ok(ch) => ch,
+        Err(e) if refuses_certificate(&e.to_string()) => {
+            return SessionEnd::NotAdmitted(e.to_string());
+        }
         Err(e) => return SessionEnd::Connect(e.to_string()),
     };
     let last = if want_snapshot { 0 } else { replica.revision() };
@@ -366,7 +455,7 @@ async fn session(
         .await;
     let mut stream = match stream {
         Ok(s) => s.into_inner(),
-        Err(s) => return SessionEnd::Stream(s.message().to_string()),
+        Err(s) => return subscribe_failed(&s),
     };
     replica.subscriptions.fetch_add(1, Ordering::Relaxed);
     let (report_tx, report_rx) = mpsc::channel::<pb::EdgeReport>(16);
@@ -496,7 +585,41 @@ async fn session(
 
 #[cfg(test)]
 mod tests {
-    use super::resolve;
+    use super::{SessionEnd, refuses_certificate, resolve, subscribe_failed};
+
+    #[test]
+    fn certificate_refusals_are_told_apart_from_outages() {
+        assert!(refuses_certificate(
+            "transport error: received fatal alert: UnknownCA"
+        ));
+        assert!(refuses_certificate(
+            "cannot reach 10.0.0.1:7400: received fatal alert: CertificateExpired"
+        ));
+        assert!(!refuses_certificate(
+            "received fatal alert: HandshakeFailure"
+        ));
+        assert!(!refuses_certificate("connection refused"));
+        assert!(!refuses_certificate("UnknownCA"), "only an alert counts");
+        for s in [
+            tonic::Status::permission_denied("admin:root is not an edge"),
+            tonic::Status::unauthenticated("no client certificate"),
+            tonic::Status::unknown("h2 protocol error: received fatal alert: BadCertificate"),
+        ] {
+            assert!(
+                matches!(subscribe_failed(&s), SessionEnd::NotAdmitted(_)),
+                "{s:?}"
+            );
+        }
+        for s in [
+            tonic::Status::unavailable("no leader"),
+            tonic::Status::internal("boom"),
+        ] {
+            assert!(
+                matches!(subscribe_failed(&s), SessionEnd::Stream(_)),
+                "{s:?}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn names_expand_to_every_address_and_unknown_names_are_kept() {
