@@ -19,6 +19,17 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The caller a freshly issued session makes, before any MFA (the sign-in callback uses
+    /// it to decide whether the sign-in reached what it was for).
+    pub fn signed_in(session: SessionClaims) -> Caller {
+        let identity = identity_of(&session, None);
+        Caller {
+            session,
+            identity,
+            mfa_token: None,
+        }
+    }
+
     /// The user, as the catalog keys factors and counters.
     pub fn user(&self) -> UserKey {
         UserKey {
@@ -94,6 +105,20 @@ pub fn verify(
         };
         Some((proof, t.to_string()))
     });
+    let (mfa, mfa_token) = match mfa {
+        Some((proof, token)) => (Some(proof), Some(token)),
+        None => (None, None),
+    };
+    let identity = identity_of(&session, mfa);
+    Ok(Some(Caller {
+        session,
+        identity,
+        mfa_token,
+    }))
+}
+
+/// The identity `decide()` sees for a session, with the MFA proof that counts.
+fn identity_of(session: &SessionClaims, mfa: Option<MfaProof>) -> Identity {
     let times = jiff::Timestamp::from_second(session.iat)
         .ok()
         .zip(jiff::Timestamp::from_second(session.last_active).ok())
@@ -101,11 +126,7 @@ pub fn verify(
             issued_at,
             last_active,
         });
-    let (mfa, mfa_token) = match mfa {
-        Some((proof, token)) => (Some(proof), Some(token)),
-        None => (None, None),
-    };
-    let identity = Identity {
+    Identity {
         provider: session.idp.clone(),
         subject: session.sub.clone(),
         email: session.email.clone(),
@@ -113,10 +134,5 @@ pub fn verify(
         claims: session.claims.clone(),
         mfa,
         session: times,
-    };
-    Ok(Some(Caller {
-        session,
-        identity,
-        mfa_token,
-    }))
+    }
 }

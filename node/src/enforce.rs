@@ -5,8 +5,9 @@
 //! `Watch` keeps re-deciding a WebSocket or a streaming response on every replica change and on
 //! a one-second tick: when the answer is no longer "forward" (a policy change, a revoked
 //! session, user or factor, an expired or idle session, a view gone stale for a fail-closed
-//! application) the connection is cut. HTTP/3 streams and tunnel flows will be watched the same
-//! way, through `palisade_edge_core::enforce::still_allowed`.
+//! application) the connection is cut. `Watch::watch_connection` is the one loop that does it
+//! for anything that lasts (the WebSocket splice now; HTTP/3 request streams and tunnel flows
+//! next); `Watch::body` is the same check inside a streaming response body.
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -97,6 +98,31 @@ impl Watch {
         )
     }
 
+    /// Runs `work` (whatever the allowed request opened: a WebSocket splice today, an HTTP/3
+    /// stream or a tunnel flow next) for as long as the answer stays "allow": the decision is
+    /// re-taken on every replica change and every second. Returns `work`'s output, or `None`
+    /// when access ended first (then `work` is dropped, which closes what it held).
+    pub(crate) async fn watch_connection<F: Future>(&self, work: F) -> Option<F::Output> {
+        let mut applied = self.replica.watch();
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                out = &mut work => return Some(out),
+                changed = applied.changed() => {
+                    if changed.is_err() || !self.still_allowed() {
+                        return None;
+                    }
+                }
+                _ = tick.tick() => {
+                    if !self.still_allowed() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
     /// Copies an upgraded connection (WebSocket) until either side closes or the answer is no
     /// longer "allow".
     pub(crate) async fn splice(
@@ -104,26 +130,9 @@ impl Watch {
         client: hyper::upgrade::OnUpgrade,
         upstream: hyper::upgrade::OnUpgrade,
     ) {
-        let mut applied = self.replica.watch();
         let splice = crate::proxy::splice(client, upstream);
-        tokio::pin!(splice);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = &mut splice => return,
-                changed = applied.changed() => {
-                    if changed.is_err() || !self.still_allowed() {
-                        tracing::info!(host = %self.head.host, "closing an upgraded connection: access ended");
-                        return;
-                    }
-                }
-                _ = tick.tick() => {
-                    if !self.still_allowed() {
-                        tracing::info!(host = %self.head.host, "closing an upgraded connection: access ended");
-                        return;
-                    }
-                }
-            }
+        if self.watch_connection(splice).await.is_none() {
+            tracing::info!(host = %self.head.host, "closing an upgraded connection: access ended");
         }
     }
 

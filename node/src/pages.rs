@@ -31,7 +31,7 @@ ul{padding-left:1.2rem}a.button,button{display:inline-block;background:#2f5bea;c
 code{background:#f0f1f4;padding:.1rem .3rem;border-radius:4px}.brand{font-weight:600;color:#2f5bea;letter-spacing:.02em;margin-bottom:1.2rem}\
 h2{font-size:1.05rem;margin:1.6rem 0 .6rem}table{border-collapse:collapse;width:100%;font-size:.9rem}td,th{text-align:left;padding:.35rem .3rem;border-bottom:1px solid #e6e8ec;vertical-align:middle}\
 input{font-size:1rem;padding:.45rem .5rem;border:1px solid #c8ccd4;border-radius:6px;margin:.2rem 0}label{display:inline-block;margin:.3rem 0}\
-form.inline{display:inline}button.small{font-size:.8rem;padding:.3rem .55rem}button.danger{background:#c4314b}\
+[hidden]{display:none!important}form.inline{display:inline}button.small{font-size:.8rem;padding:.3rem .55rem}button.danger{background:#c4314b}\
 .error{color:#b42318;background:#fef3f2;border-radius:6px;padding:.5rem .7rem}.ok{color:#05603a;background:#ecfdf3;border-radius:6px;padding:.5rem .7rem}.qr{margin:1rem 0}";
 
 /// A complete page. `body_html` must already be escaped.

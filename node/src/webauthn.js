@@ -11,6 +11,43 @@
     status.textContent = text;
     status.className = bad ? "error" : "muted";
   }
+  // What the browser's errors mean to the user, and what to do next. The browser reports a
+  // cancelled prompt, a timeout and a key that holds no credential for this account alike
+  // (NotAllowedError), so that message names all three.
+  function explain(e, registering) {
+    switch (e && e.name) {
+      case "NotAllowedError":
+        return registering
+          ? "Nothing was added: the request was cancelled or timed out. Try again, and touch or unlock your authenticator when your browser asks."
+          : "Not verified: the request was cancelled or timed out, or this key is not registered to your account. Try again with a key you added in your account settings, or use another method.";
+      case "InvalidStateError":
+        return registering
+          ? "This authenticator is already registered to your account: it is in your list."
+          : "This authenticator cannot be used here. Use another one, or another method.";
+      case "NotSupportedError":
+        return "This browser or device has no authenticator of that kind. Use a security key or an authenticator app instead.";
+      case "SecurityError":
+        return "Your browser refused to use an authenticator on this address. Open the page through its https:// address and try again.";
+      case "AbortError":
+        return "Cancelled.";
+      default:
+        return (e && e.message) || String(e);
+    }
+  }
+  var cancelButton = document.getElementById("cancel-webauthn");
+  var pending = null;
+  // A way out while the browser waits for an authenticator (there may be none at all).
+  function waiting(on) {
+    if (pending && !on) pending = null;
+    if (on) pending = window.AbortController ? new AbortController() : null;
+    if (cancelButton) cancelButton.hidden = !on;
+    return pending ? pending.signal : undefined;
+  }
+  if (cancelButton) {
+    cancelButton.addEventListener("click", function () {
+      if (pending) pending.abort();
+    });
+  }
   function dec(s) {
     s = s.replace(/-/g, "+").replace(/_/g, "/");
     while (s.length % 4) s += "=";
@@ -31,7 +68,11 @@
       body: JSON.stringify(body),
     }).then(function (r) {
       return r.json().then(function (j) {
-        if (!r.ok) throw new Error(j.error || "refused (" + r.status + ")");
+        if (!r.ok) {
+          var err = new Error(j.error || "refused (" + r.status + ")");
+          err.name = "PalisadeError";
+          throw err;
+        }
         return j;
       });
     });
@@ -45,7 +86,8 @@
         var pk = opts.publicKey;
         pk.challenge = dec(pk.challenge);
         (pk.allowCredentials || []).forEach(function (c) { c.id = dec(c.id); });
-        return navigator.credentials.get({ publicKey: pk }).then(function (a) {
+        return navigator.credentials.get({ publicKey: pk, signal: waiting(true) }).then(function (a) {
+          waiting(false);
           return post("/.palisade/mfa/webauthn/finish", {
             credential: {
               id: a.id,
@@ -66,28 +108,30 @@
         say("Verified.");
         window.location.assign(r.redirect || "/");
       })
-      .catch(function (e) { say(e.message || String(e), true); });
+      .catch(function (e) { waiting(false); say(explain(e, false), true); });
   }
 
   function register(kind) {
-    var nameInput = document.getElementById("webauthn-name");
+    var nameInput = document.getElementById(kind === "platform" ? "platform-name" : "key-name");
     var codeInput = document.getElementById("webauthn-code");
+    var section = document.querySelector(".webauthn-add");
     var name = nameInput ? nameInput.value : "";
-    if (kind === "platform" && (!name || name === "Security key")) name = "This device";
     say("Follow your browser's prompt...");
     return post("/.palisade/portal/webauthn/begin", {
       kind: kind,
       name: name,
       enrollment_code: codeInput ? codeInput.value : "",
+      rd: (section && section.dataset.rd) || "",
     })
       .then(function (opts) {
         var pk = opts.publicKey;
         pk.challenge = dec(pk.challenge);
         pk.user.id = dec(pk.user.id);
         (pk.excludeCredentials || []).forEach(function (c) { c.id = dec(c.id); });
-        return navigator.credentials.create({ publicKey: pk });
+        return navigator.credentials.create({ publicKey: pk, signal: waiting(true) });
       })
       .then(function (c) {
+        waiting(false);
         return post("/.palisade/portal/webauthn/finish", {
           attachment: c.authenticatorAttachment || "",
           credential: {
@@ -104,7 +148,7 @@
         });
       })
       .then(function (r) { window.location.assign(r.redirect || "/.palisade/portal"); })
-      .catch(function (e) { say(e.message || String(e), true); });
+      .catch(function (e) { waiting(false); say(explain(e, true), true); });
   }
 
   function on(id, fn) {

@@ -174,6 +174,28 @@ async fn sign_in_access_and_revocation_at_both_edges() {
         "the deny page lists the allow-list: {}",
         p.body
     );
+    // carol's portal does not list that sign-in as a session: it is a denied attempt.
+    let portal = format!("https://{APP_HOST}:{p1}/.palisade/portal");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let page = carol.get(&portal).await;
+        assert!(matches!(page.status, 200 | 429), "{}", page.body);
+        if page.status == 200 && page.body.contains("<td>denied</td>") {
+            break page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the denied sign-in is not in carol's history: {}",
+            page.body
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let sessions = page.body.split("id=sessions").nth(1).unwrap_or_default();
+    let sessions = sessions.split("</table>").next().unwrap_or_default();
+    assert!(
+        !sessions.contains("<td>"),
+        "a denied sign-in is listed as a session: {sessions}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

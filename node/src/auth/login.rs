@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use http::header;
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
+use palisade_edge_core::enforce::Verdict;
 use palisade_policy::CompiledApp;
 use palisade_policy::document::IdentityProvider;
 use palisade_policy::token::TokenKind;
@@ -307,21 +308,26 @@ impl Gateway {
                 )
             })?;
         tracing::info!(request_id = %rid, provider = %p.id, subject = %session.sub, "signed in");
-        self.record_auth_event(
-            &p.id,
-            &session.sub,
-            "login.oidc",
-            "ok",
-            rid,
-            std::collections::BTreeMap::from([
-                ("session_id".to_string(), session.sid.clone()),
-                ("host".to_string(), ctx.host.clone()),
-                ("issued_at".to_string(), session.iat.to_string()),
-                ("expires_at".to_string(), session.exp.to_string()),
-                ("revision".to_string(), session.rev.to_string()),
-            ]),
-        );
-        let mut r = redirect(StatusCode::SEE_OTHER, &safe_return_to(&login.return_to));
+        let return_to = safe_return_to(&login.return_to);
+        let mut details = std::collections::BTreeMap::from([
+            ("session_id".to_string(), session.sid.clone()),
+            ("host".to_string(), ctx.host.clone()),
+            ("issued_at".to_string(), session.iat.to_string()),
+            ("expires_at".to_string(), session.exp.to_string()),
+            ("revision".to_string(), session.rev.to_string()),
+        ]);
+        // A sign-in that the application it was for refuses is recorded as denied (the
+        // portal does not list it as a sign-in); the browser still gets the session and
+        // sees the denial page for that application, as on any later request.
+        let result = match self.denied_at(ctx, &session, &return_to) {
+            Some(app) => {
+                details.insert("app".to_string(), app);
+                "denied"
+            }
+            None => "ok",
+        };
+        self.record_auth_event(&p.id, &session.sub, "login.oidc", result, rid, details);
+        let mut r = redirect(StatusCode::SEE_OTHER, &return_to);
         let h = r.headers_mut();
         h.append(
             header::SET_COOKIE,
@@ -400,6 +406,30 @@ pub(crate) fn login_cookie_name(state: &str) -> String {
         .take(12)
         .collect();
     format!("{}{short}", cookie::LOGIN_PREFIX)
+}
+
+impl Gateway {
+    /// The application at `return_to` (on this host), by name, when it denies the caller a
+    /// fresh session makes; `None` when it allows them, asks for more, or is not there.
+    fn denied_at(
+        &self,
+        ctx: &RequestCtx,
+        session: &palisade_policy::token::SessionClaims,
+        return_to: &str,
+    ) -> Option<String> {
+        let path = return_to.split('?').next().unwrap_or("/");
+        let app = ctx.policy.route(&ctx.host, path)?;
+        let caller = palisade_edge_core::Caller::signed_in(session.clone());
+        let verdict = palisade_edge_core::enforce::verdict(
+            app,
+            Some(caller),
+            ctx.peer.ip(),
+            ctx.transport,
+            self.replica.staleness(),
+            ctx.now,
+        );
+        matches!(verdict, Verdict::Deny { .. }).then(|| app.name.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use palisade_edge_core::View;
+use palisade_edge_core::enforce::Transport;
 use palisade_policy::CompiledPolicy;
 
 use crate::http::error::Format;
@@ -17,6 +18,8 @@ pub(crate) struct RequestCtx {
     pub(crate) rid: String,
     /// The client's address.
     pub(crate) peer: SocketAddr,
+    /// The protocol the request came over (decisions may depend on it).
+    pub(crate) transport: Transport,
     /// The authority the client addressed (`host[:port]`, lowercase).
     pub(crate) authority: String,
     /// The lowercase host without port.

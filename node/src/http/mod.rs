@@ -271,6 +271,7 @@ impl Gateway {
             let ctx = RequestCtx {
                 rid: rid.to_string(),
                 peer,
+                transport,
                 authority,
                 host,
                 view: view.clone(),
@@ -406,6 +407,7 @@ impl Gateway {
                 let ctx = RequestCtx {
                     rid: rid.to_string(),
                     peer,
+                    transport: head.transport,
                     authority: authority.to_string(),
                     host: head.host.clone(),
                     view: view.clone(),

@@ -31,7 +31,7 @@ use std::borrow::Cow;
 use http::header::HeaderValue;
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
-use palisade_edge_core::enforce::{Transport, Verdict};
+use palisade_edge_core::enforce::Verdict;
 use palisade_edge_core::mfa as core_mfa;
 use palisade_edge_core::reserved::{ReservedPath, Step};
 use palisade_edge_core::{Caller, View};
@@ -44,9 +44,10 @@ use crate::cookie;
 use crate::http::context::RequestCtx;
 use crate::http::csrf::guard;
 use crate::http::error::EdgeError;
-use crate::http::framing::{query_param, safe_return_to};
+use crate::http::framing::{enc, query_param, safe_return_to};
 use crate::http::{Gateway, limited};
 use crate::proxy::Body;
+pub(crate) use portal::PortalPage;
 
 pub use palisade_edge_core::mfa::RECENT_SECS;
 pub use palisade_edge_core::reserved::PORTAL;
@@ -84,6 +85,34 @@ fn method_label(m: MfaMethod) -> &'static str {
         MfaMethod::Totp => "an authenticator app code",
         MfaMethod::SecurityKey => "a security key",
         MfaMethod::Platform => "this device's built-in authenticator (Touch ID, Windows Hello)",
+    }
+}
+
+/// The portal after a change: what was done, and where the user was going (if anywhere), so
+/// the portal can offer the way back.
+fn portal_after(done: &str, rd: &str) -> String {
+    if rd.is_empty() {
+        format!("{PORTAL}?done={done}")
+    } else {
+        format!("{PORTAL}?done={done}&rd={}", enc(rd))
+    }
+}
+
+/// The portal, remembering where the user was going.
+fn portal_with(rd: Option<&str>) -> String {
+    match rd {
+        Some(rd) if !rd.is_empty() => format!("{PORTAL}?rd={}", enc(rd)),
+        _ => PORTAL.to_string(),
+    }
+}
+
+/// The `rd` a portal form carried along (a safe local path), or empty.
+fn submitted_rd(f: &crate::http::csrf::Submitted) -> String {
+    let rd = f.field("rd");
+    if rd.is_empty() {
+        rd
+    } else {
+        safe_return_to(&rd)
     }
 }
 
@@ -142,7 +171,7 @@ fn kind_name(kind: FactorKind) -> &'static str {
     match kind {
         FactorKind::Totp => "authenticator app",
         FactorKind::SecurityKey => "security key",
-        FactorKind::Platform => "device authenticator",
+        FactorKind::Platform => "device (Touch ID, Windows Hello)",
     }
 }
 
@@ -212,7 +241,13 @@ impl Gateway {
             }
             (Method::GET, ReservedPath::Portal) => {
                 let done = query_param(req.uri.query(), "done");
-                Ok(self.portal(ctx, &caller, done.as_deref(), None).await)
+                let rd = query_param(req.uri.query(), "rd").map(|rd| safe_return_to(&rd));
+                let at = PortalPage {
+                    done: done.as_deref(),
+                    rd: rd.as_deref(),
+                    error: None,
+                };
+                Ok(self.portal(ctx, &caller, at).await)
             }
             (Method::POST, r) if r.changes_state() => {
                 let ceremony = cookie::get(&req.headers, CEREMONY_COOKIE).map(str::to_string);
@@ -321,7 +356,7 @@ impl Gateway {
             app,
             Some(caller.clone()),
             peer.ip(),
-            Transport::H1,
+            ctx.transport,
             self.replica.staleness(),
             now,
         ) {

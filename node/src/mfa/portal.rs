@@ -7,16 +7,32 @@ use palisade_edge_core::{Caller, View};
 use palisade_policy::catalog::DeviceRecord;
 use palisade_proto::v1 as pb;
 
+use crate::RESERVED;
 use crate::auth::claims::UserRefOf;
 use crate::http::Gateway;
 use crate::http::context::RequestCtx;
 use crate::http::csrf::{Submitted, csrf_token};
 use crate::http::framing::enc;
 use crate::http::framing::redirect;
-use crate::mfa::{Answer, PORTAL, call_failure, fmt_time, kind_name, unreachable, user_factors};
+use crate::mfa::{
+    Answer, call_failure, fmt_time, kind_name, portal_after, portal_with, submitted_rd,
+    unreachable, user_factors,
+};
 use crate::pages::{self, escape};
 use crate::proxy::Body;
 use palisade_edge_core::mfa::recently_verified;
+
+/// What the portal page shows besides the account: the change just made, where the user was
+/// going before (the way back), and why the last action failed.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PortalPage<'a> {
+    /// `added`, `removed`, `renamed`, `revoked`.
+    pub done: Option<&'a str>,
+    /// Where the user was going (a safe local path), offered as "Continue to ...".
+    pub rd: Option<&'a str>,
+    /// The last action's failure.
+    pub error: Option<&'a str>,
+}
 
 impl Gateway {
     /// The portal page.
@@ -24,10 +40,11 @@ impl Gateway {
         &self,
         ctx: &RequestCtx,
         caller: &Caller,
-        done: Option<&str>,
-        error: Option<&str>,
+        at: PortalPage<'_>,
     ) -> Response<Body> {
         let (view, rid, now) = (&*ctx.view, ctx.rid.as_str(), ctx.now);
+        let PortalPage { done, rd, error } = at;
+        let rd = rd.filter(|r| !r.starts_with(RESERVED));
         let csrf = csrf_token(&caller.session.sid);
         let factors = user_factors(view, caller);
         let recent = recently_verified(caller, now);
@@ -56,6 +73,24 @@ impl Gateway {
         if let Some(e) = error {
             body.push_str(&format!("<p class=error role=alert>{}</p>", escape(e)));
         }
+        if let Some(rd) = rd {
+            // The way back to where the user was going: the one prominent button.
+            let path = rd.split('?').next().unwrap_or("/");
+            let name = ctx
+                .policy
+                .route(&ctx.host, path)
+                .map(|app| app.name.to_string())
+                .unwrap_or_else(|| rd.to_string());
+            body.push_str(&format!(
+                "<p><a class=button id=continue href=\"{}\">Continue to {}</a></p>",
+                escape(rd),
+                escape(&name)
+            ));
+        }
+        let rd_field = format!(
+            "<input type=hidden name=rd value=\"{}\">",
+            escape(rd.unwrap_or_default())
+        );
         body.push_str("<h2>Your second factors</h2>");
         if factors.is_empty() {
             body.push_str("<p>You have none yet. Add one below: applications protected by Palisade ask for it.</p>");
@@ -70,8 +105,8 @@ impl Gateway {
                     .unwrap_or_default();
                 body.push_str(&format!(
                     "<tr data-factor=\"{id}\"><td>{name}</td><td>{kind}</td><td>{added}</td><td>\
-                     <form method=post action=\"/.palisade/portal/factor/rename\" class=inline><input type=hidden name=csrf value=\"{csrf}\"><input type=hidden name=factor_id value=\"{id}\"><input name=name aria-label=\"New name\" placeholder=\"New name\" maxlength=64 required><button type=submit class=small>Rename</button></form> \
-                     <form method=post action=\"/.palisade/portal/factor/remove\" class=inline><input type=hidden name=csrf value=\"{csrf}\"><input type=hidden name=factor_id value=\"{id}\"><button type=submit class=\"small danger\">Remove</button></form></td></tr>",
+                     <form method=post action=\"/.palisade/portal/factor/rename\" class=inline><input type=hidden name=csrf value=\"{csrf}\">{rd_field}<input type=hidden name=factor_id value=\"{id}\"><input name=name aria-label=\"New name\" placeholder=\"New name\" maxlength=64 required><button type=submit class=small>Rename</button></form> \
+                     <form method=post action=\"/.palisade/portal/factor/remove\" class=inline><input type=hidden name=csrf value=\"{csrf}\">{rd_field}<input type=hidden name=factor_id value=\"{id}\"><button type=submit class=\"small danger\">Remove</button></form></td></tr>",
                     id = escape(&f.id),
                     name = escape(&f.name),
                     kind = kind_name(f.kind),
@@ -83,8 +118,8 @@ impl Gateway {
         body.push_str("<h2>Add a factor</h2>");
         if !factors.is_empty() && !recent {
             body.push_str(&format!(
-                "<p>To add or remove factors, first <a class=button href=\"/.palisade/mfa?rd={}\">verify with an existing factor</a> (valid for 10 minutes).</p>",
-                enc(PORTAL)
+                "<p>To add or remove factors, first <a href=\"/.palisade/mfa?rd={}\">verify with an existing factor</a> (valid for 10 minutes).</p>",
+                enc(&portal_with(rd))
             ));
         } else {
             let code_field = if factors.is_empty() && self.enrollment_needs_code(view) {
@@ -93,10 +128,13 @@ impl Gateway {
                 ""
             };
             body.push_str(&format!(
-                "<form method=post action=\"/.palisade/portal/totp/begin\"><input type=hidden name=csrf value=\"{csrf}\">{code_field}\
-                 <label>Name<br><input name=name value=\"Authenticator app\" maxlength=64></label> <button type=submit id=add-totp>Add an authenticator app</button></form>\
-                 <div class=webauthn-add>{code_js}<label>Name<br><input id=webauthn-name value=\"Security key\" maxlength=64></label><br>\
-                 <button type=button id=add-security-key>Add a security key</button> <button type=button id=add-platform>Add this device (Touch ID, Windows Hello)</button></div><p id=status role=status></p>",
+                "<form method=post action=\"/.palisade/portal/totp/begin\" class=add><input type=hidden name=csrf value=\"{csrf}\">{rd_field}{code_field}\
+                 <label>Name<br><input name=name id=totp-name value=\"Authenticator app\" maxlength=64></label> <button type=submit id=add-totp>Add an authenticator app</button></form>\
+                 <div class=\"webauthn-add add\" data-rd=\"{rd}\">{code_js}\
+                 <p><label>Name<br><input id=key-name value=\"Security key\" maxlength=64></label> <button type=button id=add-security-key>Add a security key</button></p>\
+                 <p><label>Name<br><input id=platform-name value=\"This device\" maxlength=64></label> <button type=button id=add-platform>Add this device (Touch ID, Windows Hello)</button></p>\
+                 <p><button type=button id=cancel-webauthn class=small hidden>Cancel</button></p></div><p id=status role=status></p>",
+                rd = escape(rd.unwrap_or_default()),
                 code_js = if code_field.is_empty() { "" } else { "<label>Enrollment code (for a key)<br><input id=webauthn-code></label><br>" },
             ));
         }
@@ -150,7 +188,7 @@ impl Gateway {
                     "this session".to_string()
                 } else {
                     format!(
-                        "<form method=post action=\"/.palisade/portal/revoke\" class=inline><input type=hidden name=csrf value=\"{csrf}\"><input type=hidden name=session_id value=\"{}\"><button type=submit class=\"small danger\">Sign out</button></form>",
+                        "<form method=post action=\"/.palisade/portal/revoke\" class=inline><input type=hidden name=csrf value=\"{csrf}\">{rd_field}<input type=hidden name=session_id value=\"{}\"><button type=submit class=\"small danger\">Sign out</button></form>",
                         escape(sid)
                     )
                 }
@@ -178,7 +216,7 @@ impl Gateway {
                         String::new()
                     } else {
                         format!(
-                            "<form method=post action=\"/.palisade/portal/revoke\" class=inline><input type=hidden name=csrf value=\"{csrf}\"><input type=hidden name=device_id value=\"{}\"><button type=submit class=\"small danger\">Revoke</button></form>",
+                            "<form method=post action=\"/.palisade/portal/revoke\" class=inline><input type=hidden name=csrf value=\"{csrf}\">{rd_field}<input type=hidden name=device_id value=\"{}\"><button type=submit class=\"small danger\">Revoke</button></form>",
                             escape(&d.id)
                         )
                     }
@@ -214,6 +252,7 @@ impl Gateway {
             return Err(unreachable());
         };
         let field = |k: &str| f.field(k);
+        let rd = submitted_rd(f);
         let outcome: Result<(u64, &str), String> = match action {
             PortalAction::TotpBegin => return self.totp_begin(ctx, caller, f).await,
             PortalAction::TotpConfirm => return self.totp_confirm(ctx, caller, f, enroll).await,
@@ -252,13 +291,15 @@ impl Gateway {
         match outcome {
             Ok((revision, done)) => {
                 self.wait_applied(revision).await;
-                Ok(redirect(
-                    StatusCode::SEE_OTHER,
-                    &format!("{PORTAL}?done={done}"),
-                ))
+                Ok(redirect(StatusCode::SEE_OTHER, &portal_after(done, &rd)))
             }
             Err(msg) => {
-                let mut r = self.portal(ctx, caller, None, Some(&msg)).await;
+                let at = PortalPage {
+                    rd: Some(&rd).filter(|r| !r.is_empty()).map(String::as_str),
+                    error: Some(&msg),
+                    ..Default::default()
+                };
+                let mut r = self.portal(ctx, caller, at).await;
                 *r.status_mut() = StatusCode::BAD_REQUEST;
                 Ok(r)
             }

@@ -33,12 +33,21 @@ impl Gateway {
         let factors = user_factors(view, caller);
         let usable = core_mfa::eligible(&factors, &need.methods);
         let csrf = csrf_token(&caller.session.sid);
-        let wanted: Vec<&str> = need.methods.iter().map(|m| method_label(*m)).collect();
-        let mut body = format!(
-            "<p><strong>{}</strong> asks for a second factor: {}.</p>",
-            escape(&need.app_name),
-            escape(&wanted.join(", or "))
-        );
+        // What the application accepts is spelled out only when the user has none of it to
+        // offer (so they know what to add); otherwise the page offers just what they hold.
+        let mut body = if usable.is_empty() {
+            let wanted: Vec<&str> = need.methods.iter().map(|m| method_label(*m)).collect();
+            format!(
+                "<p><strong>{}</strong> asks for a second factor: {}.</p>",
+                escape(&need.app_name),
+                escape(&wanted.join(", or "))
+            )
+        } else {
+            format!(
+                "<p><strong>{}</strong> asks for a second factor.</p>",
+                escape(&need.app_name)
+            )
+        };
         if let Some(e) = error {
             body.push_str(&format!("<p class=error role=alert>{}</p>", escape(e)));
         }
@@ -89,7 +98,7 @@ impl Gateway {
                 _ => "Use this device (Touch ID, Windows Hello)",
             };
             body.push_str(&format!(
-                "<p><button type=button id=webauthn-auth data-rd=\"{}\">{label}</button></p><p id=status role=status></p>",
+                "<p><button type=button id=webauthn-auth data-rd=\"{}\">{label}</button> <button type=button id=cancel-webauthn class=small hidden>Cancel</button></p><p id=status role=status></p>",
                 escape(rd)
             ));
         }

@@ -17,11 +17,12 @@ use crate::controllers::api::NewCredential;
 use crate::cookie;
 use crate::http::Gateway;
 use crate::http::context::RequestCtx;
+use crate::http::framing::safe_return_to;
 use crate::mfa::webauthn::{
     CEREMONY_COOKIE, Ceremony, NewKey, Purpose, ceremony_and_rp, ceremony_response, challenge_of,
     json_response, no_relying_party, relying_party, user_handle,
 };
-use crate::mfa::{Answer, PORTAL, call_failure, refuse, user_factors};
+use crate::mfa::{Answer, call_failure, portal_after, refuse, user_factors};
 use palisade_edge_core::mfa::recently_verified;
 
 impl Gateway {
@@ -109,6 +110,13 @@ impl Gateway {
                 ));
             }
         };
+        if key == NewKey::Platform {
+            // Only this device's own authenticator may answer: a security key plugged in
+            // would otherwise register instead (and be refused at the finish, leaving an
+            // orphan credential on the key).
+            options["publicKey"]["authenticatorSelection"]["authenticatorAttachment"] =
+                json!("platform");
+        }
         if key == NewKey::SecurityKey {
             // webauthn-rs asks security keys for credProtect "userVerificationRequired" while
             // user verification itself is only "preferred"; Chromium refuses that combination
@@ -137,6 +145,11 @@ impl Gateway {
                     .chars()
                     .take(128)
                     .collect(),
+                rd: body["rd"]
+                    .as_str()
+                    .filter(|rd| !rd.is_empty())
+                    .map(safe_return_to)
+                    .unwrap_or_default(),
             },
         };
         ceremony_response(ctx, &ceremony, options)
@@ -152,7 +165,13 @@ impl Gateway {
         let (host, rid) = (ctx.host.as_str(), ctx.rid.as_str());
         let expired = "this registration expired or belongs to another session; start again";
         let (c, wa) = ceremony_and_rp(ctx, caller, sealed, true, expired)?;
-        let Purpose::Register { key, name, code } = c.purpose.clone() else {
+        let Purpose::Register {
+            key,
+            name,
+            code,
+            rd,
+        } = c.purpose.clone()
+        else {
             return Err(refuse(StatusCode::BAD_REQUEST, expired));
         };
         let Ok(reg) =
@@ -235,7 +254,7 @@ impl Gateway {
                 self.record_event(caller, "factor.add", "ok", rid, host, &factor_id);
                 let mut r = json_response(
                     StatusCode::OK,
-                    json!({ "redirect": format!("{PORTAL}?done=added"), "factor_id": factor_id }),
+                    json!({ "redirect": portal_after("added", &rd), "factor_id": factor_id }),
                 );
                 r.headers_mut()
                     .append(header::SET_COOKIE, cookie::clear(CEREMONY_COOKIE));

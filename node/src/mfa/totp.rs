@@ -18,7 +18,8 @@ use crate::http::context::RequestCtx;
 use crate::http::csrf::{Submitted, csrf_token};
 use crate::http::framing::redirect;
 use crate::mfa::{
-    Answer, PORTAL, call_failure, issue_mfa, lockout_text, mfa_lifetime, unreachable,
+    Answer, PortalPage, call_failure, issue_mfa, lockout_text, mfa_lifetime, portal_after,
+    submitted_rd, unreachable,
 };
 use crate::pages::{self, escape};
 use crate::proxy::Body;
@@ -132,9 +133,13 @@ impl Gateway {
         {
             Ok(p) => p,
             Err(e) => {
-                return Ok(self
-                    .portal(ctx, caller, None, Some(&call_failure(&e)))
-                    .await);
+                let rd = submitted_rd(f);
+                let at = PortalPage {
+                    rd: Some(rd.as_str()).filter(|r| !r.is_empty()),
+                    error: Some(&call_failure(&e)),
+                    ..Default::default()
+                };
+                return Ok(self.portal(ctx, caller, at).await);
             }
         };
         let bound = Enrollment {
@@ -143,7 +148,11 @@ impl Gateway {
             binding: secret,
         };
         let ttl = palisade_policy::catalog::PENDING_TOTP_MS / 1000;
-        let mut page = totp_enrollment_page(&pending, &csrf_token(&caller.session.sid), None, rid);
+        let form = ConfirmForm {
+            csrf: &csrf_token(&caller.session.sid),
+            rd: &submitted_rd(f),
+        };
+        let mut page = totp_enrollment_page(&pending, form, None, rid);
         let sealed =
             cookie::seal(&view.keyring, "enroll", &bound, now + ttl).map_err(|_| unreachable())?;
         page.headers_mut()
@@ -166,13 +175,18 @@ impl Gateway {
         };
         let field = |k: &str| f.field(k);
         let factor_id = field("factor_id");
+        let (csrf, rd) = (csrf_token(&caller.session.sid), submitted_rd(f));
+        let form = ConfirmForm {
+            csrf: &csrf,
+            rd: &rd,
+        };
         let again = |msg: &str| {
             // Show the same QR again with the error; the pending factor stays.
             let again = PendingTotp {
                 factor_id: factor_id.clone(),
                 provisioning_uri: field("uri"),
             };
-            totp_enrollment_page(&again, &csrf_token(&caller.session.sid), Some(msg), rid)
+            totp_enrollment_page(&again, form, Some(msg), rid)
         };
         let pending: Option<Enrollment> = enroll
             .and_then(|e| cookie::open(&view.keyring, "enroll", e, now).ok())
@@ -193,7 +207,7 @@ impl Gateway {
                 self.wait_applied(revision).await;
                 self.record_event(caller, "factor.add", "ok", rid, "", &factor_id);
                 // Confirming the new factor is not passing it: no MFA assertion here.
-                let mut resp = redirect(StatusCode::SEE_OTHER, &format!("{PORTAL}?done=added"));
+                let mut resp = redirect(StatusCode::SEE_OTHER, &portal_after("added", &rd));
                 resp.headers_mut()
                     .append(header::SET_COOKIE, cookie::clear(ENROLL_COOKIE));
                 Ok(resp)
@@ -204,10 +218,17 @@ impl Gateway {
     }
 }
 
+/// What the confirmation form carries: the anti-CSRF token and where the user was going.
+#[derive(Debug, Clone, Copy)]
+struct ConfirmForm<'a> {
+    csrf: &'a str,
+    rd: &'a str,
+}
+
 /// The page that shows a new TOTP seed (QR code and text) and asks for a first code.
 fn totp_enrollment_page(
     r: &PendingTotp,
-    csrf: &str,
+    form: ConfirmForm<'_>,
     error: Option<&str>,
     rid: &str,
 ) -> Response<Body> {
@@ -229,11 +250,12 @@ fn totp_enrollment_page(
     body.push_str(&format!(
         "<div class=qr>{qr}</div><p class=muted>Can't scan? Enter this key: <code id=totp-secret>{}</code></p>\
          <form method=post action=\"/.palisade/portal/totp/confirm\"><input type=hidden name=csrf value=\"{}\">\
-         <input type=hidden name=factor_id value=\"{}\"><input type=hidden name=uri value=\"{}\">\
+         <input type=hidden name=rd value=\"{}\"><input type=hidden name=factor_id value=\"{}\"><input type=hidden name=uri value=\"{}\">\
          <label>Code<br><input name=code id=code inputmode=numeric autocomplete=one-time-code maxlength=8 required autofocus></label> <button type=submit>Confirm</button></form>\
          <p class=muted>Never share this page: the key is your second factor.</p>",
         escape(&secret),
-        escape(csrf),
+        escape(form.csrf),
+        escape(form.rd),
         escape(&r.factor_id),
         escape(&r.provisioning_uri),
     ));

@@ -85,6 +85,9 @@ pub(super) enum Purpose {
         name: String,
         /// The admin-issued enrollment code, if one was given.
         code: String,
+        /// Where the user was going before the portal (offered as the way back), or empty.
+        #[serde(default)]
+        rd: String,
     },
 }
 

@@ -77,13 +77,40 @@ try {
   check((await page.content()).includes('no second factor yet'), 'prompt offers enrollment');
   step('signed in; the MFA prompt offers enrollment');
 
-  // Register a security key (usb).
+  // Register a security key (usb), from the prompt's "Set one up": afterwards the portal
+  // offers the way back to the application.
   const usb = await add('usb');
-  await page.goto(`${APP}/.palisade/portal`);
-  await page.fill('#webauthn-name', 'Blue key');
+  await Promise.all([page.waitForURL(/\/\.palisade\/portal/), page.click('a.button')]);
+  await page.fill('#key-name', 'Blue key');
   await Promise.all([page.waitForURL(/done=added/), page.click('#add-security-key')]);
   check((await page.content()).includes('Blue key'), 'the security key is listed');
-  step('registered a security key');
+  const back = page.locator('#continue');
+  check((await back.getAttribute('href')) === '/mfa/start', `continue link: ${await back.getAttribute('href')}`);
+  check((await back.innerText()).includes('MFA-protected application'), `continue text: ${await back.innerText()}`);
+  step('registered a security key; the portal offers "Continue to MFA-protected application"');
+
+  // Back to the application: the prompt offers only what alice holds (a key, no code field).
+  await back.click();
+  await page.waitForSelector('#webauthn-auth');
+  check((await page.locator('#code').count()) === 0, 'no authenticator-app code field without such a factor');
+  check(!(await page.content()).includes('authenticator app code'), 'the prompt lists only the methods alice holds');
+  // No authenticator answers: the prompt waits, and Cancel is the way out.
+  await only(null, [usb]);
+  await page.click('#webauthn-auth');
+  await page.waitForSelector('#cancel-webauthn:not([hidden])');
+  await page.click('#cancel-webauthn');
+  await page.waitForFunction(() => document.getElementById('status').textContent === 'Cancelled.');
+  check((await page.locator('#cancel-webauthn').isHidden()), 'Cancel is hidden again');
+  // A key that holds no credential for alice: a message that says so, not the browser's text.
+  const stranger = await add('usb');
+  await only(stranger, [usb, stranger]);
+  await page.click('#webauthn-auth');
+  await page.waitForFunction(() => document.getElementById('status').className === 'error', null, { timeout: 90000 });
+  const said = await page.locator('#status').innerText();
+  check(said.includes('not registered to your account'), `unregistered key: ${said}`);
+  await cdp.send('WebAuthn.removeVirtualAuthenticator', { authenticatorId: stranger });
+  await only(usb, [usb]);
+  step('the prompt offers only a key; Cancel and an unregistered key say what happened');
 
   // Sign in with it: the keys-only application.
   await page.goto(`${APP}/keys/vault`);
@@ -94,13 +121,18 @@ try {
   check(keysView.identity.claims.amr === 'security_key', `amr: ${JSON.stringify(keysView.identity.claims)}`);
   step('passed the security key; reached the keys-only application');
 
-  // Register this device's platform authenticator (internal), within 10 minutes of the key.
+  // Register this device's platform authenticator (internal), within 10 minutes of the key,
+  // with the security key still plugged in and answering: only the platform one may.
   const internal = await add('internal');
   await only(internal, [usb, internal]);
+  await cdp.send('WebAuthn.setAutomaticPresenceSimulation', { authenticatorId: usb, enabled: true });
   await page.goto(`${APP}/.palisade/portal`);
-  await page.fill('#webauthn-name', 'This laptop');
+  await page.fill('#platform-name', 'This laptop');
   await Promise.all([page.waitForURL(/done=added/), page.click('#add-platform')]);
   check((await page.content()).includes('This laptop'), 'the platform authenticator is listed');
+  const kinds = await page.locator('#factors').innerText();
+  check(kinds.includes('device (Touch ID, Windows Hello)'), `the list names the kind as the button does: ${kinds}`);
+  await only(internal, [usb, internal]);
   await page.screenshot({ path: join(OUT, 'portal.png'), fullPage: true });
   step('registered a platform authenticator');
 
