@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use palisade_chaos::cluster::{ClusterSpec, LocalCluster};
-use palisade_controller::client::AdminClient;
+use palisade_link::admin::AdminClient;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)

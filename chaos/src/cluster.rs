@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use palisade_controller::client::{AdminClient, IdempotencyKey};
+use palisade_link::admin::{AdminClient, IdempotencyKey};
 use palisade_node::ingress::Addresses;
 use palisade_proto::v1 as pb;
 
@@ -180,7 +180,7 @@ impl LocalCluster {
         // one spare controller identity, for membership changes
         let with_spare: Vec<u64> = (1..=spec.controllers + 1).collect();
         let edge_ids: Vec<String> = (1..=spec.edges).map(|i| format!("edge-{i}")).collect();
-        palisade_controller::pki::init_dir(&spec.dir.join("pki"), &with_spare, &edge_ids)?;
+        palisade_link::pki::init_dir(&spec.dir.join("pki"), &with_spare, &edge_ids)?;
         let mut lab = match spec.network {
             Network::Namespaces => Some(crate::netns::Lab::create()?),
             _ => None,

@@ -119,7 +119,7 @@ impl DevIdp {
     pub async fn start_tls(
         addr: SocketAddr,
         client_id: &str,
-        ca: &palisade_controller::pki::DevCa,
+        ca: &palisade_link::pki::DevCa,
     ) -> anyhow::Result<DevIdp> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};

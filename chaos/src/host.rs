@@ -1,7 +1,8 @@
 //! Process roles: a harness binary re-executes itself as `<binary> controller ARGS...` or
-//! `<binary> edge ARGS...`, which run exactly what `palisade-controller` and `palisade-node` run.
-//! So `cargo run -p palisade-chaos -- up` needs one build, and the processes it starts are real,
-//! separate OS processes.
+//! `<binary> edge ARGS...`, which run exactly what `palisade-controller` and `palisade-node` run,
+//! and serves `<binary> ctl ARGS...` as `palisadectl`. So `cargo run -p palisade-chaos -- up`
+//! needs one build, the processes it starts are real, separate OS processes, and its
+//! walkthrough's `palisadectl` is the binary already built.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -13,6 +14,11 @@ use clap::Parser;
 pub fn run_role(args: &[OsString]) -> Option<ExitCode> {
     let role = args.first()?.to_str()?;
     let rest = args[1..].iter().cloned();
+    if role == "ctl" {
+        // palisadectl starts its own (single-threaded) runtime.
+        let argv = std::iter::once(OsString::from("palisadectl")).chain(rest);
+        return Some(palisadectl::main_from(argv));
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -22,7 +22,7 @@ use crate::devidp::DevIdp;
 use crate::faultproxy::Faults;
 use crate::scenario::{FaultKind, Scenario, Schedule, ScheduledFault};
 use crate::upstream::Upstream;
-use palisade_controller::client::IdempotencyKey;
+use palisade_link::admin::IdempotencyKey;
 
 const PROBE_HOST: &str = "probe.palisade.localhost";
 const GUARDED_HOST: &str = "guarded.palisade.localhost";
@@ -480,10 +480,7 @@ fn session_id(cookie: &str) -> Option<String> {
 /// Revokes a session, retrying (as any client would) while there is no leader, for up to 15 s.
 /// Every attempt carries the same idempotency key, so the revocation is written once however
 /// many answers are lost.
-async fn revoke(
-    admin: &palisade_controller::client::AdminClient,
-    sid: &str,
-) -> Result<String, String> {
+async fn revoke(admin: &palisade_link::admin::AdminClient, sid: &str) -> Result<String, String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     let key = IdempotencyKey::random();
     loop {
@@ -507,7 +504,7 @@ async fn revoke(
 }
 
 async fn revoke_once(
-    admin: &palisade_controller::client::AdminClient,
+    admin: &palisade_link::admin::AdminClient,
     key: &IdempotencyKey,
     sid: &str,
 ) -> Result<String, (tonic::Code, String)> {
@@ -524,7 +521,7 @@ const POLICY_WRITE_FOR: Duration = Duration::from_secs(10);
 /// seen and named by one idempotency key for all its retries, and starts the measurement of
 /// each acknowledged one.
 struct PolicyWriter {
-    admin: Arc<palisade_controller::client::AdminClient>,
+    admin: Arc<palisade_link::admin::AdminClient>,
     probe: Arc<Probe>,
     samples: Arc<Mutex<Vec<Sample>>>,
     counts: Arc<Mutex<Counts>>,
@@ -800,7 +797,7 @@ pub async fn run(sc: &Scenario, host: PathBuf, dir: Option<PathBuf>) -> anyhow::
     // serves HTTPS with a certificate from its own CA, which the edges are told to trust.
     let idp_ca = match sc.network {
         crate::cluster::Network::Namespaces => {
-            let ca = palisade_controller::pki::DevCa::new()?;
+            let ca = palisade_link::pki::DevCa::new()?;
             std::fs::create_dir_all(&dir)?;
             let path = dir.join("idp-ca.pem");
             std::fs::write(&path, &ca.ca_pem)?;

@@ -112,7 +112,7 @@ pub async fn up(opts: UpOptions, host: PathBuf) -> anyhow::Result<()> {
         opts.edges,
         dir.display()
     );
-    let mut spec = ClusterSpec::new(opts.controllers, opts.edges, host, dir.clone());
+    let mut spec = ClusterSpec::new(opts.controllers, opts.edges, host.clone(), dir.clone());
     spec.edge_https_ports = opts.https_ports.clone();
     let cluster = LocalCluster::start(spec).await?;
     let edge1 = cluster.edges[0].https();
@@ -170,11 +170,41 @@ pub async fn up(opts: UpOptions, host: PathBuf) -> anyhow::Result<()> {
             .context("issuing enrollment codes")?;
         codes.push((u.login, r.code));
     }
-    print_guide(&cluster, &idp, &upstream, &dir, &codes);
+    let ctl = write_palisadectl(&cluster, &host, &dir)?;
+    print_guide(&cluster, &idp, &upstream, &dir, &codes, &ctl);
     shutdown_signal().await?;
     println!("\nStopping ...");
     drop(cluster);
     Ok(())
+}
+
+/// Writes `DIR/palisadectl`: a script that runs the harness binary already built as
+/// `palisadectl` (its `ctl` role), with this cluster's controllers and admin identity, so the
+/// walkthrough needs no second build and no exports.
+fn write_palisadectl(
+    c: &LocalCluster,
+    host: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<PathBuf> {
+    let quote =
+        |p: &std::path::Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+    let pki = c.pki();
+    let script = format!(
+        "#!/bin/sh\n# palisadectl for the cluster `palisade-chaos up` started in this directory.\n\
+         export PALISADE_SERVER='{servers}'\n\
+         export PALISADE_CERT={cert} PALISADE_KEY={key} PALISADE_CA={ca}\n\
+         exec {host} ctl \"$@\"\n",
+        servers = c.controller_addrs().join(","),
+        cert = quote(&pki.join("admin-admin.pem")),
+        key = quote(&pki.join("admin-admin.key")),
+        ca = quote(&pki.join("ca.pem")),
+        host = quote(host),
+    );
+    let path = dir.join("palisadectl");
+    std::fs::write(&path, script)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path)
 }
 
 fn print_guide(
@@ -183,6 +213,7 @@ fn print_guide(
     upstream: &Upstream,
     dir: &std::path::Path,
     codes: &[(&str, String)],
+    ctl: &std::path::Path,
 ) {
     let pki = c.pki();
     let servers = c.controller_addrs().join(",");
@@ -218,8 +249,6 @@ fn print_guide(
     }
     let p1 = c.edges[0].https().port();
     let ca = pki.join("ingress-ca.pem");
-    let cert = pki.join("admin-admin.pem");
-    let key = pki.join("admin-admin.key");
     s.push_str(&format!(
         r#"
 The edges' certificate comes from a development CA: accept the browser warning, or trust
@@ -234,13 +263,12 @@ Try:
      (https://admin.palisade.localhost:{p1}/.palisade/portal) with her enrollment code above:
      scan the QR code with an authenticator app, or add a security key / this device (browsers
      allow WebAuthn only when they trust the certificate: import the CA below first). The portal also lists sign-ins,
-     sessions and factors; `palisadectl factors list {IDP_ID}/alice` shows them to admins.
-  3. Revoke alice everywhere, then reload the page on either edge:
+     sessions and factors; `{ctl} factors list {IDP_ID}/alice` shows them to admins.
+  3. Revoke alice everywhere, then reload the page on either edge (this palisadectl is
+     already set up for this cluster; it runs the binary that started it):
 
-       export PALISADE_SERVER={servers}
-       export PALISADE_CERT={cert} PALISADE_KEY={key} PALISADE_CA={ca}
-       cargo run -q -p palisade-controller --bin palisadectl -- revoke user {IDP_ID}/alice --reason demo
-       cargo run -q -p palisade-controller --bin palisadectl -- edges
+       {ctl} revoke user {IDP_ID}/alice --reason demo
+       {ctl} edges
 
   4. Sign out at https://hello.palisade.localhost:{p1}/.palisade/logout (a revocation too).
   5. From a terminal: curl --cacert {ca} -i https://status.palisade.localhost:{p1}/
@@ -248,8 +276,7 @@ Try:
 Ctrl-C stops everything.
 "#,
         ca = ca.display(),
-        cert = cert.display(),
-        key = key.display(),
+        ctl = ctl.display(),
     ));
     println!("{s}");
 }

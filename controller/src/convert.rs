@@ -228,3 +228,48 @@ pub fn audit(a: &cat::AuditRecord) -> pb::AuditEvent {
         ..Default::default()
     }
 }
+
+/// A simulated request from the wire, field by field; `SimRequestSpec::into_request` parses it
+/// (the same parser `palisadectl simulate` runs on its requests file). An unspecified device
+/// state is a pending device, as it always was on the wire.
+pub fn sim_spec(r: pb::SimulatedRequest) -> palisade_policy::SimRequestSpec {
+    use palisade_policy::simulate::{SimDeviceSpec, SimIdentitySpec};
+    palisade_policy::SimRequestSpec {
+        label: r.label,
+        host: r.host,
+        path: r.path,
+        protocol: r.protocol,
+        source_ip: r.source_ip,
+        time: r
+            .time
+            .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+        identity: r.identity.map(|i| SimIdentitySpec {
+            identity_provider: i.identity_provider,
+            subject: i.subject,
+            email: i.email,
+            groups: i.groups,
+            claims: i.claims.into_iter().collect(),
+            mfa_method: i.mfa_method,
+            mfa_age_seconds: i.mfa_age.map(|d| d.seconds).unwrap_or(0),
+        }),
+        device: r.device.map(|d| {
+            let posture = d.posture.unwrap_or_default();
+            let state = match pb::DeviceState::try_from(d.state).unwrap_or_default() {
+                pb::DeviceState::Enrolled => "enrolled",
+                pb::DeviceState::Wiped => "wiped",
+                pb::DeviceState::Revoked => "revoked",
+                pb::DeviceState::Pending | pb::DeviceState::Unspecified => "pending",
+            };
+            SimDeviceSpec {
+                id: d.id,
+                state: state.into(),
+                os: os_from_pb(posture.os),
+                client_version: posture.client_version,
+                mandatory_auth: posture.mandatory_auth,
+                groups: d.groups,
+            }
+        }),
+    }
+}

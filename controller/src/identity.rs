@@ -44,7 +44,7 @@ pub fn require_controller<T>(req: &Request<T>) -> Result<u64, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::{DevCa, Subject};
+    use palisade_link::pki::{DevCa, Subject};
 
     fn der(pem: &str) -> Vec<u8> {
         let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();

@@ -5,14 +5,12 @@
 
 pub mod admin;
 pub mod authz;
-pub mod client;
 pub mod config;
 pub mod controller;
 pub mod convert;
 pub mod edge_auth;
 pub mod error;
 pub mod identity;
-pub mod pki;
 pub mod process;
 pub mod raft;
 pub mod rpc_metrics;

@@ -122,15 +122,6 @@ impl DataKey {
         Err(SealError::BadKey)
     }
 
-    /// Generates a fresh random key, returned as hex (for `palisadectl pki init`).
-    pub fn generate_hex() -> Result<String, SealError> {
-        let mut b = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut b)
-            .map_err(|_| SealError::Random)?;
-        Ok(hex(&b))
-    }
-
     /// The key's fingerprint, hex.
     pub fn fingerprint(&self) -> String {
         hex(&self.fingerprint)
@@ -256,6 +247,8 @@ mod tests {
         assert!(DataKey::parse("too short").is_err());
         assert!(DataKey::parse(&"ab".repeat(31)).is_err());
         assert!(!format!("{:?}", key()).contains("abab"));
-        assert_eq!(DataKey::generate_hex().expect("gen").len(), 64);
+        let fresh = palisade_link::pki::data_key_hex();
+        assert_eq!(fresh.len(), 64);
+        assert!(DataKey::parse(&fresh).is_ok());
     }
 }

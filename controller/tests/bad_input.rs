@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use palisade_controller::client::validation_failure;
+use palisade_link::admin::validation_failure;
 use palisade_proto::v1 as pb;
 use support::{Cluster, Options};
 use tonic::Code;
@@ -32,7 +32,7 @@ async fn revision(c: &Cluster) -> (u64, usize) {
 }
 
 async fn apply(
-    client: &palisade_controller::client::AdminClient,
+    client: &palisade_link::admin::AdminClient,
     doc: String,
 ) -> Result<pb::ApplyPolicyResponse, tonic::Status> {
     let req = pb::ApplyPolicyRequest {

@@ -341,7 +341,7 @@ async fn reads_and_writes_are_linearizable_under_leader_kills() {
 
 /// A revocation of `session` named by `key`, sent to whichever member `client` reaches.
 async fn keyed_revoke(
-    client: &palisade_controller::client::AdminClient,
+    client: &palisade_link::admin::AdminClient,
     session: &str,
     key: &str,
 ) -> Result<String, tonic::Status> {
@@ -433,7 +433,8 @@ async fn a_frozen_member_costs_a_deadline_and_a_retried_write_applies_once() {
     // next member within a connect timeout.
     let status_started = std::time::Instant::now();
     let args = [
-        "--server".to_string(),
+        "palisadectl".to_string(),
+        "--server".into(),
         servers.join(","),
         "--cert".into(),
         c.pki().join("admin-admin.pem").display().to_string(),
@@ -443,20 +444,12 @@ async fn a_frozen_member_costs_a_deadline_and_a_retried_write_applies_once() {
         c.pki().join("ca.pem").display().to_string(),
         "status".into(),
     ];
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_palisadectl"))
-            .args(args)
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("palisadectl runs");
+    // (in this process, on its own thread and runtime: what the palisadectl binary runs)
+    let code = tokio::task::spawn_blocking(move || palisadectl::main_from(args))
+        .await
+        .expect("join");
     let status_took = status_started.elapsed();
-    assert!(
-        out.status.success(),
-        "palisadectl status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(code, std::process::ExitCode::SUCCESS, "palisadectl status");
     assert!(
         status_took < Duration::from_secs(10),
         "palisadectl status with a frozen first member took {status_took:?}"
@@ -468,5 +461,58 @@ async fn a_frozen_member_costs_a_deadline_and_a_retried_write_applies_once() {
         listed.iter().filter(|s| *s == "during-freeze").count(),
         1,
         "retried writes applied once: {listed:?}"
+    );
+}
+
+/// `palisadectl` during a leader election: the leader it lists first has just been killed, the
+/// others still point at it, then hold an election. The command waits for the new leader
+/// instead of failing with "cluster unavailable", and its write applies once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn palisadectl_rides_through_a_leader_election() {
+    let mut c = Cluster::start(3, 0, Options::default()).await;
+    let leader = c.wait_leader(T).await;
+    let first = c.client_for(leader).servers()[0].clone();
+    let mut servers = vec![first.clone()];
+    servers.extend(c.addrs().into_iter().filter(|a| *a != first));
+    let pki = c.pki();
+    let args: Vec<String> = [
+        "palisadectl",
+        "--server",
+        &servers.join(","),
+        "--cert",
+        &pki.join("admin-admin.pem").display().to_string(),
+        "--key",
+        &pki.join("admin-admin.key").display().to_string(),
+        "--ca",
+        &pki.join("ca.pem").display().to_string(),
+        "revoke",
+        "session",
+        "during-election",
+        "--reason",
+        "test",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    c.kill(leader);
+    let started = std::time::Instant::now();
+    let code = tokio::task::spawn_blocking(move || palisadectl::main_from(args))
+        .await
+        .expect("join");
+    assert_eq!(
+        code,
+        std::process::ExitCode::SUCCESS,
+        "palisadectl failed during the election ({:?} after the kill)",
+        started.elapsed()
+    );
+    let listed = Cluster::revoked_sessions(&c.client(), false).await.unwrap();
+    assert_eq!(
+        listed.iter().filter(|s| *s == "during-election").count(),
+        1,
+        "{listed:?}"
+    );
+    eprintln!(
+        "palisadectl answered {:?} after the leader was killed",
+        started.elapsed()
     );
 }

@@ -16,8 +16,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod idempotency;
 pub mod identity;
+#[cfg(feature = "dev-pki")]
+pub mod pki;
 mod verify;
 
 use std::sync::Arc;

@@ -94,77 +94,32 @@ mod tests {
         assert_eq!(v2.revision, 7);
     }
 
+    /// A wire user revocation arrives with its user, time and revision (what they mean for a
+    /// session is `palisade_edge_core::view`'s to test).
     #[test]
-    fn user_revocations_cover_sessions_issued_before() {
-        let r = pb::Revocation {
-            id: "rev-9".into(),
-            revision: 9,
-            target: Some(pb::RevocationTarget {
-                target: Some(pb::revocation_target::Target::User(pb::UserRevocation {
-                    subject: "alice".into(),
-                    identity_provider: "corp".into(),
-                    issued_before: Some(prost_types::Timestamp {
-                        seconds: 1000,
-                        nanos: 0,
-                    }),
-                })),
-            }),
-            ..Default::default()
+    fn user_revocations_arrive_with_their_user_time_and_revision() {
+        let user = |revision: u64, issued_before: Option<i64>| pb::CatalogEntry {
+            entry: Some(pb::catalog_entry::Entry::Revocation(pb::Revocation {
+                id: format!("rev-{revision}"),
+                revision,
+                target: Some(pb::RevocationTarget {
+                    target: Some(pb::revocation_target::Target::User(pb::UserRevocation {
+                        subject: "alice".into(),
+                        identity_provider: "corp".into(),
+                        issued_before: issued_before
+                            .map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+                    })),
+                }),
+                ..Default::default()
+            })),
         };
-        let v = snapshot(
-            9,
-            vec![pb::CatalogEntry {
-                entry: Some(pb::catalog_entry::Entry::Revocation(r)),
-            }],
-        )
-        .expect("snapshot");
-        // Issued by an edge that had applied the revocation (revision 9 or later): only the
-        // time counts.
-        assert!(
-            v.revocations
-                .session_revoked("any", "corp", "alice", 999, 9)
-        );
-        assert!(
-            !v.revocations
-                .session_revoked("any", "corp", "alice", 1000, 9)
-        );
-        assert!(!v.revocations.session_revoked("any", "corp", "bob", 1, 0));
-    }
-
-    /// A user revocation does not depend on clocks: a session issued by an edge that had not
-    /// applied it yet is covered whatever its issue time says (an edge clock ahead of the
-    /// admin's, review finding L4), and one issued after it is not.
-    #[test]
-    fn user_revocations_go_by_revision_not_clocks() {
-        let r = pb::Revocation {
-            id: "rev-20".into(),
-            revision: 20,
-            target: Some(pb::RevocationTarget {
-                target: Some(pb::revocation_target::Target::User(pb::UserRevocation {
-                    subject: "alice".into(),
-                    identity_provider: "corp".into(),
-                    issued_before: None,
-                })),
-            }),
-            ..Default::default()
-        };
-        let v = snapshot(
-            20,
-            vec![pb::CatalogEntry {
-                entry: Some(pb::catalog_entry::Entry::Revocation(r)),
-            }],
-        )
-        .expect("snapshot");
-        let far_future = 4_000_000_000;
-        assert!(
-            v.revocations
-                .session_revoked("s", "corp", "alice", far_future, 19)
-        );
-        assert!(
-            v.revocations
-                .session_revoked("s", "corp", "alice", far_future, 0)
-        );
-        assert!(!v.revocations.session_revoked("s", "corp", "alice", 1, 20));
+        let v = snapshot(20, vec![user(9, Some(1000)), user(20, None)]).expect("snapshot");
+        let r = &v.revocations;
+        assert!(r.session_revoked("s", "corp", "alice", 999, 9));
+        assert!(!r.session_revoked("s", "corp", "bob", 999, 9));
+        // the second one (no time) covers every session issued before revision 20
+        assert!(r.session_revoked("s", "corp", "alice", 4_000_000_000, 19));
+        assert!(!r.session_revoked("s", "corp", "alice", 1000, 20));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use palisade_controller::client::AdminClient;
+use palisade_link::admin::AdminClient;
 use palisade_proto::v1 as pb;
 
 struct Kill(Child);
@@ -50,7 +50,7 @@ async fn node_is_ready_only_with_a_snapshot_and_reports_what_it_enforces() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = dir.path().join("pki");
-    palisade_controller::pki::init_dir(&pki, &[1], &["edge-a".to_string()]).expect("pki");
+    palisade_link::pki::init_dir(&pki, &[1], &["edge-a".to_string()]).expect("pki");
     let ports = palisade_controller::process::loopback_ports(2).expect("ports");
     let (ctl_port, ops_port) = (ports[0], ports[1]);
     let p = |f: &str| pki.join(f).display().to_string();

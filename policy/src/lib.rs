@@ -40,7 +40,7 @@ pub mod violation;
 pub use compile::{CompiledApp, CompiledPolicy, MAX_DOCUMENT_BYTES, parse_document};
 pub use decide::{Challenge, Decision, DenyReason, RuleRef, decide};
 pub use document::PolicyDocument;
-pub use simulate::{SimOutcome, SimRequest, simulate};
+pub use simulate::{SimOutcome, SimRequest, SimRequestSpec, simulate};
 pub use violation::{Violation, Violations};
 
 /// The JSON Schema of the policy document (draft 2020-12), as published in

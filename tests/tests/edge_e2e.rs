@@ -196,6 +196,71 @@ async fn sign_in_access_and_revocation_at_both_edges() {
         !sessions.contains("<td>"),
         "a denied sign-in is listed as a session: {sessions}"
     );
+
+    // `palisadectl simulate` gives admins what the deny page does not: the rule and reason. A
+    // bad requests file is refused with the request's index before anything is sent.
+    let reqs = s.dir.path().join("requests.json");
+    let user = |sub: &str, email: &str| json!({"identity_provider": "real", "subject": sub, "email": email});
+    let mut fresh_mfa = user("alice", "alice@example.com");
+    fresh_mfa["mfa_method"] = json!("totp");
+    fresh_mfa["mfa_age_seconds"] = json!(60);
+    std::fs::write(
+        &reqs,
+        json!([
+            {"label": "carol", "host": APP_HOST, "path": "/hello", "identity": user("carol", "carol@partner.example")},
+            {"label": "alice-mfa", "host": APP_HOST, "path": "/mfa/x", "identity": fresh_mfa},
+            {"label": "alice-no-mfa", "host": APP_HOST, "path": "/mfa/x", "identity": user("alice", "alice@example.com")},
+            {"label": "anonymous", "host": APP_HOST, "path": "/hello"},
+            {"label": "anonymous-h3", "host": APP_HOST, "path": "/hello", "protocol": "h3"}
+        ])
+        .to_string(),
+    )
+    .expect("write");
+    let (code, out) = s.palisadectl(&["simulate", "-r", reqs.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{out}");
+    let decisions: Vec<(&str, &str)> = out
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| {
+            (
+                r["label"].as_str().unwrap_or(""),
+                r["decision"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            ("carol", "deny"),
+            ("alice-mfa", "allow"),
+            ("alice-no-mfa", "challenge_mfa"),
+            ("anonymous", "challenge_login"),
+            // the policy does not list h3 for this application
+            ("anonymous-h3", "deny")
+        ],
+        "{out}"
+    );
+    assert!(
+        !out[0]["reason"].as_str().unwrap_or_default().is_empty(),
+        "a denial carries its reason: {out}"
+    );
+    for bad in [
+        json!([{"host": APP_HOST, "protocol": "h4"}]),
+        json!([{"host": APP_HOST}, {"host": APP_HOST, "identity": {"subject": "a", "mfa_method": "sms"}}]),
+        json!([{"host": APP_HOST, "device": {"os": "bsd"}}]),
+        json!([{"host": APP_HOST, "sorce_ip": "10.0.0.1"}]),
+        json!([{"host": APP_HOST, "source_ip": "10.0.0"}]),
+    ] {
+        std::fs::write(&reqs, bad.to_string()).expect("write");
+        let (code, out) = s.palisadectl(&["simulate", "-r", reqs.to_str().expect("utf-8")]);
+        assert!(matches!(code, 2 | 3), "{bad}: {code} {out}");
+        let msg = out["error"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("requests") || msg.contains("unknown field"),
+            "{bad}: {out}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

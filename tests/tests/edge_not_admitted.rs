@@ -73,7 +73,7 @@ async fn an_edge_every_controller_refuses_stops_and_says_why() {
 
     // An edge certificate from another CA: refused in the handshake.
     let foreign = tempfile::tempdir().expect("tempdir");
-    palisade_controller::pki::init_dir(foreign.path(), &[1], &["edge-1".to_string()]).expect("pki");
+    palisade_link::pki::init_dir(foreign.path(), &[1], &["edge-1".to_string()]).expect("pki");
     let read = |f: &str| std::fs::read_to_string(foreign.path().join(f)).expect(f);
     let why = halted_with(&cluster, read("edge-edge-1.pem"), read("edge-edge-1.key")).await;
     assert!(why.contains("fatal alert"), "{why}");

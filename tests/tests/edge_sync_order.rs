@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use palisade_controller::pki;
+use palisade_link::pki;
 use palisade_node::sync::{Replica, SyncConfig};
 use palisade_proto::v1 as pb;
 use tokio::sync::watch;

@@ -15,8 +15,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_controller::client::AdminClient;
-use palisade_controller::pki;
+use palisade_link::admin::AdminClient;
+use palisade_link::pki;
 use palisade_node::controllers::{CallError, ControllerClient, Retry};
 use palisade_node::sync::{Replica, SyncConfig};
 use palisade_proto::v1 as pb;

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use palisade_controller::client::AdminClient;
+use palisade_link::admin::AdminClient;
 use palisade_proto::v1 as pb;
 use tonic::Status;
 
@@ -150,7 +150,7 @@ impl Cluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
         let ids: Vec<u64> = (1..=voters + spares).collect();
-        palisade_controller::pki::init_dir(
+        palisade_link::pki::init_dir(
             &dir.path().join("pki"),
             &ids,
             &(1..=6).map(|i| format!("e{i}")).collect::<Vec<_>>(),

@@ -21,6 +21,14 @@ use rcgen::{
 
 use crate::identity::Role;
 
+/// A new data key for sealing catalog secrets: 32 random bytes, hex (what
+/// `palisade-controller --data-key-file` reads).
+pub fn data_key_hex() -> String {
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// How long a development leaf certificate is valid.
 pub const LEAF_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
 /// How long a development CA is valid.
@@ -246,12 +254,7 @@ pub fn init_dir(dir: &Path, controllers: &[u64], edges: &[String]) -> anyhow::Re
     write(dir, "ingress.pem", &ingress.cert_pem, false)?;
     write(dir, "ingress.key", &ingress.key_pem, true)?;
     write(dir, "assertion.key", &assertion_key_pem()?, true)?;
-    write(
-        dir,
-        "data.key",
-        &(crate::seal::DataKey::generate_hex()? + "\n"),
-        true,
-    )?;
+    write(dir, "data.key", &(data_key_hex() + "\n"), true)?;
     Ok(())
 }
 

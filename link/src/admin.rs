@@ -11,14 +11,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use palisade_link::{Expect, LinkOptions, LinkTls};
+use crate::{Expect, LinkOptions, LinkTls};
 use palisade_proto::v1 as pb;
 use prost::Message;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-pub use palisade_link::{IdempotencyKey, KeyHeader};
+pub use crate::{IdempotencyKey, KeyHeader};
 
 /// A channel to one controller whose requests carry the call's idempotency key.
 pub type AdminChannel = InterceptedService<Channel, KeyHeader>;
@@ -36,6 +36,8 @@ pub struct AdminClient {
     /// member accepts connections but never answers; a long-lived client should not keep
     /// waiting on it first).
     suspect: Arc<Mutex<Option<String>>>,
+    /// See `with_election_wait`.
+    election_wait: Duration,
 }
 
 /// The leader hint in a status, if any.
@@ -46,6 +48,12 @@ pub fn leader_hint(s: &Status) -> Option<pb::LeaderHint> {
     pb::LeaderHint::decode(s.details())
         .ok()
         .filter(|h| !h.leader_admin_addr.is_empty())
+}
+
+/// Whether a status came from this side's transport (a refused or reset connection) rather than
+/// from a member that answered: tonic keeps the transport's error as the source.
+fn is_transport_error(s: &Status) -> bool {
+    std::error::Error::source(s).is_some()
 }
 
 /// The validation failure in a status, if any.
@@ -68,7 +76,18 @@ impl AdminClient {
             timeout: Duration::from_secs(30),
             channels: Arc::default(),
             suspect: Arc::default(),
+            election_wait: Duration::ZERO,
         }
+    }
+
+    /// How long a call keeps trying while members answer but none knows a leader (an election
+    /// under way, a leader that just died): passes over the members repeat with a short backoff
+    /// until this much time has gone by. Zero (the default) gives up after one pass; what a
+    /// person types (`palisadectl`) rides through an election instead. A cluster nobody answers
+    /// for (every connection refused) and members that time out are not retried.
+    pub fn with_election_wait(mut self, wait: Duration) -> Self {
+        self.election_wait = wait;
+        self
     }
 
     /// Sets the per-call timeout.
@@ -106,7 +125,7 @@ impl AdminClient {
             .connect(addr, Expect::AnyController, &opts)
             .await
             .map_err(|e| match e {
-                palisade_link::LinkError::Connect { .. } => Status::unavailable(e.to_string()),
+                crate::LinkError::Connect { .. } => Status::unavailable(e.to_string()),
                 other => Status::invalid_argument(other.to_string()),
             })?;
         self.channels
@@ -147,6 +166,32 @@ impl AdminClient {
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let key = KeyHeader::new(key);
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let (result, answered) = self.pass(&key, &mut call).await;
+            match result {
+                Err(s)
+                    if s.code() == Code::Unavailable
+                        && answered
+                        && started.elapsed() + pause < self.election_wait =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One pass over the members (the suspect one last), following leader hints. Also says
+    /// whether any member answered at all (rather than refusing the connection or timing out).
+    async fn pass<T, F, Fut>(&self, key: &KeyHeader, call: &mut F) -> (Result<T, Status>, bool)
+    where
+        F: FnMut(AdminChannel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let mut answered = false;
         let mut queue: Vec<String> = self.servers.clone();
         let suspect = self
             .suspect
@@ -178,10 +223,11 @@ impl AdminClient {
                     if sus.as_deref() == Some(addr.as_str()) {
                         *sus = None;
                     }
-                    return Ok(v);
+                    return (Ok(v), true);
                 }
                 Err(s) => {
                     let timed_out = matches!(s.code(), Code::Cancelled | Code::DeadlineExceeded);
+                    answered |= !timed_out && !is_transport_error(&s);
                     if timed_out {
                         // Tried last by later calls until it answers again.
                         *self.suspect.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -193,7 +239,7 @@ impl AdminClient {
                         hops += 1;
                         queue.insert(i, h.leader_admin_addr);
                     } else if s.code() != Code::Unavailable && !timed_out {
-                        return Err(s);
+                        return (Err(s), true);
                     } else {
                         // The connection may be dead (member killed or frozen): reconnect
                         // next time. A write that timed out is retried at the next member
@@ -204,6 +250,6 @@ impl AdminClient {
                 }
             }
         }
-        Err(last)
+        (Err(last), answered)
     }
 }
