@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::ReadPolicy;
-use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use palisade_policy::catalog::{Actor, Command, CommandError, Envelope, Outcome};
 use palisade_proto::v1 as pb;
@@ -100,24 +99,23 @@ impl Controller {
     /// are not judged here: one that loses its leader stops knowing a leader when it starts an
     /// election, which the edge sync already handles.
     pub fn leader_out_of_contact(&self) -> bool {
-        use openraft::Instant as _;
-        let m = self.raft.metrics().borrow_watched().clone();
-        if m.current_leader != Some(self.id) {
+        let s = self.raft_status();
+        if s.leader != Some(self.id) {
             return false;
         }
-        let voters = m.membership_config.membership().voter_ids().count();
-        voters > 1
-            && m.last_quorum_acked
-                .as_ref()
-                .is_none_or(|t| t.elapsed() > self.contact_timeout)
+        s.voters() > 1
+            && s.quorum_acked_ago
+                .is_none_or(|ago| ago > self.contact_timeout)
+    }
+
+    /// This member's Raft status now (the only view of Raft the rest of the controller has).
+    pub fn raft_status(&self) -> crate::raft::RaftStatus {
+        crate::raft::status::status(self.id, &self.raft)
     }
 
     /// The leader's id and member record, if known.
     pub fn leader(&self) -> Option<(u64, Member)> {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let id = m.current_leader?;
-        let member = m.membership_config.membership().get_node(&id)?.clone();
-        Some((id, member))
+        self.raft_status().leader_member()
     }
 
     /// Proposes a command as `actor` and waits until it is committed and applied. A follower
@@ -318,15 +316,13 @@ impl Controller {
             .into_iter()
             .map(|e| (e.id.clone(), e))
             .collect();
-        let members: Vec<(u64, Member)> = {
-            let m = self.raft.metrics().borrow_watched().clone();
-            m.membership_config
-                .membership()
-                .nodes()
-                .filter(|(id, _)| **id != self.id)
-                .map(|(id, n)| (*id, n.clone()))
-                .collect()
-        };
+        let members: Vec<(u64, Member)> = self
+            .raft_status()
+            .members
+            .into_iter()
+            .filter(|m| m.id != self.id)
+            .map(|m| (m.id, m.member))
+            .collect();
         let calls = members.into_iter().map(|(id, member)| {
             let ch = self.peer_channel(id, &member.raft_addr);
             let cache = self.peer_channels.clone();
@@ -358,13 +354,7 @@ impl Controller {
                 }
             }
         }
-        let commit = {
-            let m = self.raft.metrics().borrow_watched().clone();
-            m.cluster_committed
-                .or(m.local_committed)
-                .map(|l| l.index)
-                .unwrap_or(0)
-        };
+        let commit = self.raft_status().commit_index;
         let mut out: Vec<pb::EdgeStatus> = all
             .into_values()
             .map(|mut e| {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use openraft::async_runtime::WatchReceiver;
 use palisade_policy::catalog::{Actor, Command, Sealed};
 use palisade_proto::v1 as pb;
 use tokio::sync::watch;
@@ -297,37 +296,29 @@ async fn housekeeping(ctl: Controller, mut stop: watch::Receiver<bool>) {
 
 /// Exports Raft metrics to Prometheus.
 async fn raft_metrics(ctl: Controller, mut stop: watch::Receiver<bool>) {
-    let mut rx = ctl.raft.metrics();
+    let mut rx = crate::raft::StatusWatch::new(ctl.id, &ctl.raft);
     let mut last_leader = None;
     loop {
-        let m = rx.borrow_watched().clone();
-        metrics::gauge!("palisade_raft_term").set(m.current_term as f64);
-        metrics::gauge!("palisade_raft_is_leader").set(if m.current_leader == Some(ctl.id) {
+        let m = rx.current();
+        metrics::gauge!("palisade_raft_term").set(m.term as f64);
+        metrics::gauge!("palisade_raft_is_leader").set(if m.leader == Some(ctl.id) {
             1.0
         } else {
             0.0
         });
-        metrics::gauge!("palisade_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
-        metrics::gauge!("palisade_raft_commit_index").set(
-            m.cluster_committed
-                .or(m.local_committed)
-                .map(|l| l.index)
-                .unwrap_or(0) as f64,
-        );
-        metrics::gauge!("palisade_raft_applied_index")
-            .set(m.last_applied.map(|l| l.index).unwrap_or(0) as f64);
-        metrics::gauge!("palisade_raft_snapshot_index")
-            .set(m.snapshot.map(|l| l.index).unwrap_or(0) as f64);
-        metrics::gauge!("palisade_raft_members")
-            .set(m.membership_config.membership().nodes().count() as f64);
-        if m.current_leader != last_leader {
+        metrics::gauge!("palisade_raft_last_log_index").set(m.last_log_index as f64);
+        metrics::gauge!("palisade_raft_commit_index").set(m.commit_index as f64);
+        metrics::gauge!("palisade_raft_applied_index").set(m.applied_index as f64);
+        metrics::gauge!("palisade_raft_snapshot_index").set(m.snapshot_index as f64);
+        metrics::gauge!("palisade_raft_members").set(m.members.len() as f64);
+        if m.leader != last_leader {
             if last_leader.is_some() {
                 metrics::counter!("palisade_raft_leader_changes_total").increment(1);
             }
-            last_leader = m.current_leader;
+            last_leader = m.leader;
         }
         tokio::select! {
-            r = rx.changed() => if r.is_err() { return },
+            alive = rx.changed() => if !alive { return },
             _ = stop.changed() => return,
         }
     }

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use openraft::async_runtime::WatchReceiver;
 use palisade_policy::catalog::Resolved;
 use palisade_proto::v1 as pb;
 use palisade_proto::v1::edge_sync_server::EdgeSync;
@@ -256,17 +255,13 @@ impl Subscription {
     }
 
     fn heartbeat(&self) -> pb::Heartbeat {
-        let m = self.ctl.raft.metrics().borrow_watched().clone();
+        let raft = self.ctl.raft_status();
         pb::Heartbeat {
-            commit_revision: m
-                .cluster_committed
-                .or(m.local_committed)
-                .map(|l| l.index)
-                .unwrap_or(0),
+            commit_revision: raft.commit_index,
             applied_revision: self.ctl.state.read(|s| s.revision()),
             server_time: Some(ts(now_ms())),
             served_by: self.ctl.id,
-            leader_id: m.current_leader.unwrap_or(0),
+            leader_id: raft.leader.unwrap_or(0),
         }
     }
 
@@ -382,15 +377,7 @@ impl EdgeSync for SyncService {
                 r.edge_id
             )));
         }
-        if self
-            .ctl
-            .raft
-            .metrics()
-            .borrow_watched()
-            .current_leader
-            .is_none()
-            || self.ctl.leader_out_of_contact()
-        {
+        if self.ctl.raft_status().leader.is_none() || self.ctl.leader_out_of_contact() {
             return Err(Status::unavailable(
                 "this controller has no leader or is cut off from the cluster; subscribe to another member",
             ));
@@ -435,12 +422,7 @@ impl EdgeSync for SyncService {
             }
             received += 1;
             let node = self.ctl.id;
-            let commit = self.ctl.raft.metrics().borrow_watched().clone();
-            let commit = commit
-                .cluster_committed
-                .or(commit.local_committed)
-                .map(|l| l.index)
-                .unwrap_or(0);
+            let commit = self.ctl.raft_status().commit_index;
             self.registry.update(&edge, |e| {
                 if !report.labels.is_empty() {
                     e.labels = report.labels.clone();

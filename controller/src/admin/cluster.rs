@@ -4,7 +4,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use openraft::ChangeMembers;
-use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use palisade_proto::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -17,34 +16,17 @@ use super::{Admin, duration, required};
 
 impl Admin {
     fn membership_status(&self) -> Vec<pb::MemberStatus> {
-        let m = self.ctl.raft.metrics().borrow_watched().clone();
-        let membership = m.membership_config.membership().clone();
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        membership
-            .nodes()
-            .map(|(id, n)| pb::MemberStatus {
-                id: *id,
-                raft_addr: n.raft_addr.clone(),
-                admin_addr: n.admin_addr.clone(),
-                role: if voters.contains(id) {
-                    "voter".into()
-                } else {
-                    "learner".into()
-                },
+        let raft = self.ctl.raft_status();
+        raft.members
+            .iter()
+            .map(|m| pb::MemberStatus {
+                id: m.id,
+                raft_addr: m.member.raft_addr.clone(),
+                admin_addr: m.member.admin_addr.clone(),
+                role: if m.voter { "voter" } else { "learner" }.into(),
                 // Known on the leader only: how far each member has replicated.
-                matched_index: if *id == self.ctl.id {
-                    m.last_log_index.unwrap_or(0)
-                } else {
-                    m.replication
-                        .as_ref()
-                        .and_then(|r| r.get(id).copied().flatten())
-                        .map(|l| l.index)
-                        .unwrap_or(0)
-                },
-                reachable: *id == self.ctl.id
-                    || m.replication
-                        .as_ref()
-                        .is_some_and(|r| r.get(id).is_some_and(|l| l.is_some())),
+                matched_index: m.matched.unwrap_or(0),
+                reachable: m.id == self.ctl.id || m.matched.is_some(),
             })
             .collect()
     }
@@ -98,20 +80,16 @@ impl pb::cluster_service_server::ClusterService for Admin {
         &self,
         _req: Request<pb::GetClusterStatusRequest>,
     ) -> Result<Response<pb::GetClusterStatusResponse>, Status> {
-        let m = self.ctl.raft.metrics().borrow_watched().clone();
+        let raft = self.ctl.raft_status();
         Ok(Response::new(pb::GetClusterStatusResponse {
             node_id: self.ctl.id,
-            leader_id: m.current_leader.unwrap_or(0),
-            term: m.current_term,
-            commit_index: m
-                .cluster_committed
-                .or(m.local_committed)
-                .map(|l| l.index)
-                .unwrap_or(0),
-            applied_revision: m.last_applied.map(|l| l.index).unwrap_or(0),
+            leader_id: raft.leader.unwrap_or(0),
+            term: raft.term,
+            commit_index: raft.commit_index,
+            applied_revision: raft.applied_index,
             members: self.membership_status(),
-            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
-            state: format!("{:?}", m.state).to_lowercase(),
+            snapshot_index: raft.snapshot_index,
+            state: raft.state,
         }))
     }
 
@@ -186,12 +164,7 @@ impl pb::cluster_service_server::ClusterService for Admin {
         let who = caller(&req)?;
         let r = req.into_inner();
         let ids: BTreeSet<u64> = [r.id].into();
-        let m = self.ctl.raft.metrics().borrow_watched().clone();
-        let is_voter = m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == r.id);
+        let is_voter = self.ctl.raft_status().member(r.id).is_some_and(|m| m.voter);
         let mut last = None;
         if is_voter {
             last = Some(
@@ -203,15 +176,7 @@ impl pb::cluster_service_server::ClusterService for Admin {
                 .await?,
             );
         }
-        let still_node = self
-            .ctl
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .get_node(&r.id)
-            .is_some();
+        let still_node = self.ctl.raft_status().member(r.id).is_some();
         if still_node {
             last = Some(
                 self.membership_change(|| {
@@ -246,14 +211,8 @@ impl pb::cluster_service_server::ClusterService for Admin {
             .into_iter()
             .filter(|e| selects(&selector, e))
             .collect();
-        let m = self.ctl.raft.metrics().borrow_watched().clone();
-        let commit_revision = m
-            .cluster_committed
-            .or(m.local_committed)
-            .map(|l| l.index)
-            .unwrap_or(0);
         Ok(Response::new(pb::GetPropagationStatusResponse {
-            commit_revision,
+            commit_revision: self.ctl.raft_status().commit_index,
             edges,
         }))
     }

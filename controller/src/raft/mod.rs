@@ -11,11 +11,13 @@ pub mod log_store;
 pub mod network;
 pub mod service;
 pub mod state_machine;
+pub mod status;
 pub mod types;
 pub mod wire;
 
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
+pub use status::{MemberStatus, RaftStatus, StatusWatch};
 pub use types::{Member, Request, Response, TypeConfig};
 
 use std::io;
