@@ -276,18 +276,7 @@ impl Controller {
         self.cached_channel(key, id, raft_addr, &opts)
     }
 
-    /// A (lazily connecting, cached) channel to member `id` for status queries (short
-    /// deadlines: a member that does not answer within a second is skipped).
-    fn peer_channel(&self, id: u64, addr: &str) -> Option<tonic::transport::Channel> {
-        let opts = palisade_link::LinkOptions {
-            connect_timeout: std::time::Duration::from_secs(1),
-            call_timeout: Some(std::time::Duration::from_secs(1)),
-            ..palisade_link::LinkOptions::default()
-        };
-        self.cached_channel(format!("{id}@{addr}"), id, addr, &opts)
-    }
-
-    fn cached_channel(
+    pub(crate) fn cached_channel(
         &self,
         key: String,
         id: u64,
@@ -304,66 +293,6 @@ impl Controller {
             .ok()?;
         cache.insert(key, ch.clone());
         Some(ch)
-    }
-
-    /// Every edge known to the cluster: this member's subscribers and every other member's,
-    /// merged by the most recent report. Members that do not answer within a second are
-    /// skipped.
-    pub async fn cluster_edges(&self) -> Vec<pb::EdgeStatus> {
-        let mut all: std::collections::HashMap<String, pb::EdgeStatus> = self
-            .edges
-            .list()
-            .into_iter()
-            .map(|e| (e.id.clone(), e))
-            .collect();
-        let members: Vec<(u64, Member)> = self
-            .raft_status()
-            .members
-            .into_iter()
-            .filter(|m| m.id != self.id)
-            .map(|m| (m.id, m.member))
-            .collect();
-        let calls = members.into_iter().map(|(id, member)| {
-            let ch = self.peer_channel(id, &member.raft_addr);
-            let cache = self.peer_channels.clone();
-            async move {
-                let ch = ch?;
-                match RaftTransportClient::new(ch)
-                    .list_local_edges(pb::ListLocalEdgesRequest {})
-                    .await
-                {
-                    Ok(r) => Some(r.into_inner().edges),
-                    Err(_) => {
-                        // reconnect next time (the member may have restarted elsewhere)
-                        if let Ok(mut c) = cache.lock() {
-                            c.remove(&format!("{id}@{}", member.raft_addr));
-                        }
-                        None
-                    }
-                }
-            }
-        });
-        for edges in futures::future::join_all(calls).await.into_iter().flatten() {
-            for e in edges {
-                let newer = all.get(&e.id).is_none_or(|cur| {
-                    e.last_seen.as_ref().map(|t| (t.seconds, t.nanos))
-                        > cur.last_seen.as_ref().map(|t| (t.seconds, t.nanos))
-                });
-                if newer {
-                    all.insert(e.id.clone(), e);
-                }
-            }
-        }
-        let commit = self.raft_status().commit_index;
-        let mut out: Vec<pb::EdgeStatus> = all
-            .into_values()
-            .map(|mut e| {
-                e.lag = commit.saturating_sub(e.applied_revision);
-                e
-            })
-            .collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        out
     }
 
     /// Prepares a read at the requested consistency; returns how it was served.

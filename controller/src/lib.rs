@@ -9,6 +9,7 @@ pub mod config;
 pub mod controller;
 pub mod convert;
 pub mod edge_auth;
+pub mod edges;
 pub mod error;
 pub mod identity;
 pub mod process;

@@ -35,21 +35,45 @@ const LEADERLESS_LIMIT: Duration = Duration::from_secs(3);
 const CUT_OFF_LIMIT: Duration = Duration::from_millis(300);
 
 /// What one controller knows of the edges subscribed to it.
-#[derive(Debug, Default)]
+///
+/// Every change bumps a generation that waiters watch (`WaitForRevision` here and, through
+/// `ListLocalEdges` long polls, on the other members), so nobody polls for edge progress.
+#[derive(Debug)]
 pub struct EdgeRegistry {
     edges: Mutex<HashMap<String, pb::EdgeStatus>>,
+    generation: watch::Sender<u64>,
+}
+
+impl Default for EdgeRegistry {
+    fn default() -> Self {
+        EdgeRegistry {
+            edges: Mutex::default(),
+            generation: watch::Sender::new(0),
+        }
+    }
 }
 
 impl EdgeRegistry {
     fn update(&self, id: &str, f: impl FnOnce(&mut pb::EdgeStatus)) {
-        let mut edges = self.edges.lock().unwrap_or_else(|p| p.into_inner());
-        let e = edges
-            .entry(id.to_string())
-            .or_insert_with(|| pb::EdgeStatus {
-                id: id.to_string(),
-                ..Default::default()
-            });
-        f(e);
+        {
+            let mut edges = self.edges.lock().unwrap_or_else(|p| p.into_inner());
+            let e = edges
+                .entry(id.to_string())
+                .or_insert_with(|| pb::EdgeStatus {
+                    id: id.to_string(),
+                    ..Default::default()
+                });
+            f(e);
+        }
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// Every edge this member has heard from, and the generation that list belongs to.
+    pub fn snapshot(&self) -> (Vec<pb::EdgeStatus>, u64) {
+        // the generation is read first: a change racing with the copy bumps it past what is
+        // returned, so a waiter asking "changed since?" with it is woken, never stranded
+        let generation = *self.generation.borrow();
+        (self.list(), generation)
     }
 
     /// Every edge this member has heard from.
@@ -60,6 +84,20 @@ impl EdgeRegistry {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Waits until the generation differs from `seen` or `wait` has passed; returns the
+    /// snapshot then.
+    pub async fn changed_since(&self, seen: u64, wait: Duration) -> (Vec<pb::EdgeStatus>, u64) {
+        let mut rx = self.generation.subscribe();
+        // `wait_for` checks the current value first, so a change before the call counts
+        let _ = tokio::time::timeout(wait, rx.wait_for(|g| *g != seen)).await;
+        self.snapshot()
+    }
+
+    /// A receiver that sees every change of the generation.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 }
 

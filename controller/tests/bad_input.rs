@@ -77,9 +77,23 @@ async fn bad_requests_get_precise_errors_and_write_nothing() {
     apply(&admin, examples("wiki.json"))
         .await
         .expect("a valid document applies");
-    // Let housekeeping's first writes (signing key) land so the baseline is stable.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let before = revision(&c).await;
+    // Housekeeping's first writes (the signing key, a garbage collection) land within a tick
+    // (500 ms) of leadership, then nothing for a minute: the baseline is the first revision
+    // that holds across more than a tick.
+    let mut before = revision(&c).await;
+    let settled_by = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let now = revision(&c).await;
+        if now == before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < settled_by,
+            "housekeeping never settled"
+        );
+        before = now;
+    }
 
     // Malformed JSON.
     let e = apply(&admin, "{\"schema_version\": 1, \"apps\": [".into())

@@ -234,3 +234,64 @@ async fn an_edge_without_a_snapshot_is_not_ready() {
     })
     .await;
 }
+
+async fn wait_for_revision(
+    client: &palisade_link::admin::AdminClient,
+    revision: u64,
+    timeout: Duration,
+) -> pb::WaitForRevisionResponse {
+    client
+        .call(|ch| async move {
+            pb::cluster_service_client::ClusterServiceClient::new(ch)
+                .wait_for_revision(pb::WaitForRevisionRequest {
+                    revision,
+                    scope: None,
+                    timeout: Some(timeout.try_into().expect("duration")),
+                })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+        .expect("wait")
+}
+
+/// `WaitForRevision` asked at a member the edge is not subscribed to: the wait starts before
+/// the write, and it is the other member's registry (through its `ListLocalEdges` long poll)
+/// that wakes it. A revision nobody reaches times out with the edge still pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wait_for_revision_is_woken_by_an_edge_on_another_member() {
+    let c = Cluster::start(3, 0, Options::default()).await;
+    let leader = c.wait_leader(T).await;
+    let [home, asked] = {
+        let others: Vec<u64> = [1u64, 2, 3].into_iter().filter(|i| *i != leader).collect();
+        [others[0], others[1]]
+    };
+    let (e1, _s1) = edge(&c, "e1", vec![c.members[&home].addr()], "a");
+    apply(&c, FAIL_CLOSED).await;
+    let commit = c.status(leader).await.expect("status").commit_index;
+    eventually("e1 at the commit revision", T, || async {
+        (e1.revision() >= commit).then_some(())
+    })
+    .await;
+
+    let asking = c.client_for(asked);
+    let next = commit + 1;
+    let waiting =
+        tokio::spawn(
+            async move { wait_for_revision(&asking, next, Duration::from_secs(20)).await },
+        );
+    let written = Cluster::revoke(&c.client_for(leader), "late")
+        .await
+        .expect("revoke");
+    assert!(written >= next);
+    let done = waiting.await.expect("join");
+    assert!(done.complete, "{done:?}");
+    assert_eq!(done.applied, vec!["e1".to_string()]);
+
+    let never =
+        wait_for_revision(&c.client_for(asked), written + 1000, Duration::from_secs(1)).await;
+    assert!(!never.complete);
+    assert_eq!(never.pending.len(), 1, "{never:?}");
+    let waited = Duration::try_from(never.waited.expect("waited")).expect("duration");
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
+}

@@ -12,11 +12,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::http::Gateway;
+use crate::http::service::EdgeService;
 use crate::proxy::{Body, full};
 
 /// Limits on client connections.
@@ -102,10 +104,7 @@ pub async fn serve_https(
                 }
                 Err(_) => return,
             };
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let g = gateway.clone();
-                async move { Ok::<_, Infallible>(g.handle(req, peer).await) }
-            });
+            let svc = TowerToHyperService::new(EdgeService::new(gateway, peer));
             if let Err(e) = builder(limits)
                 .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                 .await

@@ -229,35 +229,35 @@ impl pb::cluster_service_server::ClusterService for Admin {
             .unwrap_or(Duration::from_secs(10))
             .min(Duration::from_secs(300));
         let scope = r.scope.unwrap_or_default();
+        let revision = r.revision;
         let started = std::time::Instant::now();
-        let mut pause = Duration::from_millis(1);
-        loop {
-            let edges: Vec<pb::EdgeStatus> = self
-                .ctl
-                .cluster_edges()
-                .await
-                .into_iter()
-                .filter(|e| selects(&scope, e))
-                .collect();
-            let (applied, pending): (Vec<pb::EdgeStatus>, Vec<pb::EdgeStatus>) = edges
-                .into_iter()
-                .partition(|e| e.applied_revision >= r.revision);
-            let waited = started.elapsed();
-            if pending.is_empty() || waited >= timeout {
-                return Ok(Response::new(pb::WaitForRevisionResponse {
-                    complete: pending.is_empty(),
-                    applied: applied.into_iter().map(|e| e.id).collect(),
-                    pending,
-                    waited: Some(prost_types::Duration {
-                        seconds: waited.as_secs() as i64,
-                        nanos: waited.subsec_nanos() as i32,
-                    }),
-                }));
-            }
-            // poll fast at first (edges usually report within milliseconds), then back off
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(20));
-        }
+        // woken by the edge registries (this member's, and the others' through long polls)
+        let (edges, _) = self
+            .ctl
+            .wait_for_edges(
+                |edges| {
+                    edges
+                        .iter()
+                        .filter(|e| selects(&scope, e))
+                        .all(|e| e.applied_revision >= revision)
+                },
+                timeout,
+            )
+            .await;
+        let (applied, pending): (Vec<pb::EdgeStatus>, Vec<pb::EdgeStatus>) = edges
+            .into_iter()
+            .filter(|e| selects(&scope, e))
+            .partition(|e| e.applied_revision >= revision);
+        let waited = started.elapsed();
+        Ok(Response::new(pb::WaitForRevisionResponse {
+            complete: pending.is_empty(),
+            applied: applied.into_iter().map(|e| e.id).collect(),
+            pending,
+            waited: Some(prost_types::Duration {
+                seconds: waited.as_secs() as i64,
+                nanos: waited.subsec_nanos() as i32,
+            }),
+        }))
     }
 }
 

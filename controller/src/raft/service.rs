@@ -3,6 +3,7 @@
 
 use std::io::Cursor;
 use std::pin::Pin;
+use std::time::Duration;
 
 use futures::StreamExt;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf};
@@ -21,6 +22,9 @@ type C = TypeConfig;
 
 /// Largest snapshot accepted, bytes.
 const MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024 * 1024;
+
+/// Longest a `ListLocalEdges` long poll is held.
+pub const MAX_EDGE_WAIT: Duration = Duration::from_secs(30);
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -110,8 +114,17 @@ impl RaftTransport for RaftService {
         req: Request<pb::ListLocalEdgesRequest>,
     ) -> Result<Response<pb::ListLocalEdgesResponse>, Status> {
         require_controller(&req)?;
+        let r = req.into_inner();
+        let wait = match r.wait {
+            None => Duration::ZERO,
+            Some(d) => Duration::try_from(d)
+                .map_err(|_| Status::invalid_argument("wait must not be negative"))?
+                .min(MAX_EDGE_WAIT),
+        };
+        let (edges, generation) = self.ctl.edges.changed_since(r.generation, wait).await;
         Ok(Response::new(pb::ListLocalEdgesResponse {
-            edges: self.ctl.edges.list(),
+            edges,
+            generation,
         }))
     }
 

@@ -20,6 +20,7 @@ pub(crate) mod csrf;
 pub(crate) mod error;
 pub(crate) mod forward;
 pub(crate) mod framing;
+pub mod service;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,8 +28,6 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use palisade_edge_core::enforce::{Enforced, Transport, Unavailable, Verdict, enforce};
 use palisade_edge_core::reserved::{MFA_PROMPT, Step};
 use palisade_edge_core::{Caller, ReservedPath, View};
@@ -41,7 +40,7 @@ use crate::enforce::{Head, Watch};
 use crate::limits::{Limiters, RateLimiter, UsedStates};
 use crate::oidc::{RelyingParty, random_token};
 use crate::pages;
-use crate::proxy::{Body, BoxError, Upstreams, full};
+use crate::proxy::{Body, Upstreams, full};
 use crate::sync::Replica;
 
 pub use framing::{authority, framing_problem};
@@ -119,12 +118,12 @@ fn format_of(reserved: ReservedPath) -> Format {
     }
 }
 
-/// The transport a hyper request arrived on.
+/// The transport a request arrived on, from its HTTP version.
 fn transport_of<B>(req: &Request<B>) -> Transport {
-    if req.version() == http::Version::HTTP_2 {
-        Transport::H2
-    } else {
-        Transport::H1
+    match req.version() {
+        http::Version::HTTP_2 => Transport::H2,
+        http::Version::HTTP_3 => Transport::H3,
+        _ => Transport::H1,
     }
 }
 
@@ -178,20 +177,8 @@ impl Gateway {
         }
     }
 
-    /// Handles one HTTP/1.1 or HTTP/2 request from hyper.
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<Body> {
-        let transport = transport_of(&req);
-        // Upgrades (WebSocket) travel in the request's extensions, which `map` keeps.
-        let req = req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync());
-        self.serve(req, peer, transport).await
-    }
-
-    /// Handles one request that arrived over `transport`: the entry point every HTTP adapter
-    /// calls (hyper's HTTP/1.1 and HTTP/2 through `handle`, HTTP/3 with its own body).
+    /// Handles one request that arrived over `transport`: the one request path, which every
+    /// protocol adapter reaches through `service::EdgeService`.
     pub async fn serve(
         &self,
         req: Request<Body>,
