@@ -24,6 +24,16 @@ pub struct Config {
     #[arg(long, env = "PALISADE_ADVERTISE")]
     pub advertise: Option<String>,
 
+    /// Address of the device listener (`DeviceEnrollment`: enrollment with a one-time token,
+    /// renewal with the device certificate); unset disables it. Devices reach it, so it is
+    /// apart from `--listen`, which admits only internal certificates.
+    #[arg(long, env = "PALISADE_DEVICE_LISTEN")]
+    pub device_listen: Option<SocketAddr>,
+
+    /// How long a device certificate is valid, seconds (devices renew before it ends).
+    #[arg(long, env = "PALISADE_DEVICE_CERT_TTL_SECS", default_value_t = 86_400)]
+    pub device_cert_ttl_secs: u64,
+
     /// Address of the Prometheus `/metrics` endpoint; unset disables it.
     #[arg(long, env = "PALISADE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -123,6 +133,11 @@ impl Config {
         let mut errs = Vec::new();
         if self.node_id == 0 {
             errs.push("--node-id must be greater than 0".to_string());
+        }
+        if !(300..=30 * 86_400).contains(&self.device_cert_ttl_secs) {
+            errs.push(
+                "--device-cert-ttl-secs must be between 300 (5 min) and 2592000 (30 days)".into(),
+            );
         }
         if self.election_timeout_min_ms >= self.election_timeout_max_ms {
             errs.push(

@@ -5,6 +5,7 @@ use palisade_policy::catalog as cat;
 use palisade_proto::v1 as pb;
 
 use crate::controller::ts;
+use tonic::Status;
 
 /// A wire actor.
 pub fn actor(a: &cat::Actor) -> pb::Actor {
@@ -143,20 +144,64 @@ pub fn device(d: &cat::DeviceRecord) -> pb::Device {
         serial: d.serial.clone(),
         display_name: d.display_name.clone(),
         state: device_state(d.state) as i32,
-        posture: Some(pb::DevicePosture {
-            os: os_to_pb(&d.posture.os) as i32,
-            os_version: d.posture.os_version.clone(),
-            client_version: d.posture.client_version.clone(),
-            mandatory_auth: d.posture.mandatory_auth,
-            disk_encrypted: d.posture.disk_encrypted,
-            reported_at: (d.posture.reported_at_ms > 0).then(|| ts(d.posture.reported_at_ms)),
-            ..Default::default()
-        }),
+        posture: Some(posture(&d.posture)),
         groups: d.groups.clone(),
-        enrolled_at: None,
-        certificate_fingerprint: String::new(),
+        enrolled_at: (d.enrolled_at_ms > 0).then(|| ts(d.enrolled_at_ms)),
+        certificate_fingerprint: d
+            .certificate
+            .as_ref()
+            .map(|c| c.fingerprint_sha256.clone())
+            .unwrap_or_default(),
+        certificate_not_after: d.certificate.as_ref().map(|c| ts(c.not_after_ms)),
         revision: d.revision,
     }
+}
+
+/// A posture on the wire (every field; unreported ones stay false or empty).
+pub fn posture(p: &cat::Posture) -> pb::DevicePosture {
+    pb::DevicePosture {
+        os: os_to_pb(&p.os) as i32,
+        os_version: p.os_version.clone(),
+        client_version: p.client_version.clone(),
+        mandatory_auth: p.mandatory_auth,
+        disk_encrypted: p.disk_encrypted,
+        firewall_enabled: p.firewall_enabled,
+        screen_lock: p.screen_lock,
+        mdm_provider: p.mdm_provider.clone(),
+        mdm_compliant: p.mdm_compliant,
+        reported_at: (p.reported_at_ms > 0).then(|| ts(p.reported_at_ms)),
+    }
+}
+
+/// A reported posture into the catalog's, stamped `now_ms` (the report time is the
+/// controller's, never the device's). Every field is kept; bad input is refused whole.
+pub fn posture_from_pb(p: pb::DevicePosture, now_ms: i64) -> Result<cat::Posture, Status> {
+    if !p.client_version.is_empty() && semver::Version::parse(&p.client_version).is_err() {
+        return Err(Status::invalid_argument(format!(
+            "client_version {:?} is not semver",
+            p.client_version.chars().take(64).collect::<String>()
+        )));
+    }
+    let long = [&p.os_version, &p.client_version, &p.mdm_provider]
+        .into_iter()
+        .any(|f| f.len() > 128);
+    if long {
+        return Err(Status::invalid_argument(
+            "posture text fields are at most 128 bytes",
+        ));
+    }
+    Ok(cat::Posture {
+        os: os_from_pb(p.os),
+        os_version: p.os_version,
+        client_version: p.client_version,
+        mandatory_auth: p.mandatory_auth,
+        disk_encrypted: p.disk_encrypted,
+        firewall_enabled: p.firewall_enabled,
+        screen_lock: p.screen_lock,
+        mdm_provider: p.mdm_provider,
+        mdm_compliant: p.mdm_compliant,
+        reported_at_ms: now_ms,
+    })
 }
 
 /// A signing key on the wire, with `secret` as given (empty for admin listings, the unsealed

@@ -8,6 +8,7 @@ pub mod authz;
 pub mod config;
 pub mod controller;
 pub mod convert;
+pub mod devices;
 pub mod edge_auth;
 pub mod edges;
 pub mod error;

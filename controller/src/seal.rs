@@ -25,6 +25,8 @@ pub enum Slot<'a> {
     SigningKey,
     /// A named secret.
     Secret(&'a str),
+    /// The device CA's private key.
+    DeviceCaKey,
 }
 
 impl Slot<'_> {
@@ -33,6 +35,7 @@ impl Slot<'_> {
             Slot::TotpSeed(u) => format!("totp-seed\0{}\0{}", u.provider, u.subject).into_bytes(),
             Slot::SigningKey => b"signing-key".to_vec(),
             Slot::Secret(name) => format!("secret\0{name}").into_bytes(),
+            Slot::DeviceCaKey => b"device-ca-key".to_vec(),
         }
     }
 }

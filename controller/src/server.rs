@@ -33,6 +33,8 @@ pub struct Running {
     pub controller: Controller,
     /// The address the gRPC server is bound to.
     pub addr: SocketAddr,
+    /// The address the device listener is bound to, when enabled.
+    pub device_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -233,6 +235,27 @@ pub async fn start(cfg: Config, members: Vec<InitialMember>) -> anyhow::Result<R
         let _ = stop.wait_for(|s| *s).await;
     }));
 
+    let device_addr = match cfg.device_listen {
+        Some(at) => {
+            let listener = crate::devices::listener::bind(at).await?;
+            let bound = listener.local_addr()?;
+            let verifier = palisade_link::device::DeviceClientVerifier::new();
+            let tls = crate::devices::listener::server_config(&cert, &tls_key, verifier.clone())?;
+            let (ctl, stop) = (controller.clone(), shutdown_rx.clone());
+            let ttl = Duration::from_secs(cfg.device_cert_ttl_secs);
+            tokio::spawn(async move {
+                if let Err(e) =
+                    crate::devices::listener::serve(listener, tls, verifier, ctl, ttl, stop).await
+                {
+                    tracing::error!(error = %e, "the device listener stopped");
+                }
+            });
+            tracing::info!(addr = %bound, "device listener");
+            Some(bound)
+        }
+        None => None,
+    };
+
     let tasks = vec![
         tokio::spawn(housekeeping(controller.clone(), shutdown_rx.clone())),
         tokio::spawn(raft_metrics(controller.clone(), shutdown_rx)),
@@ -241,6 +264,7 @@ pub async fn start(cfg: Config, members: Vec<InitialMember>) -> anyhow::Result<R
     Ok(Running {
         controller,
         addr,
+        device_addr,
         shutdown,
         tasks,
         server,
@@ -285,12 +309,41 @@ async fn housekeeping(ctl: Controller, mut stop: watch::Receiver<bool>) {
                 Err(e) => tracing::error!(error = %e, "could not seal a signing key"),
             }
         }
+        if ctl.state.read(|s| s.catalog.device_ca.is_none()) {
+            create_device_ca(&ctl, &system).await;
+        }
         if now_ms() - last_gc >= 60_000 {
             last_gc = now_ms();
             if let Err(e) = ctl.write(system.clone(), Command::CollectGarbage).await {
                 tracing::debug!(error = %e, "garbage collection skipped");
             }
         }
+    }
+}
+
+/// Creates the device CA: generated here, its key sealed before it is proposed.
+async fn create_device_ca(ctl: &Controller, system: &Actor) {
+    let (certificate_pem, key) = match crate::devices::ca::generate() {
+        Ok(ca) => ca,
+        Err(e) => {
+            tracing::error!(error = %e, "could not generate the device CA");
+            return;
+        }
+    };
+    let sealed = match ctl.key.seal(crate::seal::Slot::DeviceCaKey, &key) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "could not seal the device CA key");
+            return;
+        }
+    };
+    let command = Command::CreateDeviceCa {
+        certificate_pem,
+        key: Sealed(sealed),
+    };
+    match ctl.write(system.clone(), command).await {
+        Ok(_) => tracing::info!("device CA created"),
+        Err(e) => tracing::warn!(error = %e, "could not create the device CA"),
     }
 }
 

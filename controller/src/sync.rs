@@ -160,6 +160,11 @@ pub fn snapshot_entries(key: &DataKey, s: &Applied) -> Vec<pb::CatalogEntry> {
     if let Some(p) = c.current_policy() {
         out.push(E::Policy(convert::policy_version(p, true)));
     }
+    if let Some(ca) = &c.device_ca {
+        out.push(E::DeviceCa(pb::DeviceCa {
+            certificate_pem: ca.certificate_pem.clone(),
+        }));
+    }
     out.extend(
         c.revocations
             .values()
@@ -226,6 +231,9 @@ pub fn delta(key: &DataKey, d: &DeltaEntry) -> pb::CatalogDelta {
                     updated_at: None,
                 }),
                 Resolved::SecretWithdrawn(name) => C::SecretRemoved(name.clone()),
+                Resolved::DeviceCa(pem) => C::DeviceCaSet(pb::DeviceCa {
+                    certificate_pem: pem.clone(),
+                }),
             })
         })
         .map(|c| pb::CatalogChange { change: Some(c) })

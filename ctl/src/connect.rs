@@ -39,6 +39,13 @@ pub(crate) struct Conn {
     timeout: u64,
 }
 
+impl Conn {
+    /// The CA file given, if any.
+    pub(crate) fn ca(&self) -> Option<&std::path::Path> {
+        self.ca.as_deref()
+    }
+}
+
 pub(crate) fn client(conn: &Conn) -> Result<AdminClient, Failure> {
     let need = |p: &Option<PathBuf>, flag: &str, env: &str| {
         p.clone()

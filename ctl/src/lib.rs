@@ -77,6 +77,12 @@ enum Cmd {
     },
     /// The audit trail of writes.
     Audit(cmd::audit::AuditArgs),
+    /// Act as a managed device against a controller's device listener (development and
+    /// tests; `palisade-agent` does this on real devices).
+    AsDevice {
+        #[command(subcommand)]
+        cmd: cmd::as_device::AsDeviceCmd,
+    },
     /// Development PKI for a local cluster.
     Pki {
         #[command(subcommand)]
@@ -109,6 +115,7 @@ async fn run(cli: Cli) -> Result<Report, Failure> {
     let c = || connect::client(&cli.conn);
     match cli.cmd {
         Cmd::Pki { cmd } => cmd::pki::run(cmd),
+        Cmd::AsDevice { cmd } => cmd::as_device::run(cli.conn.ca(), cmd).await,
         Cmd::Policy(cmd) => cmd::policy::run(&c()?, cmd).await,
         Cmd::Revoke(args) => cmd::revoke::revoke(&c()?, args).await,
         Cmd::Revocations => cmd::revoke::list(&c()?).await,

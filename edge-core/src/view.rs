@@ -104,6 +104,8 @@ pub enum Change {
     SecretRemoved(String),
     /// A user's MFA counters changed.
     CountersUpdated(UserKey, Counters),
+    /// The device CA (certificate, PEM).
+    DeviceCaSet(String),
 }
 
 /// A delta: the changes of the revisions after `prev_revision` up to `revision`.
@@ -284,6 +286,8 @@ pub struct View {
     pub secrets: HashMap<String, Vec<u8>>,
     /// Per-user counters.
     counters: HashMap<UserKey, Counters>,
+    /// The device CA certificate (PEM), once the cluster has one.
+    pub device_ca: Option<String>,
 }
 
 impl fmt::Debug for View {
@@ -390,6 +394,7 @@ impl View {
                 Change::CountersUpdated(user, c) => {
                     self.counters.insert(user, c);
                 }
+                Change::DeviceCaSet(pem) => self.device_ca = Some(pem),
             }
         }
         Ok(keys_changed)

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod device;
 pub mod idempotency;
 pub mod identity;
 #[cfg(feature = "dev-pki")]
@@ -131,7 +132,7 @@ impl Default for LinkOptions {
 /// This process's client identity and the cluster's CA: everything needed to open links.
 #[derive(Clone)]
 pub struct LinkTls {
-    identity: Identity,
+    identity: Option<Identity>,
     roots: Arc<RootCertStore>,
 }
 
@@ -155,7 +156,24 @@ impl LinkTls {
             return Err(LinkError::Ca("no certificate in it".into()));
         }
         Ok(Self {
-            identity: Identity::from_pem(cert_pem, key_pem),
+            identity: Some(Identity::from_pem(cert_pem, key_pem)),
+            roots: Arc::new(roots),
+        })
+    }
+
+    /// Trusts the CA certificates in `ca_pem` and presents no certificate: a device that has
+    /// none yet (enrollment with a one-time token).
+    pub fn anonymous(ca_pem: &str) -> Result<Self, LinkError> {
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            let c = c.map_err(|e| LinkError::Ca(e.to_string()))?;
+            roots.add(c).map_err(|e| LinkError::Ca(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(LinkError::Ca("no certificate in it".into()));
+        }
+        Ok(Self {
+            identity: None,
             roots: Arc::new(roots),
         })
     }
@@ -205,9 +223,10 @@ impl LinkTls {
             reason,
         };
         let verifier = Arc::new(ServerIdentityVerifier::new(self.roots.clone(), expect));
-        let tls = ClientTlsConfig::new()
-            .identity(self.identity.clone())
-            .assume_http2(true);
+        let mut tls = ClientTlsConfig::new().assume_http2(true);
+        if let Some(identity) = &self.identity {
+            tls = tls.identity(identity.clone());
+        }
         let mut ep = Endpoint::from_shared(format!("https://{addr}"))
             .map_err(|e| bad(e.to_string()))?
             .tls_config_with_verifier(tls, verifier)

@@ -164,6 +164,23 @@ impl DevCa {
 }
 
 impl DevCa {
+    /// Issues a client certificate whose only SAN is `uri` (tests: a device certificate from a
+    /// CA that is not the device CA).
+    pub fn issue_uri(&self, uri: &str) -> anyhow::Result<CertPair> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        validity(&mut params, LEAF_VALIDITY);
+        params.subject_alt_names.push(SanType::URI(uri.try_into()?));
+        params.distinguished_name.push(DnType::CommonName, uri);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(CertPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
     /// Issues a public serving certificate (server auth only) for the edge's HTTPS ingress,
     /// covering `names` (DNS names, `*.` wildcards allowed, or IP addresses).
     pub fn issue_server(&self, names: &[String]) -> anyhow::Result<CertPair> {

@@ -19,6 +19,9 @@ use crate::compile::CompiledPolicy;
 use crate::document::MfaMethod;
 use crate::violation::Violations;
 
+mod device;
+pub use device::*;
+
 /// Ciphertext of a secret. `Debug` shows only its length.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sealed(pub Vec<u8>);
@@ -102,62 +105,6 @@ pub struct Revocation {
     /// Garbage-collected after this (unix ms).
     pub expires_at_ms: i64,
     /// Revision of the revocation.
-    pub revision: u64,
-}
-
-/// Device lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceState {
-    /// Waiting for the enrollment token.
-    Pending,
-    /// Enrolled.
-    Enrolled,
-    /// Wiped: must enroll again.
-    Wiped,
-    /// Revoked.
-    Revoked,
-}
-
-/// Reported posture.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Posture {
-    /// OS family (`macos`, `windows`, `linux`, `ios`, `android`, `chromeos`), empty if unknown.
-    pub os: String,
-    /// OS version.
-    pub os_version: String,
-    /// Palisade client version (semver).
-    pub client_version: String,
-    /// Mandatory authentication enforced by the client.
-    pub mandatory_auth: bool,
-    /// Disk encrypted.
-    pub disk_encrypted: bool,
-    /// Reported at (unix ms).
-    pub reported_at_ms: i64,
-}
-
-/// A device record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceRecord {
-    /// `dev-<revision>`.
-    pub id: String,
-    /// Owner email or subject.
-    pub owner: String,
-    /// Serial number.
-    pub serial: String,
-    /// Friendly name.
-    pub display_name: String,
-    /// Groups.
-    pub groups: Vec<String>,
-    /// State.
-    pub state: DeviceState,
-    /// Last posture.
-    pub posture: Posture,
-    /// SHA-256 of the one-time enrollment token, hex (empty once redeemed).
-    pub enrollment_token_sha256: String,
-    /// Token expiry (unix ms).
-    pub enrollment_expires_at_ms: i64,
-    /// Revision of the last change.
     pub revision: u64,
 }
 
@@ -397,6 +344,33 @@ pub enum Command {
         id: String,
         /// Posture.
         posture: Posture,
+    },
+    /// Create the device CA (once; its key sealed by the controller).
+    CreateDeviceCa {
+        /// The CA certificate, PEM.
+        certificate_pem: String,
+        /// Its private key (PKCS#8 DER), sealed.
+        key: Sealed,
+    },
+    /// Redeem a device's one-time enrollment token with the certificate issued for it.
+    EnrollDevice {
+        /// Device id (the one the token belongs to).
+        id: String,
+        /// SHA-256 of the presented token, hex.
+        token_sha256: String,
+        /// The certificate issued.
+        certificate: DeviceCertificate,
+        /// Posture sent with the enrollment.
+        posture: Posture,
+    },
+    /// Replace an enrolled device's certificate, authorised by the current one.
+    RenewDeviceCertificate {
+        /// Device id.
+        id: String,
+        /// SHA-256 fingerprint of the certificate presented, hex.
+        presented_sha256: String,
+        /// The new certificate.
+        certificate: DeviceCertificate,
     },
     /// Add a factor (a TOTP factor with its sealed seed starts inactive).
     AddFactor {
@@ -679,6 +653,8 @@ pub enum Change {
     Secret(String),
     /// Secret no longer referenced by the policy, or gone (name): edges drop it.
     SecretWithdrawn(String),
+    /// The device CA created.
+    DeviceCa,
 }
 
 /// A change with the object as it is right after the change, for edge deltas.
@@ -706,6 +682,8 @@ pub enum Resolved {
     Secret(String, Sealed),
     /// A secret edges must drop (name).
     SecretWithdrawn(String),
+    /// The device CA certificate (PEM; its key never leaves the controllers).
+    DeviceCa(String),
 }
 
 /// The catalog.
@@ -764,6 +742,9 @@ pub struct Catalog {
     /// The same keys, oldest first, for expiry.
     #[serde(default)]
     pub keyed_order: VecDeque<(i64, String)>,
+    /// The CA that issues device certificates (created by the first leader).
+    #[serde(default)]
+    pub device_ca: Option<DeviceCa>,
 }
 
 fn not_found(kind: &str, id: impl ToString) -> CommandError {
@@ -837,6 +818,10 @@ impl Catalog {
                     _ => Resolved::RevocationRemoved(String::new()),
                 },
                 Change::SecretWithdrawn(name) => Resolved::SecretWithdrawn(name.clone()),
+                Change::DeviceCa => match &self.device_ca {
+                    Some(ca) => Resolved::DeviceCa(ca.certificate_pem.clone()),
+                    None => Resolved::RevocationRemoved(String::new()),
+                },
             })
             .filter(|r| !matches!(r, Resolved::RevocationRemoved(id) if id.is_empty()))
             .collect()
@@ -971,7 +956,7 @@ impl Catalog {
         if !quiet {
             let (action, target) = describe(&env.command, &r);
             let trail = match env.actor.kind.as_str() {
-                "user" | "edge" => &mut self.user_audit,
+                "user" | "edge" | "device" => &mut self.user_audit,
                 _ => &mut self.audit,
             };
             trail.push_back(AuditRecord {
@@ -1102,6 +1087,7 @@ impl Catalog {
                         {
                             d.state = DeviceState::Revoked;
                             d.enrollment_token_sha256.clear();
+                            d.certificate = None;
                             d.revision = revision;
                             changes.push(Change::Device(did.clone()));
                         }
@@ -1170,79 +1156,13 @@ impl Catalog {
                     expired.len() + retired.len() + abandoned.len() + forgotten,
                 ))
             }
-            Command::CreateDevice {
-                owner,
-                serial,
-                display_name,
-                groups,
-                token_sha256,
-                token_expires_at_ms,
-            } => {
-                if owner.trim().is_empty() {
-                    return Err(CommandError::Invalid("a device needs an owner".into()));
-                }
-                if token_sha256.len() != 64 {
-                    return Err(CommandError::Invalid(
-                        "enrollment token hash must be SHA-256 hex".into(),
-                    ));
-                }
-                let id = format!("dev-{revision}");
-                self.devices.insert(
-                    id.clone(),
-                    DeviceRecord {
-                        id: id.clone(),
-                        owner: owner.clone(),
-                        serial: serial.clone(),
-                        display_name: display_name.clone(),
-                        groups: groups.clone(),
-                        state: DeviceState::Pending,
-                        posture: Posture::default(),
-                        enrollment_token_sha256: token_sha256.clone(),
-                        enrollment_expires_at_ms: *token_expires_at_ms,
-                        revision,
-                    },
-                );
-                changes.push(Change::Device(id.clone()));
-                Ok(Outcome::Device(id))
-            }
-            Command::SetDeviceState { id, state } => {
-                let d = self
-                    .devices
-                    .get_mut(id)
-                    .ok_or_else(|| not_found("device", id))?;
-                let ok = match (d.state, state) {
-                    (DeviceState::Revoked, _) => false,
-                    (DeviceState::Pending | DeviceState::Wiped, DeviceState::Enrolled) => true,
-                    (_, DeviceState::Wiped | DeviceState::Revoked) => true,
-                    _ => false,
-                };
-                if !ok {
-                    return Err(CommandError::Invalid(
-                        format!("a {:?} device cannot become {:?}", d.state, state).to_lowercase(),
-                    ));
-                }
-                if *state == DeviceState::Enrolled {
-                    if d.enrollment_expires_at_ms <= at {
-                        return Err(CommandError::Invalid(
-                            "the enrollment token has expired".into(),
-                        ));
-                    }
-                    d.enrollment_token_sha256.clear();
-                }
-                d.state = *state;
-                d.revision = revision;
-                changes.push(Change::Device(id.clone()));
-                Ok(Outcome::Device(id.clone()))
-            }
-            Command::RecordPosture { id, posture } => {
-                let d = self
-                    .devices
-                    .get_mut(id)
-                    .ok_or_else(|| not_found("device", id))?;
-                d.posture = posture.clone();
-                d.revision = revision;
-                changes.push(Change::Device(id.clone()));
-                Ok(Outcome::Device(id.clone()))
+            Command::CreateDevice { .. }
+            | Command::SetDeviceState { .. }
+            | Command::RecordPosture { .. }
+            | Command::CreateDeviceCa { .. }
+            | Command::EnrollDevice { .. }
+            | Command::RenewDeviceCertificate { .. } => {
+                self.apply_device(revision, at, &env.command, changes)
             }
             Command::AddFactor {
                 user,
@@ -1713,6 +1633,19 @@ fn describe(c: &Command, r: &Result<Outcome, CommandError>) -> (&'static str, St
         }
         Command::SetDeviceState { id, state } => ("device.state", format!("{id} -> {state:?}")),
         Command::RecordPosture { id, .. } => ("device.posture", id.clone()),
+        Command::CreateDeviceCa { .. } => ("device.ca", String::new()),
+        Command::EnrollDevice {
+            id, certificate, ..
+        } => (
+            "device.enroll",
+            format!("{id} certificate {}", certificate.fingerprint_sha256),
+        ),
+        Command::RenewDeviceCertificate {
+            id, certificate, ..
+        } => (
+            "device.renew",
+            format!("{id} certificate {}", certificate.fingerprint_sha256),
+        ),
         Command::AddFactor { user: u, kind, .. } => {
             ("factor.add", format!("{} {kind:?} {produced}", user(u)))
         }

@@ -119,20 +119,7 @@ impl pb::device_service_server::DeviceService for Admin {
         let p = r
             .posture
             .ok_or_else(|| Status::invalid_argument("posture is required"))?;
-        if !p.client_version.is_empty() && semver::Version::parse(&p.client_version).is_err() {
-            return Err(Status::invalid_argument(format!(
-                "client_version {:?} is not semver",
-                p.client_version
-            )));
-        }
-        let posture = cat::Posture {
-            os: convert::os_from_pb(p.os),
-            os_version: p.os_version,
-            client_version: p.client_version,
-            mandatory_auth: p.mandatory_auth,
-            disk_encrypted: p.disk_encrypted,
-            reported_at_ms: now_ms(),
-        };
+        let posture = convert::posture_from_pb(p, now_ms())?;
         let written = self
             .ctl
             .write_keyed(

@@ -42,6 +42,8 @@ pub struct Member {
     pub id: u64,
     pub port: u16,
     pub metrics_port: u16,
+    /// The device listener's port.
+    pub device_port: u16,
     pub child: Option<Child>,
     pub log: PathBuf,
 }
@@ -49,6 +51,11 @@ pub struct Member {
 impl Member {
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The device listener's address.
+    pub fn device_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.device_port)
     }
 }
 
@@ -156,7 +163,7 @@ impl Cluster {
             &(1..=6).map(|i| format!("e{i}")).collect::<Vec<_>>(),
         )
         .expect("pki");
-        let mut ports = palisade_controller::process::loopback_ports(2 * ids.len())
+        let mut ports = palisade_controller::process::loopback_ports(3 * ids.len())
             .expect("loopback ports")
             .into_iter();
         let members = ids
@@ -168,6 +175,7 @@ impl Cluster {
                         id: *id,
                         port: ports.next().expect("port"),
                         metrics_port: ports.next().expect("port"),
+                        device_port: ports.next().expect("port"),
                         child: None,
                         log: dir.path().join(format!("n{id}.log")),
                     },
@@ -275,6 +283,8 @@ impl Cluster {
             .arg("200")
             .arg("--metrics-listen")
             .arg(format!("127.0.0.1:{}", m.metrics_port))
+            .arg("--device-listen")
+            .arg(m.device_addr())
             .env("PALISADE_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log);

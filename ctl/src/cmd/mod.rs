@@ -1,5 +1,6 @@
 //! One module per command: its arguments (clap) and what it asks the admin API.
 
+pub(crate) mod as_device;
 pub(crate) mod audit;
 pub(crate) mod cluster;
 pub(crate) mod device;

@@ -7,8 +7,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use palisade_edge_core::view::{Change, Delta, ReplicaError, View};
 use palisade_policy::catalog::{
-    Counters, DeviceRecord, DeviceState, FactorKind, FactorRecord, Posture, RevocationTarget,
-    UserKey,
+    Counters, DeviceCertificate, DeviceRecord, DeviceState, FactorKind, FactorRecord, Posture,
+    RevocationTarget, UserKey,
 };
 use palisade_policy::token::SigningKey;
 use palisade_proto::v1 as pb;
@@ -91,9 +91,23 @@ pub fn device(d: &pb::Device) -> Result<DeviceRecord, ReplicaError> {
             client_version: p.client_version.clone(),
             mandatory_auth: p.mandatory_auth,
             disk_encrypted: p.disk_encrypted,
+            firewall_enabled: p.firewall_enabled,
+            screen_lock: p.screen_lock,
+            mdm_provider: p.mdm_provider.clone(),
+            mdm_compliant: p.mdm_compliant,
             reported_at_ms: ms(p.reported_at.as_ref()),
         })
         .unwrap_or_default();
+    let certificate = match (d.certificate_fingerprint.as_str(), &d.certificate_not_after) {
+        ("", _) => None,
+        (fp, Some(until)) => Some(DeviceCertificate {
+            fingerprint_sha256: fp.to_ascii_lowercase(),
+            not_after_ms: ms(Some(until)),
+        }),
+        (_, None) => {
+            return Err(invalid("device", &d.id, "certificate without an expiry"));
+        }
+    };
     Ok(DeviceRecord {
         id: d.id.clone(),
         owner: d.owner.clone(),
@@ -104,6 +118,8 @@ pub fn device(d: &pb::Device) -> Result<DeviceRecord, ReplicaError> {
         posture,
         enrollment_token_sha256: String::new(),
         enrollment_expires_at_ms: 0,
+        certificate,
+        enrolled_at_ms: ms(d.enrolled_at.as_ref()),
         revision: d.revision,
     })
 }
@@ -200,6 +216,7 @@ pub fn entry(e: pb::CatalogEntry) -> Result<Option<Change>, ReplicaError> {
                 value: s.value,
             },
             E::Counters(c) => counters(&c),
+            E::DeviceCa(ca) => Change::DeviceCaSet(ca.certificate_pem),
             E::TunnelSession(_) => return Ok(None),
         },
     ))
@@ -232,6 +249,7 @@ pub fn change(c: &pb::CatalogChange) -> Result<Option<Change>, ReplicaError> {
             },
             C::SecretRemoved(name) => Change::SecretRemoved(name.clone()),
             C::CountersUpdated(c) => counters(c),
+            C::DeviceCaSet(ca) => Change::DeviceCaSet(ca.certificate_pem.clone()),
             C::TunnelSessionUpserted(_) | C::TunnelSessionRemoved(_) => return Ok(None),
         },
     ))

@@ -139,41 +139,151 @@ fn revocations_expire_by_garbage_collection() {
     assert!(c.revocations.is_empty());
 }
 
+fn create_device(serial: &str, token: &str, expires: i64) -> Command {
+    Command::CreateDevice {
+        owner: "alice@example.com".into(),
+        serial: serial.into(),
+        display_name: "mac".into(),
+        groups: vec![],
+        token_sha256: token.into(),
+        token_expires_at_ms: expires,
+    }
+}
+
+fn cert(c: char, not_after_ms: i64) -> DeviceCertificate {
+    DeviceCertificate {
+        fingerprint_sha256: c.to_string().repeat(64),
+        not_after_ms,
+    }
+}
+
+fn enroll(id: &str, token: &str, certificate: DeviceCertificate) -> Command {
+    Command::EnrollDevice {
+        id: id.into(),
+        token_sha256: token.into(),
+        certificate,
+        posture: Posture {
+            os: "macos".into(),
+            firewall_enabled: true,
+            ..Posture::default()
+        },
+    }
+}
+
 #[test]
 fn device_lifecycle() {
     let mut c = Catalog::default();
-    let hash = "a".repeat(64);
-    let create = Command::CreateDevice {
-        owner: "alice@example.com".into(),
-        serial: "C02X".into(),
-        display_name: "mac".into(),
-        groups: vec![],
-        token_sha256: hash,
-        token_expires_at_ms: 100,
-    };
+    let token = "a".repeat(64);
     assert_eq!(
-        c.apply(1, &env(0, create)).0,
+        c.apply(1, &env(0, create_device("C02X", &token, 100))).0,
         Ok(Outcome::Device("dev-1".into()))
+    );
+    assert_eq!(
+        c.device_by_token(&token).map(|d| d.id.as_str()),
+        Some("dev-1")
     );
     let set = |state| Command::SetDeviceState {
         id: "dev-1".into(),
         state,
     };
     assert!(
-        c.apply(2, &env(100, set(DeviceState::Enrolled))).0.is_err(),
-        "expired token"
+        c.apply(2, &env(50, set(DeviceState::Enrolled))).0.is_err(),
+        "enrolling takes a certificate"
     );
-    assert!(c.apply(3, &env(50, set(DeviceState::Enrolled))).0.is_ok());
-    assert!(c.devices["dev-1"].enrollment_token_sha256.is_empty());
-    assert!(c.apply(4, &env(60, set(DeviceState::Wiped))).0.is_ok());
-    assert!(c.apply(5, &env(60, set(DeviceState::Revoked))).0.is_ok());
+    assert_eq!(
+        c.apply(2, &env(100, enroll("dev-1", &token, cert('1', 1000))))
+            .0,
+        Err(CommandError::Invalid(
+            "the enrollment token has expired".into()
+        ))
+    );
+    assert_eq!(
+        c.apply(
+            2,
+            &env(50, enroll("dev-1", &"b".repeat(64), cert('1', 1000)))
+        )
+        .0,
+        Err(CommandError::Invalid(
+            "the enrollment token is unknown or already used".into()
+        ))
+    );
+    let (r, changes) = c.apply(3, &env(50, enroll("dev-1", &token, cert('1', 1000))));
+    assert_eq!(r, Ok(Outcome::Device("dev-1".into())));
+    assert_eq!(changes, vec![Change::Device("dev-1".into())]);
+    let d = &c.devices["dev-1"];
+    assert!(d.enrollment_token_sha256.is_empty() && d.state == DeviceState::Enrolled);
+    assert_eq!((d.enrolled_at_ms, d.posture.reported_at_ms), (50, 50));
+    assert!(d.posture.firewall_enabled && !d.posture.screen_lock);
+    assert!(d.holds(&"1".repeat(64), 60) && !d.holds(&"1".repeat(64), 1000));
     assert!(
-        c.apply(6, &env(60, set(DeviceState::Enrolled))).0.is_err(),
+        c.apply(4, &env(60, enroll("dev-1", &token, cert('2', 1000))))
+            .0
+            .is_err(),
+        "a token works once"
+    );
+
+    // Renewal needs the current certificate.
+    let renew = |presented: char, new: DeviceCertificate| Command::RenewDeviceCertificate {
+        id: "dev-1".into(),
+        presented_sha256: presented.to_string().repeat(64),
+        certificate: new,
+    };
+    assert!(c.apply(5, &env(60, renew('9', cert('2', 2000)))).0.is_err());
+    assert!(c.apply(5, &env(60, renew('1', cert('2', 2000)))).0.is_ok());
+    assert!(!c.devices["dev-1"].holds(&"1".repeat(64), 70));
+    assert!(c.devices["dev-1"].holds(&"2".repeat(64), 70));
+    assert!(
+        c.apply(6, &env(60, renew('2', cert('3', 10)))).0.is_err(),
+        "an expired certificate is refused"
+    );
+
+    // Wiped: the certificate is gone, the old token stays used.
+    assert!(c.apply(7, &env(60, set(DeviceState::Wiped))).0.is_ok());
+    assert!(!c.devices["dev-1"].holds(&"2".repeat(64), 70));
+    assert!(
+        c.apply(8, &env(60, enroll("dev-1", &token, cert('4', 1000))))
+            .0
+            .is_err()
+    );
+
+    // The same hardware enrolled again under a new record supersedes the old one.
+    let t2 = "c".repeat(64);
+    let t3 = "d".repeat(64);
+    assert!(
+        c.apply(9, &env(60, create_device("SER", &t2, 500)))
+            .0
+            .is_ok()
+    );
+    assert!(
+        c.apply(10, &env(60, enroll("dev-9", &t2, cert('5', 1000))))
+            .0
+            .is_ok()
+    );
+    assert!(
+        c.apply(11, &env(60, create_device("SER", &t3, 500)))
+            .0
+            .is_ok()
+    );
+    let (_, changes) = c.apply(12, &env(70, enroll("dev-11", &t3, cert('6', 1000))));
+    assert_eq!(
+        changes,
+        vec![
+            Change::Device("dev-9".into()),
+            Change::Device("dev-11".into())
+        ]
+    );
+    assert_eq!(c.devices["dev-9"].state, DeviceState::Wiped);
+    assert!(!c.devices["dev-9"].holds(&"5".repeat(64), 80));
+    assert!(c.devices["dev-11"].holds(&"6".repeat(64), 80));
+
+    assert!(c.apply(13, &env(80, set(DeviceState::Revoked))).0.is_ok());
+    assert!(
+        c.apply(14, &env(80, set(DeviceState::Wiped))).0.is_err(),
         "revoked is final"
     );
     assert_eq!(
         c.apply(
-            7,
+            15,
             &env(
                 60,
                 Command::RecordPosture {
@@ -188,6 +298,24 @@ fn device_lifecycle() {
             id: "nope".into()
         })
     );
+}
+
+#[test]
+fn the_device_ca_is_created_once() {
+    let mut c = Catalog::default();
+    let ca = |pem: &str| Command::CreateDeviceCa {
+        certificate_pem: pem.into(),
+        key: Sealed(vec![1, 2, 3]),
+    };
+    assert!(c.apply(1, &env(0, ca("junk"))).0.is_err());
+    let pem = "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n";
+    let (r, changes) = c.apply(2, &env(0, ca(pem)));
+    assert_eq!(
+        (r, changes.clone()),
+        (Ok(Outcome::Done), vec![Change::DeviceCa])
+    );
+    assert_eq!(c.resolve(&changes), vec![Resolved::DeviceCa(pem.into())]);
+    assert!(c.apply(3, &env(0, ca(pem))).0.is_err(), "only one");
 }
 
 #[test]

@@ -1,0 +1,384 @@
+//! Device enrollment against real controller processes: a one-time token and a CSR buy a
+//! short-lived certificate from the device CA (through a follower too); a used or expired token,
+//! a foreign key type and a certificate from another CA are refused and change nothing;
+//! renewal needs the current certificate; a wipe refuses it at once; the same hardware enrolled
+//! again under a new record supersedes the old one.
+
+mod support;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use palisade_link::{Expect, LinkOptions, LinkTls};
+use palisade_proto::v1 as pb;
+use support::{Cluster, Options, eventually};
+use tonic::Code;
+
+const T: Duration = Duration::from_secs(30);
+
+async fn create(c: &Cluster, serial: &str, ttl: Option<Duration>) -> (String, String) {
+    let r = c
+        .client()
+        .call(|ch| {
+            let serial = serial.to_string();
+            async move {
+                pb::device_service_client::DeviceServiceClient::new(ch)
+                    .enroll_device(pb::EnrollDeviceRequest {
+                        owner: "alice@example.com".into(),
+                        serial,
+                        display_name: "laptop".into(),
+                        groups: vec!["staff".into()],
+                        token_ttl: ttl.map(|t| t.try_into().expect("duration")),
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+        .expect("create a device");
+    (r.device.expect("device").id, r.enrollment_token)
+}
+
+async fn get(c: &Cluster, id: &str) -> pb::Device {
+    c.client()
+        .call(|ch| {
+            let id = id.to_string();
+            async move {
+                pb::device_service_client::DeviceServiceClient::new(ch)
+                    .get_device(pb::GetDeviceRequest { id, consistency: 0 })
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+        .expect("get")
+        .device
+        .expect("device")
+}
+
+async fn action(c: &Cluster, id: &str) {
+    c.client()
+        .call(|ch| {
+            let id = id.to_string();
+            async move {
+                pb::device_service_client::DeviceServiceClient::new(ch)
+                    .mark_device_wiped(pb::DeviceActionRequest {
+                        id,
+                        reason: "test".into(),
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+        .expect("wipe");
+}
+
+/// `palisadectl --ca <internal CA> as-device ARGS`, in this process.
+async fn as_device(c: &Cluster, args: &[&str]) -> ExitCode {
+    let mut all = vec![
+        "palisadectl".to_string(),
+        "--ca".into(),
+        c.pki().join("ca.pem").display().to_string(),
+        "as-device".into(),
+    ];
+    all.extend(args.iter().map(|s| s.to_string()));
+    tokio::task::spawn_blocking(move || palisadectl::main_from(all))
+        .await
+        .expect("join")
+}
+
+/// The fingerprint of the leaf in `dir/device.pem`.
+fn leaf_fingerprint(dir: &Path) -> String {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(dir.join("device.pem")).expect("device.pem");
+    let leaf = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .expect("a certificate")
+        .expect("pem");
+    palisade_link::device::fingerprint(leaf.as_ref())
+}
+
+/// A device-listener client presenting no certificate.
+async fn anonymous(
+    c: &Cluster,
+    id: u64,
+) -> pb::device_enrollment_client::DeviceEnrollmentClient<tonic::transport::Channel> {
+    let ca = std::fs::read_to_string(c.pki().join("ca.pem")).expect("ca");
+    let ch = LinkTls::anonymous(&ca)
+        .expect("tls")
+        .connect(
+            &c.members[&id].device_addr(),
+            Expect::AnyController,
+            &LinkOptions::default(),
+        )
+        .await
+        .expect("connect");
+    pb::device_enrollment_client::DeviceEnrollmentClient::new(ch)
+}
+
+fn csr(alg: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(alg).expect("key");
+    rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&key)
+        .expect("csr")
+        .der()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn devices_enroll_renew_and_lose_their_certificate_when_wiped() {
+    let c = Cluster::start(3, 0, Options::default()).await;
+    let leader = c.wait_leader(T).await;
+    let follower = [1u64, 2, 3]
+        .into_iter()
+        .find(|i| *i != leader)
+        .expect("follower");
+    let endpoint = c.members[&follower].device_addr();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("laptop");
+    let dir_s = dir.display().to_string();
+
+    // Enroll through a follower (the first leader creates the device CA within a second).
+    let (id, token) = create(&c, "SER-1", None).await;
+    eventually("the device CA, and an enrollment", T, || async {
+        let code = as_device(
+            &c,
+            &[
+                "enroll",
+                "--endpoint",
+                &endpoint,
+                "--token",
+                &token,
+                "--dir",
+                &dir_s,
+                "--os",
+                "linux",
+                "--client-version",
+                "1.2.0",
+                "--disk-encrypted",
+                "--firewall",
+            ],
+        )
+        .await;
+        (code == ExitCode::SUCCESS).then_some(())
+    })
+    .await;
+    let d = get(&c, &id).await;
+    assert_eq!(d.state, pb::DeviceState::Enrolled as i32);
+    assert_eq!(d.certificate_fingerprint, leaf_fingerprint(&dir));
+    let p = d.posture.expect("posture");
+    assert!(p.disk_encrypted && p.firewall_enabled && !p.screen_lock);
+    assert_eq!(p.client_version, "1.2.0");
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.join("device.key"))
+            .expect("key")
+            .permissions(),
+    );
+    assert_eq!(key_mode & 0o077, 0, "the device key is the owner's only");
+
+    // The token worked once.
+    let again = tmp.path().join("again");
+    let code = as_device(
+        &c,
+        &[
+            "enroll",
+            "--endpoint",
+            &endpoint,
+            "--token",
+            &token,
+            "--dir",
+            &again.display().to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        code,
+        ExitCode::from(5),
+        "a used token is refused as unauthenticated"
+    );
+    assert!(!again.join("device.pem").exists());
+
+    // A foreign key type and garbage: refused, and the token still works afterwards.
+    let (id2, token2) = create(&c, "SER-2", None).await;
+    let mut anon = anonymous(&c, leader).await;
+    let rsa = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/devices/testdata/rsa-2048.csr.der"
+    ))
+    .expect("rsa csr");
+    for (bad, want) in [
+        (
+            rsa,
+            "a device key must be ECDSA P-256, ECDSA P-384 or Ed25519",
+        ),
+        (
+            b"garbage".to_vec(),
+            "the certificate signing request does not parse",
+        ),
+    ] {
+        let e = anon
+            .enroll(pb::EnrollRequest {
+                enrollment_token: token2.clone(),
+                csr_der: bad,
+                posture: None,
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!((e.code(), e.message()), (Code::InvalidArgument, want));
+    }
+    assert_eq!(get(&c, &id2).await.state, pb::DeviceState::Pending as i32);
+    let e = anon
+        .enroll(pb::EnrollRequest {
+            enrollment_token: "not-a-token".into(),
+            csr_der: csr(&rcgen::PKCS_ECDSA_P256_SHA256),
+            posture: None,
+        })
+        .await
+        .expect_err("unknown token");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let ok = anon
+        .enroll(pb::EnrollRequest {
+            enrollment_token: token2,
+            csr_der: csr(&rcgen::PKCS_ED25519),
+            posture: None,
+        })
+        .await
+        .expect("the token survived the refusals");
+    assert!(
+        ok.into_inner()
+            .certificate_chain_pem
+            .contains("BEGIN CERTIFICATE")
+    );
+
+    // An expired token.
+    let (id3, token3) = create(&c, "SER-3", Some(Duration::from_secs(1))).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let e = anon
+        .enroll(pb::EnrollRequest {
+            enrollment_token: token3,
+            csr_der: csr(&rcgen::PKCS_ECDSA_P256_SHA256),
+            posture: None,
+        })
+        .await
+        .expect_err("expired");
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, "the enrollment token has expired")
+    );
+    assert_eq!(get(&c, &id3).await.state, pb::DeviceState::Pending as i32);
+
+    // Renewal with the current certificate; the old one stops counting.
+    let old = tmp.path().join("old");
+    std::fs::create_dir_all(&old).expect("mkdir");
+    for f in ["device.pem", "device.key"] {
+        std::fs::copy(dir.join(f), old.join(f)).expect("copy");
+    }
+    let before = leaf_fingerprint(&dir);
+    assert_eq!(
+        as_device(&c, &["renew", "--endpoint", &endpoint, "--dir", &dir_s]).await,
+        ExitCode::SUCCESS
+    );
+    let after = leaf_fingerprint(&dir);
+    assert_ne!(before, after);
+    assert_eq!(get(&c, &id).await.certificate_fingerprint, after);
+    let old_s = old.display().to_string();
+    assert_eq!(
+        as_device(&c, &["renew", "--endpoint", &endpoint, "--dir", &old_s]).await,
+        ExitCode::from(5),
+        "a replaced certificate renews nothing"
+    );
+
+    // A certificate naming the device, from another CA: the handshake refuses it.
+    let other = palisade_link::pki::DevCa::named("not the device CA").expect("ca");
+    let forged = other
+        .issue_uri(&format!("urn:palisade:device:{id}"))
+        .expect("forged");
+    let forged_dir = tmp.path().join("forged");
+    std::fs::create_dir_all(&forged_dir).expect("mkdir");
+    std::fs::write(forged_dir.join("device.pem"), &forged.cert_pem).expect("write");
+    std::fs::write(forged_dir.join("device.key"), &forged.key_pem).expect("write");
+    let code = as_device(
+        &c,
+        &[
+            "renew",
+            "--endpoint",
+            &endpoint,
+            "--dir",
+            &forged_dir.display().to_string(),
+        ],
+    )
+    .await;
+    assert_ne!(
+        code,
+        ExitCode::SUCCESS,
+        "a certificate from another CA is refused"
+    );
+    assert_eq!(
+        get(&c, &id).await.certificate_fingerprint,
+        after,
+        "and changes nothing"
+    );
+
+    // Wiped: the certificate is refused at once; a new record for the same hardware enrolls.
+    action(&c, &id).await;
+    assert_eq!(
+        as_device(&c, &["renew", "--endpoint", &endpoint, "--dir", &dir_s]).await,
+        ExitCode::from(5)
+    );
+    let (new_id, new_token) = create(&c, "SER-1", None).await;
+    assert_eq!(
+        as_device(
+            &c,
+            &[
+                "enroll",
+                "--endpoint",
+                &endpoint,
+                "--token",
+                &new_token,
+                "--dir",
+                &dir_s
+            ]
+        )
+        .await,
+        ExitCode::SUCCESS
+    );
+    assert_eq!(
+        get(&c, &new_id).await.state,
+        pb::DeviceState::Enrolled as i32
+    );
+    assert_eq!(get(&c, &id).await.state, pb::DeviceState::Wiped as i32);
+
+    // The same hardware again while enrolled: the earlier record is superseded.
+    let (newer, newer_token) = create(&c, "SER-1", None).await;
+    let newer_dir = tmp.path().join("newer").display().to_string();
+    assert_eq!(
+        as_device(
+            &c,
+            &[
+                "enroll",
+                "--endpoint",
+                &endpoint,
+                "--token",
+                &newer_token,
+                "--dir",
+                &newer_dir
+            ]
+        )
+        .await,
+        ExitCode::SUCCESS
+    );
+    assert_eq!(get(&c, &new_id).await.state, pb::DeviceState::Wiped as i32);
+    assert_eq!(
+        get(&c, &newer).await.state,
+        pb::DeviceState::Enrolled as i32
+    );
+    assert_eq!(
+        as_device(&c, &["renew", "--endpoint", &endpoint, "--dir", &dir_s]).await,
+        ExitCode::from(5),
+        "the superseded record's certificate renews nothing"
+    );
+}

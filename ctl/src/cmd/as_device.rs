@@ -1,0 +1,206 @@
+//! `palisadectl as-device`: what a managed device does with the device listener, for
+//! development and tests (on real devices `palisade-agent` does it): enroll with a one-time
+//! token and renew with the current certificate. The private key is generated here and never
+//! leaves the machine; only a certificate signing request is sent.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use palisade_link::{Expect, LinkOptions, LinkTls};
+use palisade_proto::v1 as pb;
+use serde_json::json;
+
+use crate::input::{local, read_file};
+use crate::report::{Failure, Report, from_status};
+
+/// The device's key file in `--dir`.
+pub const KEY_FILE: &str = "device.key";
+/// The device's certificate chain in `--dir`.
+pub const CERT_FILE: &str = "device.pem";
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AsDeviceCmd {
+    /// Enroll with a one-time token: writes `device.key` and `device.pem` into `--dir`.
+    Enroll {
+        /// The controller's device listener (`host:port`).
+        #[arg(long)]
+        endpoint: String,
+        /// The one-time enrollment token (`palisadectl devices enroll`).
+        #[arg(long, env = "PALISADE_ENROLLMENT_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Where the key and certificate go.
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        posture: PostureArgs,
+    },
+    /// Renew: a new key and certificate in `--dir`, authorised by the current ones there.
+    Renew {
+        /// The controller's device listener (`host:port`).
+        #[arg(long)]
+        endpoint: String,
+        /// Where the current key and certificate are, and the new ones go.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// Posture as a device reports it.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PostureArgs {
+    /// OS family: macos, windows, linux, ios, android, chromeos.
+    #[arg(long, default_value = "")]
+    os: String,
+    /// OS version.
+    #[arg(long, default_value = "")]
+    os_version: String,
+    /// Palisade client version (semver).
+    #[arg(long, default_value = "")]
+    client_version: String,
+    /// The client enforces mandatory authentication.
+    #[arg(long)]
+    mandatory_auth: bool,
+    /// Full-disk encryption on.
+    #[arg(long)]
+    disk_encrypted: bool,
+    /// Host firewall on.
+    #[arg(long)]
+    firewall: bool,
+    /// Screen lock configured.
+    #[arg(long)]
+    screen_lock: bool,
+    /// The MDM that vouches for this posture.
+    #[arg(long, default_value = "")]
+    mdm_provider: String,
+    /// The MDM considers the device compliant.
+    #[arg(long)]
+    mdm_compliant: bool,
+}
+
+impl PostureArgs {
+    fn to_pb(&self) -> Result<pb::DevicePosture, Failure> {
+        let os = match self.os.as_str() {
+            "" => pb::OsFamily::Unspecified,
+            "macos" => pb::OsFamily::Macos,
+            "windows" => pb::OsFamily::Windows,
+            "linux" => pb::OsFamily::Linux,
+            "ios" => pb::OsFamily::Ios,
+            "android" => pb::OsFamily::Android,
+            "chromeos" => pb::OsFamily::Chromeos,
+            other => return Err(local(format!("--os {other:?}: not an OS family"))),
+        };
+        Ok(pb::DevicePosture {
+            os: os as i32,
+            os_version: self.os_version.clone(),
+            client_version: self.client_version.clone(),
+            mandatory_auth: self.mandatory_auth,
+            disk_encrypted: self.disk_encrypted,
+            firewall_enabled: self.firewall,
+            screen_lock: self.screen_lock,
+            mdm_provider: self.mdm_provider.clone(),
+            mdm_compliant: self.mdm_compliant,
+            reported_at: None,
+        })
+    }
+}
+
+/// A new P-256 key and a CSR for it (PEM key, DER request).
+fn key_and_csr() -> Result<(String, Vec<u8>), Failure> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| local(format!("generating a key: {e}")))?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(&key))
+        .map_err(|e| local(format!("making a certificate request: {e}")))?;
+    Ok((key.serialize_pem(), csr.der().to_vec()))
+}
+
+/// Writes the key (owner-only) and the chain into `dir`.
+fn store(dir: &Path, key_pem: &str, chain_pem: &str) -> Result<(), Failure> {
+    let err = |e: std::io::Error| local(format!("writing into {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let key_path = dir.join(KEY_FILE);
+    let tmp = dir.join(format!("{KEY_FILE}.new"));
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        f.write_all(key_pem.as_bytes()).map_err(err)?;
+    }
+    std::fs::write(dir.join(CERT_FILE), chain_pem).map_err(err)?;
+    std::fs::rename(&tmp, &key_path).map_err(err)
+}
+
+fn enrolled(verb: &str, r: pb::EnrollResponse, dir: &Path) -> Report {
+    let d = r.device.unwrap_or_default();
+    Report::new(
+        format!(
+            "device {} {verb}; certificate {} in {}\n",
+            d.id,
+            d.certificate_fingerprint,
+            dir.display()
+        ),
+        json!({"device": d.id, "fingerprint": d.certificate_fingerprint, "dir": dir.display().to_string()}),
+    )
+}
+
+pub(crate) async fn run(ca: Option<&Path>, cmd: AsDeviceCmd) -> Result<Report, Failure> {
+    let ca = read_file(ca.ok_or_else(|| {
+        local("--ca (or PALISADE_CA): the CA that signs the controllers is required")
+    })?)?;
+    let opts = LinkOptions {
+        connect_timeout: Duration::from_secs(5),
+        call_timeout: Some(Duration::from_secs(30)),
+        ..LinkOptions::default()
+    };
+    match cmd {
+        AsDeviceCmd::Enroll {
+            endpoint,
+            token,
+            dir,
+            posture,
+        } => {
+            let posture = posture.to_pb()?;
+            let (key_pem, csr_der) = key_and_csr()?;
+            let tls = LinkTls::anonymous(&ca).map_err(|e| local(format!("--ca: {e}")))?;
+            let ch = tls
+                .connect(&endpoint, Expect::AnyController, &opts)
+                .await
+                .map_err(|e| Failure::new(6, format!("{endpoint}: {e}")))?;
+            let r = pb::device_enrollment_client::DeviceEnrollmentClient::new(ch)
+                .enroll(pb::EnrollRequest {
+                    enrollment_token: token,
+                    csr_der,
+                    posture: Some(posture),
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            store(&dir, &key_pem, &r.certificate_chain_pem)?;
+            Ok(enrolled("enrolled", r, &dir))
+        }
+        AsDeviceCmd::Renew { endpoint, dir } => {
+            let cert = read_file(&dir.join(CERT_FILE))?;
+            let key = read_file(&dir.join(KEY_FILE))?;
+            let (key_pem, csr_der) = key_and_csr()?;
+            let tls = LinkTls::new(&cert, &key, &ca).map_err(|e| local(format!("--ca: {e}")))?;
+            let ch = tls
+                .connect(&endpoint, Expect::AnyController, &opts)
+                .await
+                .map_err(|e| Failure::new(6, format!("{endpoint}: {e}")))?;
+            let r = pb::device_enrollment_client::DeviceEnrollmentClient::new(ch)
+                .renew(pb::RenewRequest { csr_der })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            store(&dir, &key_pem, &r.certificate_chain_pem)?;
+            Ok(enrolled("renewed", r, &dir))
+        }
+    }
+}
