@@ -83,6 +83,8 @@ pub struct ControllerProc {
     pub port: u16,
     /// Prometheus port.
     pub metrics_port: u16,
+    /// Device listener port (`DeviceEnrollment`).
+    pub device_port: u16,
     /// The process, when running.
     pub child: Option<Child>,
     /// Its log file.
@@ -93,6 +95,11 @@ impl ControllerProc {
     /// `ip:port`, where it listens.
     pub fn addr(&self) -> String {
         std::net::SocketAddr::new(self.ip, self.port).to_string()
+    }
+
+    /// `ip:port` of its device listener.
+    pub fn device_addr(&self) -> String {
+        std::net::SocketAddr::new(self.ip, self.device_port).to_string()
     }
 }
 
@@ -139,9 +146,10 @@ pub struct LocalCluster {
 
 /// A controller's listen and metrics ports on loopback (controllers need their address before
 /// they start, to know each other).
-fn controller_ports() -> std::io::Result<(u16, u16)> {
-    let p = palisade_controller::process::loopback_ports(2)?;
-    Ok((p[0], p[1]))
+/// A controller's ports on loopback: gRPC, metrics, devices.
+fn controller_ports() -> std::io::Result<(u16, u16, u16)> {
+    let p = palisade_controller::process::loopback_ports(3)?;
+    Ok((p[0], p[1], p[2]))
 }
 
 impl Drop for LocalCluster {
@@ -188,15 +196,16 @@ impl LocalCluster {
         let loopback: std::net::IpAddr = [127, 0, 0, 1].into();
         let mut controllers = BTreeMap::new();
         for id in &ids {
-            let (ip, port, metrics_port) = match lab.as_mut() {
+            let (ip, port, metrics_port, device_port) = match lab.as_mut() {
                 Some(l) => (
                     l.add_host(&format!("c{id}"), 10 + *id as u8)?.ip.into(),
                     7400,
                     9400,
+                    7401,
                 ),
                 None => {
-                    let (port, metrics) = controller_ports()?;
-                    (loopback, port, metrics)
+                    let (port, metrics, devices) = controller_ports()?;
+                    (loopback, port, metrics, devices)
                 }
             };
             controllers.insert(
@@ -206,6 +215,7 @@ impl LocalCluster {
                     ip,
                     port,
                     metrics_port,
+                    device_port,
                     child: None,
                     log: spec.dir.join(format!("controller-{id}.log")),
                 },
@@ -348,6 +358,7 @@ impl LocalCluster {
                 "--metrics-listen",
                 &std::net::SocketAddr::new(c.ip, c.metrics_port).to_string(),
             ])
+            .args(["--device-listen", &c.device_addr()])
             .env("PALISADE_LOG", &spec.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -371,15 +382,16 @@ impl LocalCluster {
     ) -> anyhow::Result<u64> {
         let id = self.controllers.keys().max().copied().unwrap_or(0) + 1;
         let loopback: std::net::IpAddr = [127, 0, 0, 1].into();
-        let (ip, port, metrics_port) = match self.lab.as_mut() {
+        let (ip, port, metrics_port, device_port) = match self.lab.as_mut() {
             Some(l) => (
                 l.add_host(&format!("c{id}"), 10 + id as u8)?.ip.into(),
                 7400,
                 9400,
+                7401,
             ),
             None => {
-                let (port, metrics) = controller_ports()?;
-                (loopback, port, metrics)
+                let (port, metrics, devices) = controller_ports()?;
+                (loopback, port, metrics, devices)
             }
         };
         if self.spec.network == Network::Proxied {
@@ -398,6 +410,7 @@ impl LocalCluster {
                 ip,
                 port,
                 metrics_port,
+                device_port,
                 child: None,
                 log: self.spec.dir.join(format!("controller-{id}.log")),
             },

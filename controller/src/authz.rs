@@ -28,7 +28,7 @@ pub enum Need {
     Role(Role),
     /// Any Palisade identity (health checks).
     AnyIdentity,
-    /// Nobody: declared in the contracts but not served yet.
+    /// Nobody: not served on this listener (device calls, served on the device listener).
     Nobody,
 }
 
@@ -102,8 +102,10 @@ pub const TABLE: &[(&str, Need)] = &[
     ("/palisade.v1.EdgeAuth/ListAuthEvents", Edge),
     ("/palisade.v1.EdgeAuth/OpenTunnelSession", Edge),
     ("/palisade.v1.EdgeAuth/CloseTunnelSession", Edge),
-    // Device enrollment is declared but not served yet.
+    // Devices call these on the device listener (`devices/listener.rs`), never here: no
+    // identity on the cluster listener may.
     ("/palisade.v1.DeviceEnrollment/Enroll", Nobody),
+    ("/palisade.v1.DeviceEnrollment/Renew", Nobody),
     ("/palisade.v1.DeviceEnrollment/ReportPosture", Nobody),
     // Controllers among themselves.
     ("/palisade.v1.RaftTransport/Vote", Controller),

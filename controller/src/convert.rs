@@ -314,6 +314,15 @@ pub fn sim_spec(r: pb::SimulatedRequest) -> palisade_policy::SimRequestSpec {
                 client_version: posture.client_version,
                 mandatory_auth: posture.mandatory_auth,
                 groups: d.groups,
+                disk_encrypted: posture.disk_encrypted,
+                firewall: posture.firewall_enabled,
+                screen_lock: posture.screen_lock,
+                mdm_compliant: posture.mdm_compliant,
+                posture_reported_at: posture
+                    .reported_at
+                    .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
             }
         }),
     }

@@ -27,6 +27,8 @@ pub enum Slot<'a> {
     Secret(&'a str),
     /// The device CA's private key.
     DeviceCaKey,
+    /// A posture nonce issued to this device.
+    PostureNonce(&'a str),
 }
 
 impl Slot<'_> {
@@ -36,6 +38,7 @@ impl Slot<'_> {
             Slot::SigningKey => b"signing-key".to_vec(),
             Slot::Secret(name) => format!("secret\0{name}").into_bytes(),
             Slot::DeviceCaKey => b"device-ca-key".to_vec(),
+            Slot::PostureNonce(device) => format!("posture-nonce\0{device}").into_bytes(),
         }
     }
 }

@@ -119,6 +119,27 @@ async fn anonymous(
     pb::device_enrollment_client::DeviceEnrollmentClient::new(ch)
 }
 
+/// A device-listener client presenting the device certificate in `dir`.
+async fn device_client(
+    c: &Cluster,
+    id: u64,
+    dir: &Path,
+) -> pb::device_enrollment_client::DeviceEnrollmentClient<tonic::transport::Channel> {
+    let ca = std::fs::read_to_string(c.pki().join("ca.pem")).expect("ca");
+    let cert = std::fs::read_to_string(dir.join("device.pem")).expect("cert");
+    let key = std::fs::read_to_string(dir.join("device.key")).expect("key");
+    let ch = LinkTls::new(&cert, &key, &ca)
+        .expect("tls")
+        .connect(
+            &c.members[&id].device_addr(),
+            Expect::AnyController,
+            &LinkOptions::default(),
+        )
+        .await
+        .expect("connect");
+    pb::device_enrollment_client::DeviceEnrollmentClient::new(ch)
+}
+
 fn csr(alg: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
     let key = rcgen::KeyPair::generate_for(alg).expect("key");
     rcgen::CertificateParams::new(Vec::<String>::new())
@@ -270,6 +291,79 @@ async fn devices_enroll_renew_and_lose_their_certificate_when_wiped() {
         (Code::InvalidArgument, "the enrollment token has expired")
     );
     assert_eq!(get(&c, &id3).await.state, pb::DeviceState::Pending as i32);
+
+    // Posture reports: authenticated by the certificate, bound to a nonce used once.
+    assert_eq!(
+        as_device(
+            &c,
+            &[
+                "posture",
+                "--endpoint",
+                &endpoint,
+                "--dir",
+                &dir_s,
+                "--os",
+                "linux",
+                "--client-version",
+                "1.3.0",
+                "--disk-encrypted",
+                "--firewall",
+                "--screen-lock",
+                "--mdm-provider",
+                "intune",
+                "--mdm-compliant"
+            ],
+        )
+        .await,
+        ExitCode::SUCCESS
+    );
+    let p = get(&c, &id).await.posture.expect("posture");
+    assert!(p.screen_lock && p.mdm_compliant && p.firewall_enabled && p.disk_encrypted);
+    assert_eq!(
+        (p.client_version.as_str(), p.mdm_provider.as_str()),
+        ("1.3.0", "intune")
+    );
+    let mut device = device_client(&c, follower, &dir).await;
+    let nonce = device
+        .posture_nonce(pb::PostureNonceRequest {})
+        .await
+        .expect("nonce")
+        .into_inner()
+        .nonce;
+    let report = |nonce: String, screen_lock: bool| pb::ReportPostureRequest {
+        posture: Some(pb::DevicePosture {
+            os: pb::OsFamily::Linux as i32,
+            screen_lock,
+            ..Default::default()
+        }),
+        nonce,
+    };
+    device
+        .report_posture(report(nonce.clone(), false))
+        .await
+        .expect("the first use of a nonce");
+    let e = device
+        .report_posture(report(nonce, true))
+        .await
+        .expect_err("a replayed nonce");
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, "this posture nonce was already used")
+    );
+    let e = device
+        .report_posture(report("bm90LWEtbm9uY2U".into(), true))
+        .await
+        .expect_err("a forged nonce");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        !get(&c, &id).await.posture.expect("posture").screen_lock,
+        "neither was recorded"
+    );
+    let e = anon
+        .posture_nonce(pb::PostureNonceRequest {})
+        .await
+        .expect_err("no certificate, no nonce");
+    assert_eq!(e.code(), Code::Unauthenticated);
 
     // Renewal with the current certificate; the old one stops counting.
     let old = tmp.path().join("old");

@@ -12,9 +12,10 @@ use std::time::Duration;
 use palisade_policy::compile::RouteError;
 use palisade_policy::decide::{Challenge, Decision, DenyReason, RuleRef};
 use palisade_policy::document::{MfaMethod, Protocol};
-use palisade_policy::request::Context;
+use palisade_policy::request::{Context, Device};
 use palisade_policy::{CompiledApp, decide};
 
+use crate::device::{self, DeviceCredential, DeviceRefused};
 use crate::session::{self, Caller, SessionRefused};
 use crate::view::View;
 
@@ -49,6 +50,8 @@ pub struct Credentials<'a> {
     pub session: Option<&'a str>,
     /// The MFA assertion token (the MFA cookie), if sent.
     pub mfa: Option<&'a str>,
+    /// The device certificate the connection presented, if any.
+    pub device: Option<DeviceCredential<'a>>,
 }
 
 /// What the verdict of one request depends on.
@@ -217,6 +220,9 @@ pub struct Enforced<'v> {
     pub verdict: Verdict<'v>,
     /// Why a presented session token was refused (the response clears the cookie), if it was.
     pub session_refused: Option<SessionRefused>,
+    /// Why a presented device certificate did not count (the request is decided as from no
+    /// device), if it did not.
+    pub device_refused: Option<DeviceRefused>,
 }
 
 /// The verdict for `req` against `view` (`None` before the first snapshot) at `now` (unix
@@ -230,6 +236,7 @@ pub fn enforce<'v>(
     let done = |verdict| Enforced {
         verdict,
         session_refused: None,
+        device_refused: None,
     };
     let Some(view) = view else {
         return done(Verdict::Unavailable(Unavailable::NotReady));
@@ -242,41 +249,62 @@ pub fn enforce<'v>(
         Ok(None) => return done(Verdict::NotFound),
         Err(e) => return done(Verdict::BadPath(e)),
     };
+    let (device, device_refused) = match req.credentials.device {
+        None => (None, None),
+        Some(presented) => match device::resolve(view, presented, now) {
+            Ok(d) => (Some(d), None),
+            Err(e) => (None, Some(e)),
+        },
+    };
     let (caller, session_refused) = match session::verify(
         view,
         req.credentials.session,
         req.credentials.mfa,
-        req.host,
+        session::Presented {
+            host: req.host,
+            device: device.map(|d| d.id.as_str()),
+        },
         now,
         req.active_since,
     ) {
         Ok(c) => (c, None),
         Err(e) => (None, Some(e)),
     };
+    let device = device.map(|d| d.for_decision());
     Enforced {
-        verdict: verdict(app, caller, req.peer, req.transport, view_age, now),
+        verdict: verdict(
+            app,
+            caller,
+            device.as_ref(),
+            req.peer,
+            req.transport,
+            view_age,
+            now,
+        ),
         session_refused,
+        device_refused,
     }
 }
 
 /// The verdict for an already verified `caller` (or none) at `app`: what `enforce` answers
 /// once the request is routed and its credentials are checked. The MFA prompt asks this to
 /// know what an application still needs from the user.
-pub fn verdict(
-    app: &CompiledApp,
+pub fn verdict<'a>(
+    app: &'a CompiledApp,
     caller: Option<Caller>,
+    device: Option<&Device>,
     peer: IpAddr,
     transport: Transport,
     view_age: Duration,
     now: i64,
-) -> Verdict<'_> {
+) -> Verdict<'a> {
     let ctx = Context {
         source_ip: peer,
         protocol: transport.protocol(),
         view_age,
     };
     let at = jiff::Timestamp::from_second(now).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    let decision = decide(app, caller.as_ref().map(|c| &c.identity), None, &ctx, at);
+    let decision = decide(app, caller.as_ref().map(|c| &c.identity), device, &ctx, at);
     match decision {
         Decision::Allow { rule } => Verdict::Forward {
             app,
@@ -683,6 +711,7 @@ mod tests {
                 credentials: Credentials {
                     session: token.as_deref(),
                     mfa: mfa.as_deref(),
+                    device: None,
                 },
                 active_since: 0,
             };
@@ -695,6 +724,142 @@ mod tests {
                 r.name
             );
             assert!(!out.verdict.explain().is_empty());
+        }
+    }
+
+    /// The device on every decision: only its current certificate counts, and a session
+    /// signed in from it is refused without it.
+    #[test]
+    fn the_device_and_its_certificate_decide_with_the_session() {
+        use crate::device::{DeviceCredential, DeviceRefused};
+        use crate::fixtures::device;
+        use palisade_policy::catalog::DeviceState;
+        let current = "ab".repeat(32);
+        let old = "cd".repeat(32);
+        let base = view([Change::DeviceUpserted(device())]);
+        let mut wiped = device();
+        wiped.state = DeviceState::Wiped;
+        wiped.certificate = None;
+        let wiped = base
+            .apply(crate::view::Delta {
+                revision: 11,
+                prev_revision: 10,
+                changes: vec![Change::DeviceUpserted(wiped)],
+            })
+            .expect("delta");
+        let alice = session("alice", &["staff"], "laptops.test");
+        let mut bound = alice.clone();
+        bound.did = "dev-1".into();
+        fn cred(fp: &str) -> Option<DeviceCredential<'_>> {
+            Some(DeviceCredential {
+                id: "dev-1",
+                fingerprint: fp,
+            })
+        }
+        // (what, view, session, device presented, allowed, device refused, session refused)
+        type Case<'a> = (
+            &'a str,
+            &'a View,
+            &'a palisade_policy::token::SessionClaims,
+            Option<DeviceCredential<'a>>,
+            bool,
+            Option<DeviceRefused>,
+            bool,
+        );
+        let not_current = Some(DeviceRefused::NotCurrent);
+        let cases: Vec<Case<'_>> = vec![
+            (
+                "no device: the rule does not match",
+                &base,
+                &alice,
+                None,
+                false,
+                None,
+                false,
+            ),
+            (
+                "the current certificate",
+                &base,
+                &alice,
+                cred(&current),
+                true,
+                None,
+                false,
+            ),
+            (
+                "a replaced certificate",
+                &base,
+                &alice,
+                cred(&old),
+                false,
+                not_current,
+                false,
+            ),
+            (
+                "a wiped device",
+                &wiped,
+                &alice,
+                cred(&current),
+                false,
+                not_current,
+                false,
+            ),
+            (
+                "bound session with its device",
+                &base,
+                &bound,
+                cred(&current),
+                true,
+                None,
+                false,
+            ),
+            (
+                "bound session, copied without it",
+                &base,
+                &bound,
+                None,
+                false,
+                None,
+                true,
+            ),
+            (
+                "bound session, device wiped",
+                &wiped,
+                &bound,
+                cred(&current),
+                false,
+                not_current,
+                true,
+            ),
+        ];
+        for (name, v, claims, device, allowed, device_refused, session_refused) in cases {
+            let token = session_token(v, claims);
+            let req = Request {
+                host: "laptops.test",
+                path: "/",
+                method: "GET",
+                peer: "192.0.2.7".parse().expect("ip"),
+                transport: Transport::H2,
+                credentials: Credentials {
+                    session: Some(&token),
+                    mfa: None,
+                    device,
+                },
+                active_since: 0,
+            };
+            let out = enforce(Some(v), &req, Duration::ZERO, NOW);
+            assert_eq!(
+                matches!(out.verdict, Verdict::Forward { public: false, .. }),
+                allowed,
+                "{name}: {:?}",
+                out.verdict.explain()
+            );
+            assert_eq!(out.device_refused, device_refused, "{name}");
+            assert_eq!(
+                out.session_refused == Some(SessionRefused::OtherDevice),
+                session_refused,
+                "{name}"
+            );
         }
     }
 

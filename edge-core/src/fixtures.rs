@@ -40,6 +40,10 @@ pub const POLICY: &str = r#"{
     {"id": "quic", "mfa": {"required": false}, "hosts": ["quic.test"], "upstreams": ["http://127.0.0.1:9"],
      "protocols": ["h3"],
      "rules": [{"name": "staff", "decision": "allow", "include": [{"group": "staff"}]}]},
+    {"id": "laptops", "mfa": {"required": false}, "hosts": ["laptops.test"], "upstreams": ["http://127.0.0.1:9"],
+     "rules": [{"name": "managed-staff", "decision": "allow",
+                "include": [{"group": "staff"}],
+                "require": [{"device": {"enrolled": true, "os": ["linux"]}}, {"device_group": "fleet"}]}]},
     {"id": "api", "mfa": {"required": false}, "hosts": ["wiki.test"], "path_prefixes": ["/API/"],
      "upstreams": ["http://127.0.0.1:9"],
      "rules": [{"name": "staff", "decision": "allow", "include": [{"group": "staff"}]}]}
@@ -70,6 +74,34 @@ pub fn factor(id: &str, subject: &str, kind: FactorKind) -> FactorRecord {
         revoked_at_ms: 0,
         confirm_attempts: 0,
         binding_sha256: String::new(),
+    }
+}
+
+/// An enrolled Linux device `dev-1` in group `fleet`, holding the certificate whose
+/// fingerprint is `"ab"` repeated.
+pub fn device() -> palisade_policy::catalog::DeviceRecord {
+    use palisade_policy::catalog::{DeviceCertificate, DeviceRecord, DeviceState, Posture};
+    DeviceRecord {
+        id: "dev-1".into(),
+        owner: "alice@example.com".into(),
+        serial: "S1".into(),
+        display_name: "laptop".into(),
+        groups: vec!["fleet".into()],
+        state: DeviceState::Enrolled,
+        posture: Posture {
+            os: "linux".into(),
+            reported_at_ms: (NOW - 60) * 1000,
+            ..Posture::default()
+        },
+        enrollment_token_sha256: String::new(),
+        enrollment_expires_at_ms: 0,
+        certificate: Some(DeviceCertificate {
+            fingerprint_sha256: "ab".repeat(32),
+            not_after_ms: (NOW + 3600) * 1000,
+        }),
+        enrolled_at_ms: (NOW - 600) * 1000,
+        posture_nonce_ms: 0,
+        revision: 5,
     }
 }
 
@@ -112,6 +144,7 @@ pub fn session(subject: &str, groups: &[&str], host: &str) -> SessionClaims {
         last_active: NOW - 60,
         idle_secs: 1800,
         rev: 10,
+        did: String::new(),
     }
 }
 

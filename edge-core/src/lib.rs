@@ -20,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod device;
 pub mod enforce;
 pub mod mfa;
 pub mod reserved;

@@ -51,6 +51,19 @@ pub enum SessionRefused {
     /// It is revoked (by id, or by a revocation of its user).
     #[error("session revoked")]
     Revoked,
+    /// It was signed in from a device whose certificate this request does not present.
+    #[error("session bound to a device whose certificate was not presented")]
+    OtherDevice,
+}
+
+/// Where a session token was presented: the host addressed and the device (its id) whose
+/// current certificate the connection presented, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct Presented<'a> {
+    /// The lowercase host.
+    pub host: &'a str,
+    /// The device, when its certificate counts.
+    pub device: Option<&'a str>,
 }
 
 /// The caller from the presented tokens at `now` (unix seconds): `Ok(None)` when no session
@@ -64,7 +77,7 @@ pub fn verify(
     view: &View,
     session_token: Option<&str>,
     mfa_token: Option<&str>,
-    host: &str,
+    at: Presented<'_>,
     now: i64,
     active_since: i64,
 ) -> Result<Option<Caller>, SessionRefused> {
@@ -75,8 +88,11 @@ pub fn verify(
         .keyring
         .verify_session_active(token, now, active_since)
         .map_err(SessionRefused::Token)?;
-    if session.aud != host {
+    if session.aud != at.host {
         return Err(SessionRefused::OtherHost);
+    }
+    if !session.did.is_empty() && at.device != Some(session.did.as_str()) {
+        return Err(SessionRefused::OtherDevice);
     }
     if view.revocations.session_revoked(
         &session.sid,

@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Frame;
+use palisade_edge_core::device::DeviceCredential;
 use palisade_edge_core::enforce::{Credentials, Request, Transport, still_allowed};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::WatchStream;
@@ -42,6 +43,8 @@ pub(crate) struct Head {
     pub(crate) session: Option<String>,
     /// The MFA assertion cookie, if sent.
     pub(crate) mfa: Option<String>,
+    /// The device certificate the connection presented, if any.
+    pub(crate) device: Option<Arc<palisade_link::device::PresentedDevice>>,
 }
 
 impl Head {
@@ -56,6 +59,10 @@ impl Head {
             credentials: Credentials {
                 session: self.session.as_deref(),
                 mfa: self.mfa.as_deref(),
+                device: self.device.as_deref().map(|d| DeviceCredential {
+                    id: &d.id,
+                    fingerprint: &d.fingerprint,
+                }),
             },
             active_since,
         }

@@ -62,6 +62,7 @@ fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
 pub async fn serve_https(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    devices: Arc<palisade_link::device::DeviceClientVerifier>,
     gateway: Arc<Gateway>,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
@@ -91,6 +92,12 @@ pub async fn serve_https(
         metrics::gauge!("palisade_edge_connections")
             .set((limits.max_connections - slots.available_permits()) as f64);
         let _ = tcp.set_nodelay(true);
+        // the device CA this handshake checks against: the one the replica holds now
+        if let Some(pem) = gateway.replica.view().and_then(|v| v.device_ca.clone())
+            && let Err(e) = devices.set_ca(&pem)
+        {
+            tracing::error!(error = %e, "the catalog's device CA is unusable");
+        }
         let acceptor = acceptor.clone();
         let gateway = gateway.clone();
         tokio::spawn(async move {
@@ -104,7 +111,8 @@ pub async fn serve_https(
                 }
                 Err(_) => return,
             };
-            let svc = TowerToHyperService::new(EdgeService::new(gateway, peer));
+            let device = presented_device(&tls, peer);
+            let svc = TowerToHyperService::new(EdgeService::new(gateway, peer, device));
             if let Err(e) = builder(limits)
                 .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                 .await
@@ -112,6 +120,22 @@ pub async fn serve_https(
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// The device certificate TLS verified on this connection, read once.
+fn presented_device(
+    tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: SocketAddr,
+) -> Option<Arc<palisade_link::device::PresentedDevice>> {
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?;
+    match palisade_link::device::PresentedDevice::from_der(leaf.as_ref()) {
+        Ok(d) => Some(Arc::new(d)),
+        Err(e) => {
+            // chained to the device CA, yet naming no device: served as no device
+            tracing::info!(client = %peer, error = %e, "a client certificate names no device");
+            None
+        }
     }
 }
 

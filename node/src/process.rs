@@ -169,9 +169,11 @@ pub async fn run(cfg: Config) -> ExitCode {
         ..Limits::default()
     };
     let ops = tokio::spawn(crate::ops::serve(ops_listener, replica, metrics));
+    let devices = palisade_link::device::DeviceClientVerifier::new();
     let https = tokio::spawn(ingress::serve_https(
         https_listener,
-        crate::tls::server_config(resolver.clone()),
+        crate::tls::server_config(resolver.clone(), devices.clone()),
+        devices,
         gateway,
         limits,
         stop_rx.clone(),

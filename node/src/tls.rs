@@ -149,14 +149,20 @@ pub fn resolver(files: &[CertFiles]) -> Result<SniResolver, String> {
     })
 }
 
-/// The rustls server configuration for the ingress.
-pub fn server_config(resolver: Arc<SniResolver>) -> Arc<rustls::ServerConfig> {
+/// The rustls server configuration for the ingress. It asks for (never requires) a device
+/// certificate, checked against the device CA `devices` holds (the replica's): a browser on an
+/// unmanaged machine sends none and is served as before; a certificate from any other CA fails
+/// the handshake.
+pub fn server_config(
+    resolver: Arc<SniResolver>,
+    devices: Arc<palisade_link::device::DeviceClientVerifier>,
+) -> Arc<rustls::ServerConfig> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("ring supports the default protocol versions")
-    .with_no_client_auth()
+    .with_client_cert_verifier(devices)
     .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(cfg)

@@ -128,6 +128,11 @@ fn requests(n: usize, now: Timestamp) -> Vec<Req> {
                 )),
                 mandatory_auth: true,
                 os: Some(Os::Macos),
+                disk_encrypted: true,
+                firewall: true,
+                screen_lock: true,
+                mdm_compliant: true,
+                posture_reported_at: None,
                 groups: if rng.below(10) == 0 {
                     vec!["loaner".into()]
                 } else {
@@ -258,6 +263,7 @@ fn main() {
             last_active: t - 30,
             idle_secs: 3600,
             rev: 0,
+            did: String::new(),
         };
         let mfa = MfaClaims {
             sid: session.sid.clone(),

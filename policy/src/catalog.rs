@@ -363,6 +363,16 @@ pub enum Command {
         /// Posture sent with the enrollment.
         posture: Posture,
     },
+    /// A device's own posture report, bound to a controller-issued nonce: accepted only for an
+    /// enrolled device and only with a nonce issued after the last one it used.
+    ReportPosture {
+        /// Device id.
+        id: String,
+        /// Posture (stamped by the controller).
+        posture: Posture,
+        /// When the nonce was issued (unix ms).
+        nonce_issued_at_ms: i64,
+    },
     /// Replace an enrolled device's certificate, authorised by the current one.
     RenewDeviceCertificate {
         /// Device id.
@@ -1161,7 +1171,8 @@ impl Catalog {
             | Command::RecordPosture { .. }
             | Command::CreateDeviceCa { .. }
             | Command::EnrollDevice { .. }
-            | Command::RenewDeviceCertificate { .. } => {
+            | Command::RenewDeviceCertificate { .. }
+            | Command::ReportPosture { .. } => {
                 self.apply_device(revision, at, &env.command, changes)
             }
             Command::AddFactor {
@@ -1634,6 +1645,7 @@ fn describe(c: &Command, r: &Result<Outcome, CommandError>) -> (&'static str, St
         Command::SetDeviceState { id, state } => ("device.state", format!("{id} -> {state:?}")),
         Command::RecordPosture { id, .. } => ("device.posture", id.clone()),
         Command::CreateDeviceCa { .. } => ("device.ca", String::new()),
+        Command::ReportPosture { id, .. } => ("device.posture_report", id.clone()),
         Command::EnrollDevice {
             id, certificate, ..
         } => (

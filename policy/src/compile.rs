@@ -100,6 +100,25 @@ pub(crate) struct DeviceReq {
     pub(crate) min_version: Option<semver::Version>,
     pub(crate) mandatory_auth: Option<bool>,
     pub(crate) os: Option<Vec<Os>>,
+    pub(crate) disk_encrypted: Option<bool>,
+    pub(crate) firewall: Option<bool>,
+    pub(crate) screen_lock: Option<bool>,
+    pub(crate) mdm_compliant: Option<bool>,
+    pub(crate) max_age: Option<std::time::Duration>,
+}
+
+impl DeviceReq {
+    /// Whether anything beyond enrollment is asked of the device's posture.
+    pub(crate) fn checks_posture(&self) -> bool {
+        self.min_version.is_some()
+            || self.mandatory_auth.is_some()
+            || self.os.is_some()
+            || self.disk_encrypted.is_some()
+            || self.firewall.is_some()
+            || self.screen_lock.is_some()
+            || self.mdm_compliant.is_some()
+            || self.max_age.is_some()
+    }
 }
 
 /// Weekly time window.
@@ -1435,10 +1454,15 @@ fn compile_condition(
                 && d.min_client_version.is_none()
                 && d.mandatory_auth.is_none()
                 && d.os.is_none()
+                && d.disk_encrypted.is_none()
+                && d.firewall.is_none()
+                && d.screen_lock.is_none()
+                && d.mdm_compliant.is_none()
+                && d.max_age.is_none()
             {
                 c.push(
                     &dpath,
-                    "at least one of enrolled, min_client_version, mandatory_auth, os is needed",
+                    "at least one of enrolled, min_client_version, mandatory_auth, os, disk_encrypted, firewall, screen_lock, mdm_compliant, max_age is needed",
                 );
             }
             let min_version =
@@ -1463,17 +1487,37 @@ fn compile_condition(
                     "at least one operating system is needed (leave it out for any)",
                 );
             }
-            if d.enrolled == Some(false)
-                && (d.min_client_version.is_some() || d.mandatory_auth.is_some() || d.os.is_some())
-            {
-                c.push(&dpath, "enrolled: false cannot be combined with posture checks (an unmanaged device reports none)");
-            }
-            Some(Cond::Device(DeviceReq {
+            let max_age =
+                d.max_age
+                    .as_ref()
+                    .and_then(|v| match crate::duration::parse_duration(v) {
+                        Ok(a) if !a.is_zero() => Some(a),
+                        Ok(_) => {
+                            c.push(format!("{dpath}.max_age"), "must be longer than 0s");
+                            None
+                        }
+                        Err(e) => {
+                            c.push(format!("{dpath}.max_age"), e);
+                            None
+                        }
+                    });
+            let req = DeviceReq {
                 enrolled: d.enrolled,
                 min_version,
                 mandatory_auth: d.mandatory_auth,
                 os: d.os.clone(),
-            }))
+                disk_encrypted: d.disk_encrypted,
+                firewall: d.firewall,
+                screen_lock: d.screen_lock,
+                mdm_compliant: d.mdm_compliant,
+                max_age,
+            };
+            let asks_posture =
+                d.min_client_version.is_some() || d.max_age.is_some() || req.checks_posture();
+            if d.enrolled == Some(false) && asks_posture {
+                c.push(&dpath, "enrolled: false cannot be combined with posture checks (an unmanaged device reports none)");
+            }
+            Some(Cond::Device(req))
         }
         Condition::DeviceGroup(g) => {
             if g.is_empty() {

@@ -512,20 +512,20 @@ fn cond_matches(c: &Cond, f: &Facts<'_>) -> bool {
         }),
         Cond::Provider(p) => f.identity.is_some_and(|i| i.provider == **p),
         Cond::Ip(net) => net.contains(&f.ctx.source_ip.to_canonical()),
-        Cond::Device(req) => device_matches(req, f.device),
+        Cond::Device(req) => device_matches(req, f.device, f.now),
         Cond::DeviceGroup(g) => f.device.is_some_and(|d| d.groups.iter().any(|x| x == &**g)),
         Cond::Time(t) => time_matches(t, f.now),
     }
 }
 
-fn device_matches(req: &DeviceReq, device: Option<&Device>) -> bool {
+fn device_matches(req: &DeviceReq, device: Option<&Device>, now: Timestamp) -> bool {
     let enrolled = device.filter(|d| d.state == DeviceState::Enrolled);
     if let Some(want) = req.enrolled
         && want != enrolled.is_some()
     {
         return false;
     }
-    if req.min_version.is_none() && req.mandatory_auth.is_none() && req.os.is_none() {
+    if !req.checks_posture() {
         return true;
     }
     // Posture only counts for an enrolled device.
@@ -544,6 +544,26 @@ fn device_matches(req: &DeviceReq, device: Option<&Device>) -> bool {
         && d.os.is_none_or(|os| !oses.contains(&os))
     {
         return false;
+    }
+    let flags = [
+        (req.disk_encrypted, d.disk_encrypted),
+        (req.firewall, d.firewall),
+        (req.screen_lock, d.screen_lock),
+        (req.mdm_compliant, d.mdm_compliant),
+    ];
+    if flags
+        .iter()
+        .any(|(want, have)| want.is_some_and(|w| w != *have))
+    {
+        return false;
+    }
+    if let Some(max) = req.max_age {
+        let fresh = d
+            .posture_reported_at
+            .is_some_and(|at| now.duration_since(at).as_secs_f64() <= max.as_secs_f64());
+        if !fresh {
+            return false;
+        }
     }
     true
 }
@@ -642,6 +662,28 @@ pub fn describe(c: &crate::document::Condition) -> String {
             }
             if let Some(os) = &d.os {
                 parts.push(format!("one of {os:?}"));
+            }
+            for (want, what) in [
+                (d.disk_encrypted, "disk encryption"),
+                (d.firewall, "the host firewall"),
+                (d.screen_lock, "a screen lock"),
+            ] {
+                if let Some(w) = want {
+                    parts.push(format!("{what} {}", if w { "on" } else { "off" }));
+                }
+            }
+            if let Some(m) = d.mdm_compliant {
+                parts.push(
+                    if m {
+                        "MDM-compliant"
+                    } else {
+                        "not MDM-compliant"
+                    }
+                    .to_string(),
+                );
+            }
+            if let Some(a) = &d.max_age {
+                parts.push(format!("posture reported within {a}"));
             }
             parts.join(", ")
         }

@@ -541,6 +541,21 @@ pub enum Os {
     Chromeos,
 }
 
+impl Os {
+    /// The family named `s` as the client reports it (`macos`, `windows`, ...).
+    pub fn parse(s: &str) -> Option<Os> {
+        Some(match s {
+            "macos" => Os::Macos,
+            "windows" => Os::Windows,
+            "linux" => Os::Linux,
+            "ios" => Os::Ios,
+            "android" => Os::Android,
+            "chromeos" => Os::Chromeos,
+            _ => return None,
+        })
+    }
+}
+
 /// Device posture requirements.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
@@ -557,6 +572,22 @@ pub struct DeviceCondition {
     /// The device runs one of these operating systems.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os: Option<Vec<Os>>,
+    /// The device reports full-disk encryption on (or off, with `false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_encrypted: Option<bool>,
+    /// The device reports its host firewall on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<bool>,
+    /// The device reports a screen lock configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen_lock: Option<bool>,
+    /// The device's MDM reports it compliant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mdm_compliant: Option<bool>,
+    /// The device's posture was reported at most this long ago (`15m`, `1h`): older posture
+    /// proves nothing. A device that never reported fails it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
     /// Unknown fields (always rejected).
     #[serde(flatten, skip_serializing)]
     #[schemars(skip)]

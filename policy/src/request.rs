@@ -79,6 +79,16 @@ pub struct Device {
     pub os: Option<Os>,
     /// Device groups.
     pub groups: Vec<String>,
+    /// Reported: full-disk encryption on.
+    pub disk_encrypted: bool,
+    /// Reported: host firewall on.
+    pub firewall: bool,
+    /// Reported: screen lock configured.
+    pub screen_lock: bool,
+    /// Reported by an MDM: compliant.
+    pub mdm_compliant: bool,
+    /// When that posture was reported; `None` if never.
+    pub posture_reported_at: Option<Timestamp>,
 }
 
 /// Facts about the request that are neither identity nor device.

@@ -100,6 +100,16 @@ pub struct SimDeviceSpec {
     pub mandatory_auth: bool,
     /// Device groups.
     pub groups: Vec<String>,
+    /// Reported: full-disk encryption on.
+    pub disk_encrypted: bool,
+    /// Reported: host firewall on.
+    pub firewall: bool,
+    /// Reported: screen lock configured.
+    pub screen_lock: bool,
+    /// Reported by an MDM: compliant.
+    pub mdm_compliant: bool,
+    /// When the posture was reported (RFC 3339); never when empty.
+    pub posture_reported_at: String,
 }
 
 /// A snake_case name of one of the policy's enums (`h3`, `security_key`, `macos`), or why not.
@@ -196,6 +206,12 @@ impl SimDeviceSpec {
             "" => None,
             os => Some(named::<Os>("device.os", os)?),
         };
+        let posture_reported_at = match self.posture_reported_at.as_str() {
+            "" => None,
+            t => Some(t.parse::<Timestamp>().map_err(|e| {
+                format!("device.posture_reported_at: {t:?} is not an RFC 3339 time: {e}")
+            })?),
+        };
         Ok(Device {
             id: self.id,
             state,
@@ -203,6 +219,11 @@ impl SimDeviceSpec {
             mandatory_auth: self.mandatory_auth,
             os,
             groups: self.groups,
+            disk_encrypted: self.disk_encrypted,
+            firewall: self.firewall,
+            screen_lock: self.screen_lock,
+            mdm_compliant: self.mdm_compliant,
+            posture_reported_at,
         })
     }
 }

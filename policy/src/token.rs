@@ -288,6 +288,10 @@ pub struct SessionClaims {
     /// carried, which every user revocation covers).
     #[serde(default)]
     pub rev: u64,
+    /// The device the session was signed in from (its certificate was presented then), or
+    /// empty: a bound session is refused without that device's certificate.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub did: String,
 }
 
 impl SessionClaims {
@@ -351,6 +355,7 @@ mod tests {
             last_active: now,
             idle_secs: 600,
             rev: 0,
+            did: String::new(),
         }
     }
 

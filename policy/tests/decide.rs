@@ -72,6 +72,11 @@ fn laptop() -> Device {
         mandatory_auth: true,
         os: Some(Os::Macos),
         groups: vec!["engineering".into()],
+        disk_encrypted: true,
+        firewall: true,
+        screen_lock: true,
+        mdm_compliant: true,
+        posture_reported_at: None,
     }
 }
 
@@ -257,6 +262,87 @@ fn ip_v4_v6_and_mapped() {
     let host = single(json!({"ip": "192.0.2.10"}));
     assert!(allowed_by(&host, Some(&alice()), None, &ctx("192.0.2.10")).is_some());
     assert!(allowed_by(&host, Some(&alice()), None, &ctx("192.0.2.11")).is_none());
+}
+
+/// Posture hygiene: each reported flag, MDM compliance and the report's freshness. A field
+/// never reported (false, or no report time) is not proven.
+#[test]
+fn posture_flags_and_freshness() {
+    let at = |d: &Device, p: &CompiledPolicy, now: Timestamp| {
+        matches!(
+            run(p, Some(&alice()), Some(d), &ctx("192.0.2.1"), now),
+            Decision::Allow { .. }
+        )
+    };
+    let now = wed_10_utc();
+    let mut d = laptop();
+    d.posture_reported_at = Some(now - jiff::SignedDuration::from_mins(10));
+    for (field, flip) in [
+        (
+            "disk_encrypted",
+            (|d: &mut Device| d.disk_encrypted = false) as fn(&mut Device),
+        ),
+        ("firewall", |d: &mut Device| d.firewall = false),
+        ("screen_lock", |d: &mut Device| d.screen_lock = false),
+        ("mdm_compliant", |d: &mut Device| d.mdm_compliant = false),
+    ] {
+        let p = single(json!({"device": {field: true}}));
+        assert!(at(&d, &p, now), "{field} reported on");
+        let mut off = d.clone();
+        flip(&mut off);
+        assert!(!at(&off, &p, now), "{field} reported off");
+        let mut wiped = d.clone();
+        wiped.state = DeviceState::Wiped;
+        assert!(
+            !at(&wiped, &p, now),
+            "{field}: only an enrolled device's posture counts"
+        );
+    }
+    let fresh = single(json!({"device": {"max_age": "1h"}}));
+    assert!(at(&d, &fresh, now), "reported 10 minutes ago");
+    assert!(
+        !at(&d, &fresh, now + jiff::SignedDuration::from_mins(51)),
+        "61 minutes old"
+    );
+    let mut never = d.clone();
+    never.posture_reported_at = None;
+    assert!(!at(&never, &fresh, now), "never reported is not fresh");
+    let explained = match run(&fresh, Some(&alice()), Some(&never), &ctx("192.0.2.1"), now) {
+        Decision::Deny { reason, .. } => reason.to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        explained.contains("posture reported within 1h"),
+        "{explained}"
+    );
+
+    for (bad, want) in [
+        (
+            json!({"max_age": "soon"}),
+            "rules[0].include[0].device.max_age",
+        ),
+        (
+            json!({"max_age": "0s"}),
+            "rules[0].include[0].device.max_age",
+        ),
+        (
+            json!({"enrolled": false, "firewall": true}),
+            "rules[0].include[0].device",
+        ),
+    ] {
+        let doc = json!({
+            "schema_version": 1,
+            "identity_providers": [{"id": "corp", "issuer": "https://login.example.com", "client_id": "edge", "client_secret_ref": "corp"}],
+            "apps": [{"id": "app", "hosts": ["app.example.com"], "upstreams": ["http://127.0.0.1:9000"],
+                      "mfa": {"required": false},
+                      "rules": [{"name": "r", "decision": "allow", "include": [{"device": bad}]}]}]
+        });
+        let errs = CompiledPolicy::from_json(&doc.to_string()).expect_err("refused");
+        assert!(
+            errs.0.iter().any(|v| v.path.ends_with(want)),
+            "{bad}: {errs:?}"
+        );
+    }
 }
 
 #[test]

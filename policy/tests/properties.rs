@@ -218,6 +218,11 @@ fn device() -> impl Strategy<Value = Device> {
             mandatory_auth: m,
             os,
             groups: groups.into_iter().map(String::from).collect(),
+            disk_encrypted: false,
+            firewall: false,
+            screen_lock: false,
+            mdm_compliant: false,
+            posture_reported_at: None,
         })
 }
 

@@ -24,6 +24,10 @@ use crate::seal::Slot;
 
 /// Longest enrollment token accepted.
 const MAX_TOKEN_BYTES: usize = 256;
+/// How long a posture nonce is accepted.
+const NONCE_TTL_MS: i64 = 5 * 60 * 1000;
+/// How far ahead of this controller's clock another member may have issued a nonce.
+const NONCE_SKEW_MS: i64 = 5_000;
 /// How long a follower waits to catch up with the commit it knows before looking a token up.
 const CATCH_UP: Duration = Duration::from_secs(1);
 
@@ -84,6 +88,35 @@ impl EnrollmentService {
         self.ctl
             .state
             .read(|s| s.catalog.devices.get(id).map(convert::device))
+    }
+}
+
+impl EnrollmentService {
+    /// When the nonce was issued to device `id`, if it is one of ours, for it, and fresh.
+    fn nonce_issued_at(&self, id: &str, nonce: &str) -> Result<i64, Status> {
+        use base64::Engine;
+        let refused = || Status::invalid_argument("the posture nonce is not valid for this device");
+        if nonce.is_empty() || nonce.len() > 256 {
+            return Err(Status::invalid_argument(
+                "a posture nonce is required (PostureNonce)",
+            ));
+        }
+        let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(nonce)
+            .map_err(|_| refused())?;
+        let plain = self
+            .ctl
+            .key
+            .open(Slot::PostureNonce(id), &sealed)
+            .map_err(|_| refused())?;
+        let issued = i64::from_be_bytes(plain.try_into().map_err(|_| refused())?);
+        let age = now_ms() - issued;
+        if !(-NONCE_SKEW_MS..=NONCE_TTL_MS).contains(&age) {
+            return Err(Status::invalid_argument(
+                "the posture nonce has expired; ask for a new one",
+            ));
+        }
+        Ok(issued)
     }
 }
 
@@ -206,12 +239,52 @@ impl DeviceEnrollment for EnrollmentService {
         }))
     }
 
+    async fn posture_nonce(
+        &self,
+        req: Request<pb::PostureNonceRequest>,
+    ) -> Result<Response<pb::PostureNonceResponse>, Status> {
+        let p = presented(&req)?;
+        let d = holder(&self.ctl, &p)?;
+        let issued = now_ms();
+        let sealed = self
+            .ctl
+            .key
+            .seal(Slot::PostureNonce(&d.id), &issued.to_be_bytes())
+            .map_err(|_| Status::unavailable("no nonce can be issued now"))?;
+        use base64::Engine;
+        Ok(Response::new(pb::PostureNonceResponse {
+            nonce: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed),
+            expires_at: Some(crate::controller::ts(issued + NONCE_TTL_MS)),
+        }))
+    }
+
     async fn report_posture(
         &self,
-        _req: Request<pb::ReportPostureRequest>,
+        req: Request<pb::ReportPostureRequest>,
     ) -> Result<Response<pb::ReportPostureResponse>, Status> {
-        Err(Status::unimplemented(
-            "posture reports arrive with the posture work; record posture through the admin API meanwhile",
-        ))
+        let p = presented(&req)?;
+        let d = holder(&self.ctl, &p)?;
+        let r = req.into_inner();
+        let issued = self.nonce_issued_at(&d.id, &r.nonce)?;
+        let posture = convert::posture_from_pb(
+            r.posture
+                .ok_or_else(|| Status::invalid_argument("posture is required"))?,
+            now_ms(),
+        )?;
+        let written = self
+            .ctl
+            .write(
+                device_actor(&d.id),
+                Command::ReportPosture {
+                    id: d.id.clone(),
+                    posture,
+                    nonce_issued_at_ms: issued,
+                },
+            )
+            .await?;
+        metrics::counter!("palisade_device_posture_reports_total").increment(1);
+        Ok(Response::new(pb::ReportPostureResponse {
+            write: Some(written.to_pb()),
+        }))
     }
 }

@@ -35,6 +35,17 @@ pub(crate) enum AsDeviceCmd {
         #[command(flatten)]
         posture: PostureArgs,
     },
+    /// Report posture now, with the certificate in `--dir` (a fresh nonce each time).
+    Posture {
+        /// The controller's device listener (`host:port`).
+        #[arg(long)]
+        endpoint: String,
+        /// Where the key and certificate are.
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        posture: PostureArgs,
+    },
     /// Renew: a new key and certificate in `--dir`, authorised by the current ones there.
     Renew {
         /// The controller's device listener (`host:port`).
@@ -184,6 +195,40 @@ pub(crate) async fn run(ca: Option<&Path>, cmd: AsDeviceCmd) -> Result<Report, F
                 .into_inner();
             store(&dir, &key_pem, &r.certificate_chain_pem)?;
             Ok(enrolled("enrolled", r, &dir))
+        }
+        AsDeviceCmd::Posture {
+            endpoint,
+            dir,
+            posture,
+        } => {
+            let posture = posture.to_pb()?;
+            let cert = read_file(&dir.join(CERT_FILE))?;
+            let key = read_file(&dir.join(KEY_FILE))?;
+            let tls = LinkTls::new(&cert, &key, &ca).map_err(|e| local(format!("--ca: {e}")))?;
+            let ch = tls
+                .connect(&endpoint, Expect::AnyController, &opts)
+                .await
+                .map_err(|e| Failure::new(6, format!("{endpoint}: {e}")))?;
+            let mut client = pb::device_enrollment_client::DeviceEnrollmentClient::new(ch);
+            let nonce = client
+                .posture_nonce(pb::PostureNonceRequest {})
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .nonce;
+            let r = client
+                .report_posture(pb::ReportPostureRequest {
+                    posture: Some(posture),
+                    nonce,
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            let revision = r.write.map(|w| w.revision).unwrap_or(0);
+            Ok(Report::new(
+                format!("posture reported (revision {revision})\n"),
+                json!({"revision": revision}),
+            ))
         }
         AsDeviceCmd::Renew { endpoint, dir } => {
             let cert = read_file(&dir.join(CERT_FILE))?;

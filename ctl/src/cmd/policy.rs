@@ -317,6 +317,18 @@ fn sim_pb(s: SimRequestSpec) -> pb::SimulatedRequest {
                     os: os as i32,
                     client_version: d.client_version,
                     mandatory_auth: d.mandatory_auth,
+                    disk_encrypted: d.disk_encrypted,
+                    firewall_enabled: d.firewall,
+                    screen_lock: d.screen_lock,
+                    mdm_compliant: d.mdm_compliant,
+                    reported_at: d
+                        .posture_reported_at
+                        .parse::<jiff::Timestamp>()
+                        .ok()
+                        .map(|t| prost_types::Timestamp {
+                            seconds: t.as_second(),
+                            nanos: t.subsec_nanosecond(),
+                        }),
                     ..Default::default()
                 }),
                 groups: d.groups,

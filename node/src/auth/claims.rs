@@ -45,6 +45,9 @@ pub(crate) struct Issue<'a> {
     pub(crate) idle: Duration,
     /// The catalog revision this edge enforces.
     pub(crate) revision: u64,
+    /// The device the user signs in from (its current certificate was presented): the session
+    /// is bound to it.
+    pub(crate) device: Option<&'a str>,
 }
 
 fn claim_strings(v: Option<&Value>) -> Vec<String> {
@@ -73,6 +76,7 @@ pub(crate) fn session_claims(
         lifetime,
         idle,
         revision,
+        device,
     } = at;
     let first = |name: &str| {
         claim_strings(claims.get(name))
@@ -138,5 +142,6 @@ pub(crate) fn session_claims(
         last_active: now,
         idle_secs: idle.as_secs() as i64,
         rev: revision,
+        did: device.unwrap_or_default().to_string(),
     })
 }

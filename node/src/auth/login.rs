@@ -287,6 +287,7 @@ impl Gateway {
                 lifetime,
                 idle,
                 revision: ctx.view.revision,
+                device: ctx.device_record().map(|d| d.id.as_str()),
             },
         )
         .map_err(|e| {
@@ -423,6 +424,7 @@ impl Gateway {
         let verdict = palisade_edge_core::enforce::verdict(
             app,
             Some(caller),
+            ctx.device_for_decision().as_ref(),
             ctx.peer.ip(),
             ctx.transport,
             self.replica.staleness(),

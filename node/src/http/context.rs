@@ -10,6 +10,8 @@ use palisade_edge_core::enforce::Transport;
 use palisade_policy::CompiledPolicy;
 
 use crate::http::error::Format;
+use palisade_link::device::PresentedDevice;
+use palisade_policy::catalog::DeviceRecord;
 
 /// One request's context. Handlers take `&RequestCtx` instead of positional arguments.
 #[derive(Debug, Clone)]
@@ -18,6 +20,8 @@ pub(crate) struct RequestCtx {
     pub(crate) rid: String,
     /// The client's address.
     pub(crate) peer: SocketAddr,
+    /// The device certificate the connection presented (verified by TLS), if any.
+    pub(crate) device: Option<Arc<PresentedDevice>>,
     /// The protocol the request came over (decisions may depend on it).
     pub(crate) transport: Transport,
     /// The authority the client addressed (`host[:port]`, lowercase).
@@ -32,4 +36,25 @@ pub(crate) struct RequestCtx {
     pub(crate) now: i64,
     /// How refusals are rendered (a page for browsers, JSON for the WebAuthn script).
     pub(crate) format: Format,
+}
+
+impl RequestCtx {
+    /// The enrolled device whose current certificate the connection presented, if any.
+    pub(crate) fn device_record(&self) -> Option<&DeviceRecord> {
+        let d = self.device.as_deref()?;
+        palisade_edge_core::device::resolve(
+            &self.view,
+            palisade_edge_core::device::DeviceCredential {
+                id: &d.id,
+                fingerprint: &d.fingerprint,
+            },
+            self.now,
+        )
+        .ok()
+    }
+
+    /// That device as `decide()` sees it.
+    pub(crate) fn device_for_decision(&self) -> Option<palisade_policy::request::Device> {
+        self.device_record().map(DeviceRecord::for_decision)
+    }
 }

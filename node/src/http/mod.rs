@@ -92,6 +92,16 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
+/// What a connection knows about its client, bound once when it opens: its address and the
+/// device certificate it presented (verified by TLS against the device CA), if any.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The device certificate presented.
+    pub device: Option<Arc<palisade_link::device::PresentedDevice>>,
+}
+
 /// The edge's clock, read once per request and passed on.
 pub(crate) fn now_secs() -> i64 {
     jiff::Timestamp::now().as_second()
@@ -177,21 +187,22 @@ impl Gateway {
         }
     }
 
-    /// Handles one request that arrived over `transport`: the one request path, which every
-    /// protocol adapter reaches through `service::EdgeService`.
+    /// Handles one request that arrived over `transport` on `conn`: the one request path,
+    /// which every protocol adapter reaches through `service::EdgeService`.
     pub async fn serve(
         &self,
         req: Request<Body>,
-        peer: SocketAddr,
+        conn: &Connection,
         transport: Transport,
     ) -> Response<Body> {
+        let peer = conn.peer;
         let rid = random_token()
             .map(|t| t[..16].to_string())
             .unwrap_or_else(|_| "-".into());
         let method = req.method().clone();
         let path_for_log = req.uri().path().to_string();
         let started = std::time::Instant::now();
-        let mut resp = self.route(req, peer, transport, &rid).await;
+        let mut resp = self.route(req, conn, transport, &rid).await;
         if let Ok(v) = HeaderValue::from_str(&rid) {
             resp.headers_mut().insert("x-request-id", v);
         }
@@ -210,10 +221,11 @@ impl Gateway {
     async fn route(
         &self,
         req: Request<Body>,
-        peer: SocketAddr,
+        conn: &Connection,
         transport: Transport,
         rid: &str,
     ) -> Response<Body> {
+        let peer = conn.peer;
         if let Some(problem) = framing_problem(&req) {
             tracing::info!(request_id = %rid, client = %peer.ip(), problem, "refused an ambiguous request");
             let mut r = EdgeError::BadRequest(problem.into()).into_response(Format::Html, rid);
@@ -258,6 +270,7 @@ impl Gateway {
             let ctx = RequestCtx {
                 rid: rid.to_string(),
                 peer,
+                device: conn.device.clone(),
                 transport,
                 authority,
                 host,
@@ -279,10 +292,12 @@ impl Gateway {
             transport,
             session: cookie::get(req.headers(), cookie::SESSION).map(str::to_string),
             mfa: cookie::get(req.headers(), cookie::MFA).map(str::to_string),
+            device: conn.device.clone(),
         };
         let Enforced {
             verdict,
             session_refused,
+            device_refused,
         } = enforce(
             view.as_deref(),
             &head.request(0),
@@ -291,6 +306,9 @@ impl Gateway {
         );
         if let Some(why) = session_refused {
             tracing::debug!(request_id = %rid, reason = %why, "session cookie refused");
+        }
+        if let Some(why) = device_refused {
+            tracing::info!(request_id = %rid, device = %conn.device.as_deref().map(|d| d.id.as_str()).unwrap_or(""), reason = %why, "device certificate does not count");
         }
         if let Some(app) = verdict.app() {
             tracing::debug!(request_id = %rid, app = %app.id, verdict = verdict.kind(), "decided");
@@ -394,6 +412,7 @@ impl Gateway {
                 let ctx = RequestCtx {
                     rid: rid.to_string(),
                     peer,
+                    device: head.device.clone(),
                     transport: head.transport,
                     authority: authority.to_string(),
                     host: head.host.clone(),
@@ -473,7 +492,10 @@ impl Gateway {
             &ctx.view,
             cookie::get(headers, cookie::SESSION),
             cookie::get(headers, cookie::MFA),
-            &ctx.host,
+            palisade_edge_core::session::Presented {
+                host: &ctx.host,
+                device: ctx.device_record().map(|d| d.id.as_str()),
+            },
             ctx.now,
             0,
         )

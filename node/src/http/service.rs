@@ -15,6 +15,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 
+use palisade_link::device::PresentedDevice;
+
 use super::Gateway;
 use crate::proxy::{Body, BoxError};
 
@@ -23,12 +25,22 @@ use crate::proxy::{Body, BoxError};
 pub struct EdgeService {
     gateway: Arc<Gateway>,
     peer: SocketAddr,
+    device: Option<Arc<PresentedDevice>>,
 }
 
 impl EdgeService {
-    /// The service for one connection from `peer`.
-    pub fn new(gateway: Arc<Gateway>, peer: SocketAddr) -> Self {
-        Self { gateway, peer }
+    /// The service for one connection from `peer`, which presented `device`'s certificate
+    /// (verified by TLS against the device CA) or none.
+    pub fn new(
+        gateway: Arc<Gateway>,
+        peer: SocketAddr,
+        device: Option<Arc<PresentedDevice>>,
+    ) -> Self {
+        Self {
+            gateway,
+            peer,
+            device,
+        }
     }
 }
 
@@ -49,10 +61,13 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let gateway = self.gateway.clone();
-        let peer = self.peer;
+        let conn = super::Connection {
+            peer: self.peer,
+            device: self.device.clone(),
+        };
         let transport = super::transport_of(&req);
         // Upgrades (WebSocket) travel in the request's extensions, which `map` keeps.
         let req = req.map(|b| b.map_err(Into::into).boxed_unsync());
-        Box::pin(async move { Ok(gateway.serve(req, peer, transport).await) })
+        Box::pin(async move { Ok(gateway.serve(req, &conn, transport).await) })
     }
 }

@@ -355,6 +355,7 @@ impl Gateway {
         match palisade_edge_core::enforce::verdict(
             app,
             Some(caller.clone()),
+            ctx.device_for_decision().as_ref(),
             peer.ip(),
             ctx.transport,
             self.replica.staleness(),

@@ -120,6 +120,7 @@ pub fn device(d: &pb::Device) -> Result<DeviceRecord, ReplicaError> {
         enrollment_expires_at_ms: 0,
         certificate,
         enrolled_at_ms: ms(d.enrolled_at.as_ref()),
+        posture_nonce_ms: 0,
         revision: d.revision,
     })
 }

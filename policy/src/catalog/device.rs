@@ -91,6 +91,10 @@ pub struct DeviceRecord {
     /// When it last enrolled (unix ms); 0: never.
     #[serde(default)]
     pub enrolled_at_ms: i64,
+    /// When the nonce of its last accepted posture report was issued (unix ms): a report must
+    /// bring a later one (controllers only; edges do not receive it).
+    #[serde(default)]
+    pub posture_nonce_ms: i64,
     /// Revision of the last change.
     pub revision: u64,
 }
@@ -103,6 +107,34 @@ impl DeviceRecord {
             && self.certificate.as_ref().is_some_and(|c| {
                 c.fingerprint_sha256.eq_ignore_ascii_case(fingerprint) && c.not_after_ms > now_ms
             })
+    }
+}
+
+impl DeviceRecord {
+    /// The device as `decide()` sees it: its state, groups and last posture (a client version
+    /// that is not semver, or an OS that is not a known family, counts as not reported).
+    pub fn for_decision(&self) -> crate::request::Device {
+        use crate::request::DeviceState as S;
+        crate::request::Device {
+            id: self.id.clone(),
+            state: match self.state {
+                DeviceState::Pending => S::Pending,
+                DeviceState::Enrolled => S::Enrolled,
+                DeviceState::Wiped => S::Wiped,
+                DeviceState::Revoked => S::Revoked,
+            },
+            client_version: semver::Version::parse(&self.posture.client_version).ok(),
+            mandatory_auth: self.posture.mandatory_auth,
+            os: crate::document::Os::parse(&self.posture.os),
+            groups: self.groups.clone(),
+            disk_encrypted: self.posture.disk_encrypted,
+            firewall: self.posture.firewall_enabled,
+            screen_lock: self.posture.screen_lock,
+            mdm_compliant: self.posture.mdm_compliant,
+            posture_reported_at: (self.posture.reported_at_ms > 0)
+                .then(|| jiff::Timestamp::from_millisecond(self.posture.reported_at_ms).ok())
+                .flatten(),
+        }
     }
 }
 
@@ -168,6 +200,7 @@ impl Catalog {
                         enrollment_expires_at_ms: *token_expires_at_ms,
                         certificate: None,
                         enrolled_at_ms: 0,
+                        posture_nonce_ms: 0,
                         revision,
                     },
                 );
@@ -280,6 +313,34 @@ impl Catalog {
                 d.state = DeviceState::Enrolled;
                 d.certificate = Some(certificate.clone());
                 d.enrolled_at_ms = at;
+                d.posture = Posture {
+                    reported_at_ms: at,
+                    ..posture.clone()
+                };
+                d.revision = revision;
+                changes.push(Change::Device(id.clone()));
+                Ok(Outcome::Device(id.clone()))
+            }
+            Command::ReportPosture {
+                id,
+                posture,
+                nonce_issued_at_ms,
+            } => {
+                let d = self
+                    .devices
+                    .get_mut(id)
+                    .ok_or_else(|| not_found("device", id))?;
+                if d.state != DeviceState::Enrolled {
+                    return Err(CommandError::Invalid(
+                        "only an enrolled device reports posture".into(),
+                    ));
+                }
+                if *nonce_issued_at_ms <= d.posture_nonce_ms {
+                    return Err(CommandError::Invalid(
+                        "this posture nonce was already used".into(),
+                    ));
+                }
+                d.posture_nonce_ms = *nonce_issued_at_ms;
                 d.posture = Posture {
                     reported_at_ms: at,
                     ..posture.clone()

@@ -416,7 +416,24 @@ fn cookie_header(jar: &HashMap<String, String>) -> String {
 
 impl Browser {
     pub fn new(ca: &str) -> Browser {
-        let http = reqwest::Client::builder()
+        Browser::build(ca, None)
+    }
+
+    /// A browser on a managed device: it presents the device certificate (`pem`: the key and
+    /// the chain) to the edges.
+    pub fn on_device(ca: &str, pem: &str) -> Browser {
+        Browser::build(
+            ca,
+            Some(reqwest::Identity::from_pem(pem.as_bytes()).expect("device identity")),
+        )
+    }
+
+    fn build(ca: &str, identity: Option<reqwest::Identity>) -> Browser {
+        let mut b = reqwest::Client::builder();
+        if let Some(id) = identity {
+            b = b.identity(id);
+        }
+        let http = b
             .redirect(reqwest::redirect::Policy::none())
             .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("ca"))
             .resolve(APP_HOST, "127.0.0.1:0".parse().expect("addr"))
@@ -574,15 +591,36 @@ pub async fn tls_alpn(
     host: &str,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tls_as(ca, port, host, alpn, None).await
+}
+
+/// A TLS connection offering one ALPN protocol, presenting `client` (certificate chain PEM,
+/// key PEM) if given.
+pub async fn tls_as(
+    ca: &str,
+    port: u16,
+    host: &str,
+    alpn: &[u8],
+    client: Option<(&str, &str)>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
         roots.add(c.expect("ca")).expect("ca");
     }
-    let mut cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut cfg = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("client certificate"),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("client key"),
+            )
+            .expect("client auth"),
+    };
     cfg.alpn_protocols = vec![alpn.to_vec()];
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -619,7 +657,12 @@ pub struct KeepAlive {
 
 impl KeepAlive {
     pub async fn open(ca: &str, port: u16) -> KeepAlive {
-        let s = tls(ca, port, APP_HOST).await;
+        KeepAlive::open_as(ca, port, None).await
+    }
+
+    /// A keep-alive connection presenting a client certificate (`cert_pem`, `key_pem`).
+    pub async fn open_as(ca: &str, port: u16, client: Option<(&str, &str)>) -> KeepAlive {
+        let s = tls_as(ca, port, APP_HOST, b"http/1.1", client).await;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
             .await
             .expect("handshake");

@@ -1,0 +1,192 @@
+//! The device at a live edge, end to end with real processes: a device enrolled with a
+//! one-time token presents its certificate to the edge's ingress (requested, not required);
+//! a device-only application lets it in and refuses a browser without it; a session signed in
+//! on the device is bound to it (its cookie copied elsewhere is refused); revoking the device
+//! refuses the next request on a keep-alive connection already open; a wiped device is
+//! refused, and a new enrollment of the same hardware works; a certificate from another CA is
+//! refused at the handshake.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{APP_HOST, Browser, KeepAlive, Stack, policy, session_claims};
+
+const MANAGED: &str = "/managed/";
+
+/// The stack's policy plus an application under `/managed` for enrolled Linux devices of the
+/// `fleet` group.
+fn device_policy(s: &Stack) -> Value {
+    let mut p = policy(&s.idp.issuer, &s.forging.issuer, s.upstream.addr);
+    let up = format!("http://{}", s.upstream.addr);
+    p["apps"].as_array_mut().expect("apps").push(json!({
+        "id": "managed", "name": "Managed-devices application", "hosts": [APP_HOST],
+        "path_prefixes": ["/managed"], "upstreams": [up], "identity_providers": ["real"],
+        "mfa": {"required": false},
+        "rules": [{"name": "fleet-laptops", "decision": "allow",
+                   "include": [{"email_domain": "example.com"}],
+                   "require": [{"device": {"enrolled": true, "os": ["linux"]}},
+                               {"device_group": "fleet"}]}]
+    }));
+    p
+}
+
+/// Creates a device for alice and enrolls it into `dir` (retrying while the first leader has
+/// not created the device CA yet); returns the device id and the key + chain PEM.
+async fn enroll(s: &Stack, serial: &str, dir: &std::path::Path) -> (String, String) {
+    let (code, out) = s.palisadectl(&[
+        "devices",
+        "enroll",
+        "--owner",
+        "alice@example.com",
+        "--serial",
+        serial,
+        "--groups",
+        "fleet",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let id = out["device"]["id"].as_str().expect("id").to_string();
+    let token = out["enrollment_token"].as_str().expect("token").to_string();
+    let endpoint = s
+        .cluster
+        .controllers
+        .values()
+        .next()
+        .expect("controller")
+        .device_addr();
+    let dir_s = dir.display().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out) = s.palisadectl(&[
+            "as-device",
+            "enroll",
+            "--endpoint",
+            &endpoint,
+            "--token",
+            &token,
+            "--dir",
+            &dir_s,
+            "--os",
+            "linux",
+            "--client-version",
+            "1.0.0",
+        ]);
+        if code == 0 {
+            assert_eq!(out["device"], id.as_str());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "enrollment: {out}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let pem = format!(
+        "{}{}",
+        std::fs::read_to_string(dir.join("device.key")).expect("key"),
+        std::fs::read_to_string(dir.join("device.pem")).expect("chain")
+    );
+    (id, pem)
+}
+
+/// Waits until every edge applied everything committed.
+async fn settle(s: &Stack) {
+    let rev = s.cluster.latest_revision().await.expect("revision");
+    s.cluster
+        .wait_edges(rev, Duration::from_secs(20))
+        .await
+        .expect("edges apply");
+}
+
+async fn status(b: &mut Browser, port: u16, path: &str) -> u16 {
+    b.get(&format!("https://{APP_HOST}:{port}{path}"))
+        .await
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_is_on_every_decision() {
+    let s = Stack::start().await;
+    let rev = s
+        .cluster
+        .apply_policy(&device_policy(&s).to_string(), "devices")
+        .await
+        .expect("policy");
+    s.cluster
+        .wait_edges(rev, Duration::from_secs(20))
+        .await
+        .expect("policy applied");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (id, pem) = enroll(&s, "SER-LAPTOP", &tmp.path().join("laptop")).await;
+    settle(&s).await;
+    let port = s.edge_port(0);
+
+    // On the device: signed in, the managed application lets alice in; the session is bound.
+    let mut laptop = Browser::on_device(&s.ca, &pem);
+    laptop.login(port, "alice").await;
+    assert_eq!(status(&mut laptop, port, MANAGED).await, 200);
+    let cookie = laptop.session().expect("session");
+    assert_eq!(
+        session_claims(&cookie)["did"],
+        id.as_str(),
+        "bound to the device"
+    );
+
+    // The same cookie without the device: refused everywhere, not only on the managed app.
+    let mut thief = s.browser();
+    thief.edge = laptop.edge.clone();
+    let r = thief.get(&format!("https://{APP_HOST}:{port}/")).await;
+    assert_ne!(r.status, 200, "a copied bound cookie without the device");
+    assert_ne!(status(&mut thief, port, MANAGED).await, 200);
+
+    // An unmanaged browser, signed in: the ordinary app yes, the managed one no.
+    let mut desk = s.browser();
+    desk.login(port, "alice").await;
+    assert_eq!(status(&mut desk, port, "/").await, 200);
+    let denied = desk
+        .get(&format!("https://{APP_HOST}:{port}{MANAGED}"))
+        .await;
+    assert_eq!(denied.status, 403, "{}", denied.body);
+
+    // A certificate naming the device from another CA: the handshake refuses it.
+    let other = palisade_link::pki::DevCa::named("not the device CA").expect("ca");
+    let forged = other
+        .issue_uri(&format!("urn:palisade:device:{id}"))
+        .expect("forged");
+    let forger = Browser::on_device(&s.ca, &format!("{}{}", forged.key_pem, forged.cert_pem));
+    let refused = forger
+        .http
+        .get(format!("https://{APP_HOST}:{port}{MANAGED}"))
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "a foreign certificate is refused at the handshake"
+    );
+
+    // Revoked: the next request on a keep-alive connection already open is refused.
+    let dir = tmp.path().join("laptop");
+    let cert = std::fs::read_to_string(dir.join("device.pem")).expect("chain");
+    let key = std::fs::read_to_string(dir.join("device.key")).expect("key");
+    let mut conn = KeepAlive::open_as(&s.ca, port, Some((&cert, &key))).await;
+    assert_eq!(conn.get(MANAGED, &cookie).await.0, 200);
+    let (second, pem2) = enroll(&s, "SER-OTHER", &tmp.path().join("other")).await;
+    let (code, out) = s.palisadectl(&["devices", "revoke", &id, "--reason", "lost"]);
+    assert_eq!(code, 0, "{out}");
+    settle(&s).await;
+    let (st, _) = conn.get(MANAGED, &cookie).await;
+    assert_ne!(st, 200, "a revoked device on an open connection");
+    assert_ne!(status(&mut laptop, port, MANAGED).await, 200);
+
+    // Wiped: refused; the same hardware enrolled anew with a new token gets in again.
+    let mut other = Browser::on_device(&s.ca, &pem2);
+    other.login(port, "alice").await;
+    assert_eq!(status(&mut other, port, MANAGED).await, 200);
+    let (code, out) = s.palisadectl(&["devices", "wipe", &second, "--reason", "reimaged"]);
+    assert_eq!(code, 0, "{out}");
+    settle(&s).await;
+    assert_ne!(status(&mut other, port, MANAGED).await, 200, "wiped");
+    let (_, pem3) = enroll(&s, "SER-OTHER", &tmp.path().join("other-again")).await;
+    settle(&s).await;
+    let mut again = Browser::on_device(&s.ca, &pem3);
+    again.login(port, "alice").await;
+    assert_eq!(status(&mut again, port, MANAGED).await, 200, "re-enrolled");
+}
