@@ -106,6 +106,7 @@ pub const TABLE: &[(&str, Need)] = &[
     // identity on the cluster listener may.
     ("/palisade.v1.DeviceEnrollment/Enroll", Nobody),
     ("/palisade.v1.DeviceEnrollment/Renew", Nobody),
+    ("/palisade.v1.DeviceEnrollment/PostureNonce", Nobody),
     ("/palisade.v1.DeviceEnrollment/ReportPosture", Nobody),
     // Controllers among themselves.
     ("/palisade.v1.RaftTransport/Vote", Controller),
