@@ -111,29 +111,12 @@ pub fn device_state(s: cat::DeviceState) -> pb::DeviceState {
 
 /// The wire OS family of a catalog OS name (`macos`, `linux`, ...).
 pub fn os_to_pb(os: &str) -> pb::OsFamily {
-    match os {
-        "macos" => pb::OsFamily::Macos,
-        "windows" => pb::OsFamily::Windows,
-        "linux" => pb::OsFamily::Linux,
-        "ios" => pb::OsFamily::Ios,
-        "android" => pb::OsFamily::Android,
-        "chromeos" => pb::OsFamily::Chromeos,
-        _ => pb::OsFamily::Unspecified,
-    }
+    pb::OsFamily::from_name(os).unwrap_or(pb::OsFamily::Unspecified)
 }
 
 /// The catalog's name of a wire OS family.
 pub fn os_from_pb(os: i32) -> String {
-    match pb::OsFamily::try_from(os).unwrap_or(pb::OsFamily::Unspecified) {
-        pb::OsFamily::Macos => "macos",
-        pb::OsFamily::Windows => "windows",
-        pb::OsFamily::Linux => "linux",
-        pb::OsFamily::Ios => "ios",
-        pb::OsFamily::Android => "android",
-        pb::OsFamily::Chromeos => "chromeos",
-        pb::OsFamily::Unspecified => "",
-    }
-    .to_string()
+    pb::OsFamily::name_of(os).to_string()
 }
 
 /// A device.

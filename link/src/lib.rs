@@ -144,37 +144,34 @@ impl std::fmt::Debug for LinkTls {
     }
 }
 
+/// The CA certificates in `ca_pem` as a root store (at least one).
+fn roots(ca_pem: &str) -> Result<RootCertStore, LinkError> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let c = c.map_err(|e| LinkError::Ca(e.to_string()))?;
+        roots.add(c).map_err(|e| LinkError::Ca(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(LinkError::Ca("no certificate in it".into()));
+    }
+    Ok(roots)
+}
+
 impl LinkTls {
     /// Presents `cert_pem`/`key_pem` and trusts the CA certificates in `ca_pem`.
     pub fn new(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Self, LinkError> {
-        let mut roots = RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            let c = c.map_err(|e| LinkError::Ca(e.to_string()))?;
-            roots.add(c).map_err(|e| LinkError::Ca(e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(LinkError::Ca("no certificate in it".into()));
-        }
         Ok(Self {
             identity: Some(Identity::from_pem(cert_pem, key_pem)),
-            roots: Arc::new(roots),
+            roots: Arc::new(roots(ca_pem)?),
         })
     }
 
     /// Trusts the CA certificates in `ca_pem` and presents no certificate: a device that has
     /// none yet (enrollment with a one-time token).
     pub fn anonymous(ca_pem: &str) -> Result<Self, LinkError> {
-        let mut roots = RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            let c = c.map_err(|e| LinkError::Ca(e.to_string()))?;
-            roots.add(c).map_err(|e| LinkError::Ca(e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(LinkError::Ca("no certificate in it".into()));
-        }
         Ok(Self {
             identity: None,
-            roots: Arc::new(roots),
+            roots: Arc::new(roots(ca_pem)?),
         })
     }
 

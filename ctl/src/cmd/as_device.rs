@@ -91,16 +91,8 @@ pub(crate) struct PostureArgs {
 
 impl PostureArgs {
     fn to_pb(&self) -> Result<pb::DevicePosture, Failure> {
-        let os = match self.os.as_str() {
-            "" => pb::OsFamily::Unspecified,
-            "macos" => pb::OsFamily::Macos,
-            "windows" => pb::OsFamily::Windows,
-            "linux" => pb::OsFamily::Linux,
-            "ios" => pb::OsFamily::Ios,
-            "android" => pb::OsFamily::Android,
-            "chromeos" => pb::OsFamily::Chromeos,
-            other => return Err(local(format!("--os {other:?}: not an OS family"))),
-        };
+        let os = pb::OsFamily::from_name(&self.os)
+            .ok_or_else(|| local(format!("--os {:?}: not an OS family", self.os)))?;
         Ok(pb::DevicePosture {
             os: os as i32,
             os_version: self.os_version.clone(),

@@ -308,8 +308,7 @@ fn sim_pb(s: SimRequestSpec) -> pb::SimulatedRequest {
                 "revoked" => pb::DeviceState::Revoked,
                 _ => pb::DeviceState::Enrolled,
             };
-            let os = pb::OsFamily::from_str_name(&format!("OS_FAMILY_{}", d.os.to_uppercase()))
-                .unwrap_or_default();
+            let os = pb::OsFamily::from_name(&d.os).unwrap_or_default();
             pb::SimulatedDevice {
                 id: d.id,
                 state: state as i32,

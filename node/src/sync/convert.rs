@@ -59,18 +59,6 @@ pub fn revocation(r: &pb::Revocation) -> Result<Change, ReplicaError> {
     })
 }
 
-fn os_name(os: i32) -> &'static str {
-    match pb::OsFamily::try_from(os).unwrap_or(pb::OsFamily::Unspecified) {
-        pb::OsFamily::Macos => "macos",
-        pb::OsFamily::Windows => "windows",
-        pb::OsFamily::Linux => "linux",
-        pb::OsFamily::Ios => "ios",
-        pb::OsFamily::Android => "android",
-        pb::OsFamily::Chromeos => "chromeos",
-        pb::OsFamily::Unspecified => "",
-    }
-}
-
 /// A device record (its public part: no enrollment token hash reaches an edge).
 pub fn device(d: &pb::Device) -> Result<DeviceRecord, ReplicaError> {
     let state = match pb::DeviceState::try_from(d.state) {
@@ -86,7 +74,7 @@ pub fn device(d: &pb::Device) -> Result<DeviceRecord, ReplicaError> {
         .posture
         .as_ref()
         .map(|p| Posture {
-            os: os_name(p.os).to_string(),
+            os: pb::OsFamily::name_of(p.os).to_string(),
             os_version: p.os_version.clone(),
             client_version: p.client_version.clone(),
             mandatory_auth: p.mandatory_auth,
