@@ -106,7 +106,8 @@ pub fn message(status: StatusCode, title: &str, text: &str, request_id: &str) ->
     )
 }
 
-/// The access-denied page: which application, which rule decided, what is missing.
+/// The access-denied page: which application, which rule decided, what the caller's device is
+/// missing.
 pub fn denied(
     app: &str,
     rule: Option<&str>,
@@ -127,7 +128,7 @@ pub fn denied(
         None => body.push_str(&format!("<p>{}</p>", escape(explanation))),
     }
     if !missing.is_empty() {
-        body.push_str("<p>What is missing:</p><ul>");
+        body.push_str("<p>What your device is missing:</p><ul>");
         for m in missing {
             body.push_str(&format!("<li>{}</li>", escape(m)));
         }

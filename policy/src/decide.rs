@@ -21,6 +21,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,8 +66,13 @@ pub enum DenyReason {
     DenyRule,
     /// No `allow` rule matched; lists what the closest one was missing.
     NoRuleMatched {
-        /// Plain-language requirements that were not met.
+        /// Plain-language requirements that were not met (for operators: they can name who
+        /// else the rule lets in).
         missing: Vec<String>,
+        /// What the caller's device lacks for the closest rule whose audience includes the
+        /// caller: safe to show the caller, who can fix it (report posture, turn on the
+        /// firewall). Empty when the device is not what stood in the way.
+        device: Vec<String>,
     },
     /// The edge's view is older than the application allows.
     StaleView {
@@ -88,10 +94,10 @@ impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DenyReason::DenyRule => write!(f, "a deny rule matched this request"),
-            DenyReason::NoRuleMatched { missing } if missing.is_empty() => {
+            DenyReason::NoRuleMatched { missing, .. } if missing.is_empty() => {
                 write!(f, "no rule allows this request")
             }
-            DenyReason::NoRuleMatched { missing } => write!(
+            DenyReason::NoRuleMatched { missing, .. } => write!(
                 f,
                 "no rule allows this request; missing: {}",
                 missing.join("; ")
@@ -363,9 +369,7 @@ pub fn decide(
     }
     Decision::Deny {
         rule: None,
-        reason: DenyReason::NoRuleMatched {
-            missing: explain_missing(app, &f),
-        },
+        reason: explain_missing(app, &f),
     }
 }
 
@@ -519,53 +523,106 @@ fn cond_matches(c: &Cond, f: &Facts<'_>) -> bool {
 }
 
 fn device_matches(req: &DeviceReq, device: Option<&Device>, now: Timestamp) -> bool {
+    device_check(req, device, now, |_| ControlFlow::Break(())).is_continue()
+}
+
+/// One thing a device condition asked of the device that it lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lack<'a> {
+    /// An enrolled device (`true`), or an unmanaged one (`false`).
+    Enrolled(bool),
+    /// A Palisade client at least this version.
+    ClientVersion(&'a semver::Version),
+    /// Mandatory authentication on (`true`) or off.
+    MandatoryAuth(bool),
+    /// One of these operating systems.
+    Os,
+    /// A posture flag with the wanted value.
+    Flag(&'static str, bool),
+    /// A posture report no older than this.
+    Fresh(Duration),
+}
+
+impl fmt::Display for Lack<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let on = |b: bool| if b { "on" } else { "off" };
+        match self {
+            Lack::Enrolled(true) => write!(f, "an enrolled device presenting its certificate"),
+            Lack::Enrolled(false) => write!(f, "an unmanaged device"),
+            Lack::ClientVersion(v) => write!(f, "Palisade client {v} or later"),
+            Lack::MandatoryAuth(m) => write!(f, "mandatory authentication {}", on(*m)),
+            Lack::Os => write!(f, "a device running an allowed operating system"),
+            Lack::Flag(what, want) => write!(f, "{what} {}", on(*want)),
+            Lack::Fresh(max) => write!(
+                f,
+                "a posture report from the device within the last {}s (its last one is older, or there is none)",
+                max.as_secs()
+            ),
+        }
+    }
+}
+
+/// Checks a device condition, calling `lacks` for each requirement the device does not meet
+/// until it says to stop: one definition for the decision (stop at the first) and for the
+/// denial page (say all).
+fn device_check<'r>(
+    req: &'r DeviceReq,
+    device: Option<&Device>,
+    now: Timestamp,
+    mut lacks: impl FnMut(Lack<'r>) -> ControlFlow<()>,
+) -> ControlFlow<()> {
     let enrolled = device.filter(|d| d.state == DeviceState::Enrolled);
     if let Some(want) = req.enrolled
         && want != enrolled.is_some()
     {
-        return false;
+        lacks(Lack::Enrolled(want))?;
     }
     if !req.checks_posture() {
-        return true;
+        return ControlFlow::Continue(());
     }
     // Posture only counts for an enrolled device.
-    let Some(d) = enrolled else { return false };
+    let Some(d) = enrolled else {
+        if req.enrolled != Some(true) {
+            lacks(Lack::Enrolled(true))?;
+        }
+        return ControlFlow::Continue(());
+    };
     if let Some(min) = &req.min_version
         && d.client_version.as_ref().is_none_or(|v| v < min)
     {
-        return false;
+        lacks(Lack::ClientVersion(min))?;
     }
     if let Some(want) = req.mandatory_auth
         && want != d.mandatory_auth
     {
-        return false;
+        lacks(Lack::MandatoryAuth(want))?;
     }
     if let Some(oses) = &req.os
         && d.os.is_none_or(|os| !oses.contains(&os))
     {
-        return false;
+        lacks(Lack::Os)?;
     }
-    let flags = [
-        (req.disk_encrypted, d.disk_encrypted),
-        (req.firewall, d.firewall),
-        (req.screen_lock, d.screen_lock),
-        (req.mdm_compliant, d.mdm_compliant),
-    ];
-    if flags
-        .iter()
-        .any(|(want, have)| want.is_some_and(|w| w != *have))
-    {
-        return false;
+    for (what, want, have) in [
+        ("disk encryption", req.disk_encrypted, d.disk_encrypted),
+        ("the host firewall", req.firewall, d.firewall),
+        ("a screen lock", req.screen_lock, d.screen_lock),
+        ("MDM compliance", req.mdm_compliant, d.mdm_compliant),
+    ] {
+        if let Some(w) = want
+            && w != have
+        {
+            lacks(Lack::Flag(what, w))?;
+        }
     }
     if let Some(max) = req.max_age {
         let fresh = d
             .posture_reported_at
             .is_some_and(|at| now.duration_since(at).as_secs_f64() <= max.as_secs_f64());
         if !fresh {
-            return false;
+            lacks(Lack::Fresh(max))?;
         }
     }
-    true
+    ControlFlow::Continue(())
 }
 
 pub(crate) fn weekday_index(w: jiff::civil::Weekday) -> u8 {
@@ -587,8 +644,9 @@ fn time_matches(t: &TimeReq, now: Timestamp) -> bool {
 }
 
 /// Says, in plain words, what the first allow rule whose include matched (or else the first
-/// allow rule) was missing.
-fn explain_missing(app: &CompiledApp, f: &Facts<'_>) -> Vec<String> {
+/// allow rule) was missing; and, when the caller is in that rule's audience, what their device
+/// lacks.
+fn explain_missing(app: &CompiledApp, f: &Facts<'_>) -> DenyReason {
     let candidates: Vec<&CompiledRule> = app
         .allow
         .iter()
@@ -600,10 +658,14 @@ fn explain_missing(app: &CompiledApp, f: &Facts<'_>) -> Vec<String> {
         .find(|r| any_matches(&r.include, f))
         .or(candidates.first())
     else {
-        return vec!["the application has no allow rule".into()];
+        return DenyReason::NoRuleMatched {
+            missing: vec!["the application has no allow rule".into()],
+            device: Vec::new(),
+        };
     };
     let mut missing = Vec::new();
-    if !any_matches(&rule.include, f) {
+    let included = any_matches(&rule.include, f);
+    if !included {
         missing.push(format!(
             "rule {:?} includes only: {}",
             &*rule.name,
@@ -615,20 +677,39 @@ fn explain_missing(app: &CompiledApp, f: &Facts<'_>) -> Vec<String> {
                 .join(" or ")
         ));
     }
-    if any_matches(&rule.exclude, f) {
+    let excluded = any_matches(&rule.exclude, f);
+    if excluded {
         missing.push(format!("rule {:?} excludes this request", &*rule.name));
     }
+    let mut device = Vec::new();
     for (c, src) in rule.require.iter().zip(
         rule.source
             .require
             .iter()
             .filter(|c| !matches!(c, crate::document::Condition::Mfa(_))),
     ) {
-        if !cond_matches(c, f) {
-            missing.push(format!("rule {:?} requires {}", &*rule.name, describe(src)));
+        if cond_matches(c, f) {
+            continue;
+        }
+        missing.push(format!("rule {:?} requires {}", &*rule.name, describe(src)));
+        if !included || excluded {
+            continue;
+        }
+        match c {
+            Cond::Device(req) => {
+                let _ = device_check(req, f.device, f.now, |lack| {
+                    device.push(lack.to_string());
+                    ControlFlow::Continue(())
+                });
+            }
+            Cond::DeviceGroup(_) if f.device.is_none() => {
+                device.push(Lack::Enrolled(true).to_string());
+            }
+            _ => {}
         }
     }
-    missing
+    device.dedup();
+    DenyReason::NoRuleMatched { missing, device }
 }
 
 /// A condition in plain words.

@@ -345,6 +345,40 @@ fn posture_flags_and_freshness() {
     }
 }
 
+/// A denial names what the caller's own device lacks (they can fix it), only when the rule's
+/// audience includes the caller; who else the rule admits is never part of it.
+#[test]
+fn the_device_shortfall_is_named_for_the_caller_only() {
+    let p = rules(json!([{"name": "fleet", "decision": "allow",
+        "include": [{"email": "alice@example.com"}],
+        "require": [{"device": {"enrolled": true, "firewall": true, "max_age": "1h"}}]}]));
+    let now = wed_10_utc();
+    let lacks =
+        |id: Option<&Identity>, d: Option<&Device>| match run(&p, id, d, &ctx("192.0.2.1"), now) {
+            Decision::Deny {
+                reason: DenyReason::NoRuleMatched { device, .. },
+                ..
+            } => device,
+            other => panic!("{other:?}"),
+        };
+    let mut d = laptop();
+    d.firewall = false;
+    d.posture_reported_at = Some(now - jiff::SignedDuration::from_hours(2));
+    let got = lacks(Some(&alice()), Some(&d));
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].contains("host firewall on"), "{got:?}");
+    assert!(
+        got[1].contains("posture report") && got[1].contains("3600s"),
+        "{got:?}"
+    );
+    let got = lacks(Some(&alice()), None);
+    assert_eq!(got, ["an enrolled device presenting its certificate"]);
+    // Someone the rule is not about learns nothing about its device requirements.
+    let mut bob = alice();
+    bob.email = "bob@example.com".into();
+    assert!(lacks(Some(&bob), Some(&d)).is_empty());
+}
+
 #[test]
 fn device_posture() {
     let enrolled = single(json!({"device": {"enrolled": true}}));

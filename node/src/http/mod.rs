@@ -391,18 +391,21 @@ impl Gateway {
                 ref rule,
                 ref reason,
             } => {
-                // The page names the rule and the request id; what the rule would have needed
-                // (who else is allowed) stays in the log and in `palisadectl simulate`.
+                // The page names the rule, the request id and what the caller's own device
+                // lacks (they can fix that); what the rule would have needed otherwise (who
+                // else is allowed) stays in the log and in `palisadectl simulate`.
                 tracing::info!(request_id = %rid, app = %app.id, explanation = %denied.explain(), "denied");
-                let why = match reason {
-                    DenyReason::NoRuleMatched { .. } => "no rule allows this request".to_string(),
-                    other => other.to_string(),
+                let (why, device) = match reason {
+                    DenyReason::NoRuleMatched { device, .. } => {
+                        ("no rule allows this request".to_string(), device.as_slice())
+                    }
+                    other => (other.to_string(), &[][..]),
                 };
                 Ok(pages::denied(
                     &app.name,
                     rule.as_ref().map(|r| &*r.name),
                     &why,
-                    &[],
+                    device,
                     rid,
                 ))
             }
