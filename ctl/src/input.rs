@@ -16,6 +16,27 @@ pub(crate) fn read_file(p: &Path) -> Result<String, Failure> {
     std::fs::read_to_string(p).map_err(|e| local(format!("reading {}: {e}", p.display())))
 }
 
+/// Writes a file only its owner can read (a key, a token), atomically: a reader sees the old
+/// file or the new one, never a part.
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |e: std::io::Error| local(format!("writing {}: {e}", path.display()));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(contents).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
 /// `30s`, `12h`, ... as a wire duration.
 pub(crate) fn duration(s: &str) -> Result<prost_types::Duration, Failure> {
     let d = palisade_policy::duration::parse_duration(s).map_err(local)?;

@@ -119,7 +119,7 @@ async fn run(cli: Cli) -> Result<Report, Failure> {
         Cmd::Policy(cmd) => cmd::policy::run(&c()?, cmd).await,
         Cmd::Revoke(args) => cmd::revoke::revoke(&c()?, args).await,
         Cmd::Revocations => cmd::revoke::list(&c()?).await,
-        Cmd::Devices { cmd } => cmd::device::run(&c()?, cmd).await,
+        Cmd::Devices { cmd } => cmd::device::run(&c()?, cli.conn.ca(), cmd).await,
         Cmd::Factors { cmd } => cmd::factor::run(&c()?, cmd).await,
         Cmd::Keys { cmd } => cmd::key::run(&c()?, cmd).await,
         Cmd::Secrets { cmd } => cmd::secret::run(&c()?, cmd).await,

@@ -20,6 +20,7 @@ pub mod admin;
 pub mod device;
 pub mod idempotency;
 pub mod identity;
+pub mod managed;
 #[cfg(feature = "dev-pki")]
 pub mod pki;
 mod verify;

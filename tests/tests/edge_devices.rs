@@ -4,7 +4,8 @@
 //! on the device is bound to it (its cookie copied elsewhere is refused); revoking the device
 //! refuses the next request on a keep-alive connection already open; a wiped device is
 //! refused, and a new enrollment of the same hardware works; a certificate from another CA is
-//! refused at the handshake.
+//! refused at the handshake; stale posture is refused with what the device lacks on the page.
+//! Devices are provisioned as an MDM would (`devices provision`) and enroll from that file.
 
 mod support;
 
@@ -29,42 +30,100 @@ fn device_policy(s: &Stack) -> Value {
                    "require": [{"device": {"enrolled": true, "os": ["linux"]}},
                                {"device_group": "fleet"}]}]
     }));
+    p["apps"].as_array_mut().expect("apps").push(json!({
+        "id": "fresh", "name": "Fresh-posture application", "hosts": [APP_HOST],
+        "path_prefixes": ["/fresh"], "upstreams": [up], "identity_providers": ["real"],
+        "mfa": {"required": false},
+        "rules": [{"name": "recently-checked", "decision": "allow",
+                   "include": [{"email_domain": "example.com"}],
+                   "require": [{"device": {"enrolled": true, "max_age": FRESH_FOR}}]}]
+    }));
     p
 }
 
-/// Creates a device for alice and enrolls it into `dir` (retrying while the first leader has
-/// not created the device CA yet); returns the device id and the key + chain PEM.
+/// How fresh `/fresh` wants posture: short, so that the test sees it go stale.
+const FRESH_FOR: &str = "8s";
+
+/// A controller's device listener.
+fn device_endpoint(s: &Stack) -> String {
+    s.cluster
+        .controllers
+        .values()
+        .next()
+        .expect("controller")
+        .device_addr()
+}
+
+/// Reports posture as the device enrolled in `dir` (a fresh nonce each time).
+fn report_posture(s: &Stack, dir: &std::path::Path) {
+    let endpoint = device_endpoint(s);
+    let dir_s = dir.display().to_string();
+    let (code, out) = s.palisadectl(&[
+        "as-device",
+        "posture",
+        "--endpoint",
+        &endpoint,
+        "--dir",
+        &dir_s,
+        "--os",
+        "linux",
+        "--client-version",
+        "1.0.0",
+    ]);
+    assert_eq!(code, 0, "{out}");
+}
+
+/// Provisions a device for alice as an MDM would (`devices provision` writes the managed
+/// configuration file) and enrolls it from that file into `dir`, retrying while the first
+/// leader has not created the device CA yet; returns the device id and the key + chain PEM.
 async fn enroll(s: &Stack, serial: &str, dir: &std::path::Path) -> (String, String) {
+    let endpoint = device_endpoint(s);
+    let managed = dir.with_extension("managed.json");
+    let managed_s = managed.display().to_string();
+    let edge = format!("127.0.0.1:{}", s.edge_port(0));
     let (code, out) = s.palisadectl(&[
         "devices",
-        "enroll",
+        "provision",
         "--owner",
         "alice@example.com",
         "--serial",
         serial,
         "--groups",
         "fleet",
+        "--controller",
+        &endpoint,
+        "--edge",
+        &edge,
+        "--dns",
+        "127.0.0.53",
+        "--out",
+        &managed_s,
     ]);
     assert_eq!(code, 0, "{out}");
     let id = out["device"]["id"].as_str().expect("id").to_string();
-    let token = out["enrollment_token"].as_str().expect("token").to_string();
-    let endpoint = s
-        .cluster
-        .controllers
-        .values()
-        .next()
-        .expect("controller")
-        .device_addr();
+    let file = std::fs::read_to_string(&managed).expect("managed configuration");
+    assert!(
+        !out.to_string().contains("token\":\""),
+        "the token stays in the file"
+    );
+    let config = palisade_link::managed::ManagedConfig::from_json(&file).expect("valid");
+    assert_eq!(config.device_id, id);
+    assert_eq!(config.edges, [edge]);
+    assert!(config.mandatory_auth.enabled);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&managed)
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "only its owner reads the token");
     let dir_s = dir.display().to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let (code, out) = s.palisadectl(&[
             "as-device",
             "enroll",
-            "--endpoint",
-            &endpoint,
-            "--token",
-            &token,
+            "--config",
+            &managed_s,
             "--dir",
             &dir_s,
             "--os",
@@ -115,6 +174,35 @@ async fn the_device_is_on_every_decision() {
         .await
         .expect("policy applied");
     let tmp = tempfile::tempdir().expect("tmp");
+    // A provisioning mistake is reported (all of it) and creates no device.
+    let bad = tmp.path().join("bad.json").display().to_string();
+    let (code, out) = s.palisadectl(&[
+        "devices",
+        "provision",
+        "--owner",
+        "alice@example.com",
+        "--controller",
+        "nowhere",
+        "--edge",
+        "127.0.0.1:443",
+        "--dns",
+        "resolver.local",
+        "--out",
+        &bad,
+    ]);
+    assert_eq!(code, 2, "{out}");
+    let said = out.to_string();
+    assert!(
+        said.contains("controllers[0]") && said.contains("grace.dns[0]"),
+        "{said}"
+    );
+    let (code, out) = s.palisadectl(&["devices", "list"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.as_array().map(Vec::len),
+        Some(0),
+        "nothing created: {out}"
+    );
     let (id, pem) = enroll(&s, "SER-LAPTOP", &tmp.path().join("laptop")).await;
     settle(&s).await;
     let port = s.edge_port(0);
@@ -129,6 +217,42 @@ async fn the_device_is_on_every_decision() {
         id.as_str(),
         "bound to the device"
     );
+
+    // Posture goes stale: refused, and the page says what the device lacks; a new report lets
+    // it in again.
+    let dir = tmp.path().join("laptop");
+    report_posture(&s, &dir);
+    settle(&s).await;
+    assert_eq!(
+        status(&mut laptop, port, "/fresh/").await,
+        200,
+        "fresh posture"
+    );
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let stale = laptop
+        .get(&format!("https://{APP_HOST}:{port}/fresh/"))
+        .await;
+    assert_eq!(stale.status, 403, "stale posture");
+    assert!(
+        stale.body.contains("What your device is missing") && stale.body.contains("posture report"),
+        "{}",
+        stale.body
+    );
+    let (code, out) = s.palisadectl(&["devices", "list", "--stale-posture", FRESH_FOR]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out[0]["id"], id.as_str(), "listed as stale: {out}");
+    report_posture(&s, &dir);
+    settle(&s).await;
+    assert_eq!(
+        status(&mut laptop, port, "/fresh/").await,
+        200,
+        "reported again"
+    );
+    let (_, out) = s.palisadectl(&["devices", "list", "--stale-posture", FRESH_FOR]);
+    assert_eq!(out.as_array().map(Vec::len), Some(0), "fresh again: {out}");
+    let (_, out) = s.palisadectl(&["devices", "list", "--state", "enrolled"]);
+    assert_eq!(out[0]["state"], "enrolled", "{out}");
+    assert!(out[0]["posture_age_secs"].as_u64().is_some(), "{out}");
 
     // The same cookie without the device: refused everywhere, not only on the managed app.
     let mut thief = s.browser();
@@ -163,7 +287,6 @@ async fn the_device_is_on_every_decision() {
     );
 
     // Revoked: the next request on a keep-alive connection already open is refused.
-    let dir = tmp.path().join("laptop");
     let cert = std::fs::read_to_string(dir.join("device.pem")).expect("chain");
     let key = std::fs::read_to_string(dir.join("device.key")).expect("key");
     let mut conn = KeepAlive::open_as(&s.ca, port, Some((&cert, &key))).await;

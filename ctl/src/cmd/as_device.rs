@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use palisade_link::managed::ManagedConfig;
 use palisade_link::{Expect, LinkOptions, LinkTls};
 use palisade_proto::v1 as pb;
 use serde_json::json;
 
-use crate::input::{local, read_file};
+use crate::input::{local, read_file, write_private};
 use crate::report::{Failure, Report, from_status};
 
 /// The device's key file in `--dir`.
@@ -24,11 +25,15 @@ pub(crate) enum AsDeviceCmd {
     /// Enroll with a one-time token: writes `device.key` and `device.pem` into `--dir`.
     Enroll {
         /// The controller's device listener (`host:port`).
-        #[arg(long)]
-        endpoint: String,
+        #[arg(long, required_unless_present = "config")]
+        endpoint: Option<String>,
         /// The one-time enrollment token (`palisadectl devices enroll`).
         #[arg(long, env = "PALISADE_ENROLLMENT_TOKEN", hide_env_values = true)]
-        token: String,
+        token: Option<String>,
+        /// A managed configuration file (`palisadectl devices provision`): the controllers,
+        /// the CA that signs them and the token come from it, as a device agent takes them.
+        #[arg(long, conflicts_with = "endpoint")]
+        config: Option<PathBuf>,
         /// Where the key and certificate go.
         #[arg(long)]
         dir: PathBuf,
@@ -120,24 +125,10 @@ fn key_and_csr() -> Result<(String, Vec<u8>), Failure> {
 
 /// Writes the key (owner-only) and the chain into `dir`.
 fn store(dir: &Path, key_pem: &str, chain_pem: &str) -> Result<(), Failure> {
-    let err = |e: std::io::Error| local(format!("writing into {}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let key_path = dir.join(KEY_FILE);
-    let tmp = dir.join(format!("{KEY_FILE}.new"));
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        f.write_all(key_pem.as_bytes()).map_err(err)?;
-    }
-    std::fs::write(dir.join(CERT_FILE), chain_pem).map_err(err)?;
-    std::fs::rename(&tmp, &key_path).map_err(err)
+    std::fs::create_dir_all(dir).map_err(|e| local(format!("creating {}: {e}", dir.display())))?;
+    std::fs::write(dir.join(CERT_FILE), chain_pem)
+        .map_err(|e| local(format!("writing into {}: {e}", dir.display())))?;
+    write_private(&dir.join(KEY_FILE), key_pem.as_bytes())
 }
 
 fn enrolled(verb: &str, r: pb::EnrollResponse, dir: &Path) -> Report {
@@ -153,10 +144,37 @@ fn enrolled(verb: &str, r: pb::EnrollResponse, dir: &Path) -> Report {
     )
 }
 
+/// Enrolls through the first of `endpoints` that answers: a refusal (a used token, a bad
+/// request) is final, an unreachable controller is not.
+async fn enroll(
+    ca: &str,
+    endpoints: &[String],
+    req: pb::EnrollRequest,
+    opts: &LinkOptions,
+) -> Result<pb::EnrollResponse, Failure> {
+    let tls = LinkTls::anonymous(ca).map_err(|e| local(format!("the controllers' CA: {e}")))?;
+    let mut unreachable = Vec::new();
+    for endpoint in endpoints {
+        match tls.connect(endpoint, Expect::AnyController, opts).await {
+            Ok(ch) => {
+                return pb::device_enrollment_client::DeviceEnrollmentClient::new(ch)
+                    .enroll(req)
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(from_status);
+            }
+            Err(e) => unreachable.push(format!("{endpoint}: {e}")),
+        }
+    }
+    Err(Failure::new(6, unreachable.join("; ")))
+}
+
 pub(crate) async fn run(ca: Option<&Path>, cmd: AsDeviceCmd) -> Result<Report, Failure> {
-    let ca = read_file(ca.ok_or_else(|| {
-        local("--ca (or PALISADE_CA): the CA that signs the controllers is required")
-    })?)?;
+    let ca = || {
+        read_file(ca.ok_or_else(|| {
+            local("--ca (or PALISADE_CA): the CA that signs the controllers is required")
+        })?)
+    };
     let opts = LinkOptions {
         connect_timeout: Duration::from_secs(5),
         call_timeout: Some(Duration::from_secs(30)),
@@ -166,25 +184,36 @@ pub(crate) async fn run(ca: Option<&Path>, cmd: AsDeviceCmd) -> Result<Report, F
         AsDeviceCmd::Enroll {
             endpoint,
             token,
+            config,
             dir,
             posture,
         } => {
             let posture = posture.to_pb()?;
+            let (ca, endpoints, token) = match config {
+                Some(path) => {
+                    let managed = ManagedConfig::from_json(&read_file(&path)?)
+                        .map_err(|e| local(format!("{}: {e}", path.display())))?;
+                    (
+                        managed.controller_ca_pem,
+                        managed.controllers,
+                        managed.enrollment.token,
+                    )
+                }
+                None => (
+                    ca()?,
+                    endpoint.into_iter().collect(),
+                    token.ok_or_else(|| {
+                        local("--token (or PALISADE_ENROLLMENT_TOKEN) or --config is required")
+                    })?,
+                ),
+            };
             let (key_pem, csr_der) = key_and_csr()?;
-            let tls = LinkTls::anonymous(&ca).map_err(|e| local(format!("--ca: {e}")))?;
-            let ch = tls
-                .connect(&endpoint, Expect::AnyController, &opts)
-                .await
-                .map_err(|e| Failure::new(6, format!("{endpoint}: {e}")))?;
-            let r = pb::device_enrollment_client::DeviceEnrollmentClient::new(ch)
-                .enroll(pb::EnrollRequest {
-                    enrollment_token: token,
-                    csr_der,
-                    posture: Some(posture),
-                })
-                .await
-                .map_err(from_status)?
-                .into_inner();
+            let req = pb::EnrollRequest {
+                enrollment_token: token,
+                csr_der,
+                posture: Some(posture),
+            };
+            let r = enroll(&ca, &endpoints, req, &opts).await?;
             store(&dir, &key_pem, &r.certificate_chain_pem)?;
             Ok(enrolled("enrolled", r, &dir))
         }
@@ -196,7 +225,7 @@ pub(crate) async fn run(ca: Option<&Path>, cmd: AsDeviceCmd) -> Result<Report, F
             let posture = posture.to_pb()?;
             let cert = read_file(&dir.join(CERT_FILE))?;
             let key = read_file(&dir.join(KEY_FILE))?;
-            let tls = LinkTls::new(&cert, &key, &ca).map_err(|e| local(format!("--ca: {e}")))?;
+            let tls = LinkTls::new(&cert, &key, &ca()?).map_err(|e| local(format!("--ca: {e}")))?;
             let ch = tls
                 .connect(&endpoint, Expect::AnyController, &opts)
                 .await
@@ -226,7 +255,7 @@ pub(crate) async fn run(ca: Option<&Path>, cmd: AsDeviceCmd) -> Result<Report, F
             let cert = read_file(&dir.join(CERT_FILE))?;
             let key = read_file(&dir.join(KEY_FILE))?;
             let (key_pem, csr_der) = key_and_csr()?;
-            let tls = LinkTls::new(&cert, &key, &ca).map_err(|e| local(format!("--ca: {e}")))?;
+            let tls = LinkTls::new(&cert, &key, &ca()?).map_err(|e| local(format!("--ca: {e}")))?;
             let ch = tls
                 .connect(&endpoint, Expect::AnyController, &opts)
                 .await
