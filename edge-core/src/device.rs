@@ -1,12 +1,18 @@
 //! The device behind a request: the client certificate the connection presented (already
 //! verified by TLS against the device CA), matched against the replica.
 //!
-//! A certificate counts only while it is the one the catalog records for that device, on an
-//! enrolled device, before its expiry: wiping, revoking, re-enrolling or renewing a device
-//! makes its old certificate count for nothing at the next request, on connections already
-//! open too (every request, and every re-decision of what stays open, resolves it again).
+//! On an enrolled device, a certificate counts only while it is the one the catalog records,
+//! before its expiry: re-enrolling or renewing a device makes its old certificate count for
+//! nothing at the next request, on connections already open too (every request, and every
+//! re-decision of what stays open, resolves it again).
+//!
+//! A certificate naming a device that is wiped, revoked or pending again is that device, in
+//! that state: only the device CA issues certificates, and it names the device it issued to.
+//! `decide()` sees the state, so every rule that asks for an enrolled device refuses it and
+//! the denial says why (as `palisadectl simulate` does for the same device), instead of the
+//! request passing for one from no device at all.
 
-use palisade_policy::catalog::DeviceRecord;
+use palisade_policy::catalog::{DeviceRecord, DeviceState};
 
 use crate::view::View;
 
@@ -25,12 +31,13 @@ pub enum DeviceRefused {
     /// The catalog has no such device.
     #[error("the certificate names a device this cluster does not know")]
     Unknown,
-    /// The device is wiped, revoked or pending, or holds another certificate now.
-    #[error("the certificate is no longer this device's (wiped, revoked, renewed or expired)")]
+    /// The device is enrolled and holds another certificate now (or its own expired).
+    #[error("the certificate is no longer this device's (renewed, re-enrolled or expired)")]
     NotCurrent,
 }
 
-/// The enrolled device that holds `presented` at `now` (unix seconds).
+/// The device `presented` names at `now` (unix seconds): an enrolled device only with its
+/// current certificate, a device in any other state as it is.
 pub fn resolve<'v>(
     view: &'v View,
     presented: DeviceCredential<'_>,
@@ -40,7 +47,8 @@ pub fn resolve<'v>(
         .devices
         .get(presented.id)
         .ok_or(DeviceRefused::Unknown)?;
-    if d.holds(presented.fingerprint, now.saturating_mul(1000)) {
+    if d.state != DeviceState::Enrolled || d.holds(presented.fingerprint, now.saturating_mul(1000))
+    {
         Ok(d)
     } else {
         Err(DeviceRefused::NotCurrent)

@@ -727,8 +727,8 @@ mod tests {
         }
     }
 
-    /// The device on every decision: only its current certificate counts, and a session
-    /// signed in from it is refused without it.
+    /// The device on every decision: only its current certificate counts, a wiped device is
+    /// decided as wiped, and a session signed in from it is refused without it.
     #[test]
     fn the_device_and_its_certificate_decide_with_the_session() {
         use crate::device::{DeviceCredential, DeviceRefused};
@@ -796,12 +796,12 @@ mod tests {
                 false,
             ),
             (
-                "a wiped device",
+                "a wiped device: that device, wiped",
                 &wiped,
                 &alice,
                 cred(&current),
                 false,
-                not_current,
+                None,
                 false,
             ),
             (
@@ -823,13 +823,13 @@ mod tests {
                 true,
             ),
             (
-                "bound session, device wiped",
+                "bound session, its device wiped: denied, not signed out",
                 &wiped,
                 &bound,
                 cred(&current),
                 false,
-                not_current,
-                true,
+                None,
+                false,
             ),
         ];
         for (name, v, claims, device, allowed, device_refused, session_refused) in cases {
@@ -855,6 +855,13 @@ mod tests {
                 out.verdict.explain()
             );
             assert_eq!(out.device_refused, device_refused, "{name}");
+            if std::ptr::eq(v, &wiped) {
+                assert!(
+                    matches!(out.verdict, Verdict::Deny { .. }),
+                    "{name}: the wiped device is denied as such: {:?}",
+                    out.verdict.explain()
+                );
+            }
             assert_eq!(
                 out.session_refused == Some(SessionRefused::OtherDevice),
                 session_refused,

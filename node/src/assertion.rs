@@ -42,6 +42,13 @@ pub struct AssertionClaims {
     /// The MFA method that was passed, if any (`totp`, `webauthn`...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amr: Option<String>,
+    /// The policy rule that let the request in (the name `palisadectl simulate` reports).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rule: String,
+    /// The managed device the session is bound to (its certificate was presented on this
+    /// request), if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub device: String,
     /// The request id, also in the edge's log.
     pub jti: String,
     /// Issued at (unix seconds).
@@ -151,6 +158,8 @@ mod tests {
             name: String::new(),
             groups: vec!["eng".into()],
             amr: None,
+            rule: "employees".into(),
+            device: "dev-7".into(),
             jti: "r1".into(),
             iat: 1_000,
             exp: 4_000_000_000,

@@ -531,6 +531,8 @@ fn device_matches(req: &DeviceReq, device: Option<&Device>, now: Timestamp) -> b
 enum Lack<'a> {
     /// An enrolled device (`true`), or an unmanaged one (`false`).
     Enrolled(bool),
+    /// An enrolled device, where the one presented is known but in this other state.
+    NotEnrolled(DeviceState),
     /// A Palisade client at least this version.
     ClientVersion(&'a semver::Version),
     /// Mandatory authentication on (`true`) or off.
@@ -549,6 +551,21 @@ impl fmt::Display for Lack<'_> {
         match self {
             Lack::Enrolled(true) => write!(f, "an enrolled device presenting its certificate"),
             Lack::Enrolled(false) => write!(f, "an unmanaged device"),
+            Lack::NotEnrolled(DeviceState::Wiped) => {
+                write!(
+                    f,
+                    "an enrolled device (this one was wiped: it must enroll again)"
+                )
+            }
+            Lack::NotEnrolled(DeviceState::Revoked) => {
+                write!(f, "an enrolled device (this one was revoked)")
+            }
+            Lack::NotEnrolled(_) => {
+                write!(
+                    f,
+                    "an enrolled device (this one has not finished enrolling)"
+                )
+            }
             Lack::ClientVersion(v) => write!(f, "Palisade client {v} or later"),
             Lack::MandatoryAuth(m) => write!(f, "mandatory authentication {}", on(*m)),
             Lack::Os => write!(f, "a device running an allowed operating system"),
@@ -572,10 +589,19 @@ fn device_check<'r>(
     mut lacks: impl FnMut(Lack<'r>) -> ControlFlow<()>,
 ) -> ControlFlow<()> {
     let enrolled = device.filter(|d| d.state == DeviceState::Enrolled);
+    // What an enrolled device is missing: a device, or the known device's enrollment.
+    let not_enrolled = || match device {
+        Some(d) if d.state != DeviceState::Enrolled => Lack::NotEnrolled(d.state),
+        _ => Lack::Enrolled(true),
+    };
     if let Some(want) = req.enrolled
         && want != enrolled.is_some()
     {
-        lacks(Lack::Enrolled(want))?;
+        lacks(if want {
+            not_enrolled()
+        } else {
+            Lack::Enrolled(false)
+        })?;
     }
     if !req.checks_posture() {
         return ControlFlow::Continue(());
@@ -583,7 +609,7 @@ fn device_check<'r>(
     // Posture only counts for an enrolled device.
     let Some(d) = enrolled else {
         if req.enrolled != Some(true) {
-            lacks(Lack::Enrolled(true))?;
+            lacks(not_enrolled())?;
         }
         return ControlFlow::Continue(());
     };

@@ -373,6 +373,12 @@ fn the_device_shortfall_is_named_for_the_caller_only() {
     );
     let got = lacks(Some(&alice()), None);
     assert_eq!(got, ["an enrolled device presenting its certificate"]);
+    // A known device that is no longer enrolled is told why, and nothing about its posture.
+    let mut wiped = laptop();
+    wiped.state = DeviceState::Wiped;
+    let got = lacks(Some(&alice()), Some(&wiped));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains("was wiped"), "{got:?}");
     // Someone the rule is not about learns nothing about its device requirements.
     let mut bob = alice();
     bob.email = "bob@example.com".into();

@@ -12,6 +12,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::devices::{LINUX_1_0, enroll, report_posture, settle};
 use support::{APP_HOST, Browser, KeepAlive, Stack, policy, session_claims};
 
 const MANAGED: &str = "/managed/";
@@ -43,117 +44,6 @@ fn device_policy(s: &Stack) -> Value {
 
 /// How fresh `/fresh` wants posture: short, so that the test sees it go stale.
 const FRESH_FOR: &str = "8s";
-
-/// A controller's device listener.
-fn device_endpoint(s: &Stack) -> String {
-    s.cluster
-        .controllers
-        .values()
-        .next()
-        .expect("controller")
-        .device_addr()
-}
-
-/// Reports posture as the device enrolled in `dir` (a fresh nonce each time).
-fn report_posture(s: &Stack, dir: &std::path::Path) {
-    let endpoint = device_endpoint(s);
-    let dir_s = dir.display().to_string();
-    let (code, out) = s.palisadectl(&[
-        "as-device",
-        "posture",
-        "--endpoint",
-        &endpoint,
-        "--dir",
-        &dir_s,
-        "--os",
-        "linux",
-        "--client-version",
-        "1.0.0",
-    ]);
-    assert_eq!(code, 0, "{out}");
-}
-
-/// Provisions a device for alice as an MDM would (`devices provision` writes the managed
-/// configuration file) and enrolls it from that file into `dir`, retrying while the first
-/// leader has not created the device CA yet; returns the device id and the key + chain PEM.
-async fn enroll(s: &Stack, serial: &str, dir: &std::path::Path) -> (String, String) {
-    let endpoint = device_endpoint(s);
-    let managed = dir.with_extension("managed.json");
-    let managed_s = managed.display().to_string();
-    let edge = format!("127.0.0.1:{}", s.edge_port(0));
-    let (code, out) = s.palisadectl(&[
-        "devices",
-        "provision",
-        "--owner",
-        "alice@example.com",
-        "--serial",
-        serial,
-        "--groups",
-        "fleet",
-        "--controller",
-        &endpoint,
-        "--edge",
-        &edge,
-        "--dns",
-        "127.0.0.53",
-        "--out",
-        &managed_s,
-    ]);
-    assert_eq!(code, 0, "{out}");
-    let id = out["device"]["id"].as_str().expect("id").to_string();
-    let file = std::fs::read_to_string(&managed).expect("managed configuration");
-    assert!(
-        !out.to_string().contains("token\":\""),
-        "the token stays in the file"
-    );
-    let config = palisade_link::managed::ManagedConfig::from_json(&file).expect("valid");
-    assert_eq!(config.device_id, id);
-    assert_eq!(config.edges, [edge]);
-    assert!(config.mandatory_auth.enabled);
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&managed)
-        .expect("meta")
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o077, 0, "only its owner reads the token");
-    let dir_s = dir.display().to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (code, out) = s.palisadectl(&[
-            "as-device",
-            "enroll",
-            "--config",
-            &managed_s,
-            "--dir",
-            &dir_s,
-            "--os",
-            "linux",
-            "--client-version",
-            "1.0.0",
-        ]);
-        if code == 0 {
-            assert_eq!(out["device"], id.as_str());
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "enrollment: {out}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let pem = format!(
-        "{}{}",
-        std::fs::read_to_string(dir.join("device.key")).expect("key"),
-        std::fs::read_to_string(dir.join("device.pem")).expect("chain")
-    );
-    (id, pem)
-}
-
-/// Waits until every edge applied everything committed.
-async fn settle(s: &Stack) {
-    let rev = s.cluster.latest_revision().await.expect("revision");
-    s.cluster
-        .wait_edges(rev, Duration::from_secs(20))
-        .await
-        .expect("edges apply");
-}
 
 async fn status(b: &mut Browser, port: u16, path: &str) -> u16 {
     b.get(&format!("https://{APP_HOST}:{port}{path}"))
@@ -203,7 +93,15 @@ async fn the_device_is_on_every_decision() {
         Some(0),
         "nothing created: {out}"
     );
-    let (id, pem) = enroll(&s, "SER-LAPTOP", &tmp.path().join("laptop")).await;
+    let (id, pem) = enroll(
+        &s,
+        "alice@example.com",
+        "SER-LAPTOP",
+        "fleet",
+        &tmp.path().join("laptop"),
+        LINUX_1_0,
+    )
+    .await;
     settle(&s).await;
     let port = s.edge_port(0);
 
@@ -221,7 +119,7 @@ async fn the_device_is_on_every_decision() {
     // Posture goes stale: refused, and the page says what the device lacks; a new report lets
     // it in again.
     let dir = tmp.path().join("laptop");
-    report_posture(&s, &dir);
+    report_posture(&s, &dir, LINUX_1_0);
     settle(&s).await;
     assert_eq!(
         status(&mut laptop, port, "/fresh/").await,
@@ -241,7 +139,7 @@ async fn the_device_is_on_every_decision() {
     let (code, out) = s.palisadectl(&["devices", "list", "--stale-posture", FRESH_FOR]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(out[0]["id"], id.as_str(), "listed as stale: {out}");
-    report_posture(&s, &dir);
+    report_posture(&s, &dir, LINUX_1_0);
     settle(&s).await;
     assert_eq!(
         status(&mut laptop, port, "/fresh/").await,
@@ -291,7 +189,15 @@ async fn the_device_is_on_every_decision() {
     let key = std::fs::read_to_string(dir.join("device.key")).expect("key");
     let mut conn = KeepAlive::open_as(&s.ca, port, Some((&cert, &key))).await;
     assert_eq!(conn.get(MANAGED, &cookie).await.0, 200);
-    let (second, pem2) = enroll(&s, "SER-OTHER", &tmp.path().join("other")).await;
+    let (second, pem2) = enroll(
+        &s,
+        "alice@example.com",
+        "SER-OTHER",
+        "fleet",
+        &tmp.path().join("other"),
+        LINUX_1_0,
+    )
+    .await;
     let (code, out) = s.palisadectl(&["devices", "revoke", &id, "--reason", "lost"]);
     assert_eq!(code, 0, "{out}");
     settle(&s).await;
@@ -307,7 +213,15 @@ async fn the_device_is_on_every_decision() {
     assert_eq!(code, 0, "{out}");
     settle(&s).await;
     assert_ne!(status(&mut other, port, MANAGED).await, 200, "wiped");
-    let (_, pem3) = enroll(&s, "SER-OTHER", &tmp.path().join("other-again")).await;
+    let (_, pem3) = enroll(
+        &s,
+        "alice@example.com",
+        "SER-OTHER",
+        "fleet",
+        &tmp.path().join("other-again"),
+        LINUX_1_0,
+    )
+    .await;
     settle(&s).await;
     let mut again = Browser::on_device(&s.ca, &pem3);
     again.login(port, "alice").await;

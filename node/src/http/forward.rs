@@ -33,7 +33,7 @@ pub(crate) struct Head<'a> {
 
 impl Gateway {
     /// Proxies a request the core let through: the identity headers and the signed assertion
-    /// for `caller`, the upstream's answer (a long or streaming one cut when access ends), and
+    /// for `caller` (naming the `rule` that let it in), the upstream's answer (a long or streaming one cut when access ends), and
     /// a refreshed session cookie when it is due.
     pub(crate) async fn forward(
         &self,
@@ -41,6 +41,7 @@ impl Gateway {
         req: Request<Body>,
         app: &CompiledApp,
         caller: Option<&Caller>,
+        rule: &str,
         watch: Watch,
     ) -> Response<Body> {
         let Head {
@@ -66,6 +67,8 @@ impl Gateway {
                     .mfa
                     .as_ref()
                     .map(|m| m.method.as_str().to_string()),
+                rule: rule.to_string(),
+                device: c.session.did.clone(),
                 jti: rid.to_string(),
                 iat: now,
                 exp: now + crate::assertion::LIFETIME_SECS,

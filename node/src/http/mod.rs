@@ -362,7 +362,9 @@ impl Gateway {
                     format!("the request path is refused: {e}").into(),
                 ))
             }
-            Verdict::Forward { app, caller, .. } => {
+            Verdict::Forward {
+                app, caller, rule, ..
+            } => {
                 let watch = Watch::new(
                     self.replica.clone(),
                     head.clone(),
@@ -376,7 +378,9 @@ impl Gateway {
                     rid,
                     now,
                 };
-                Ok(self.forward(&at, req, app, caller.as_ref(), watch).await)
+                Ok(self
+                    .forward(&at, req, app, caller.as_ref(), &rule.name, watch)
+                    .await)
             }
             ref stale @ Verdict::Unavailable(Unavailable::Stale { .. }) => {
                 tracing::info!(request_id = %rid, explanation = %stale.explain(), "denied");

@@ -1,4 +1,4 @@
-//! MFA steps shared by the end-to-end tests: URLs at the application host, the TOTP generator
+//! MFA steps shared by the end-to-end tests: URLs at an application host, the TOTP generator
 //! for a seed the portal shows, and registering and passing a software security key.
 
 use palisade_chaos::softkey::SoftKey;
@@ -8,7 +8,12 @@ use super::{APP_HOST, Browser, Page, csrf};
 
 /// `https://APP_HOST:port/path`.
 pub fn url(port: u16, path: &str) -> String {
-    format!("https://{APP_HOST}:{port}{path}")
+    url_at(APP_HOST, port, path)
+}
+
+/// `https://host:port/path`.
+pub fn url_at(host: &str, port: u16, path: &str) -> String {
+    format!("https://{host}:{port}{path}")
 }
 
 /// A page's JSON body.
@@ -43,6 +48,19 @@ pub fn totp_for(secret_b32: &str) -> totp_rs::Totp {
 
 /// Registers `key` as a security key for the signed-in browser; returns the factor id.
 pub async fn register_key(b: &mut Browser, port: u16, key: &SoftKey, name: &str) -> String {
+    register_key_at(b, APP_HOST, port, key, name).await
+}
+
+/// Registers `key` as a security key at `host` (the relying party) for the signed-in browser;
+/// returns the factor id.
+pub async fn register_key_at(
+    b: &mut Browser,
+    host: &str,
+    port: u16,
+    key: &SoftKey,
+    name: &str,
+) -> String {
+    let url = |port, path| url_at(host, port, path);
     let portal = b.get(&url(port, "/.palisade/portal")).await;
     let token = csrf(&portal.body);
     let begin = b
@@ -54,8 +72,8 @@ pub async fn register_key(b: &mut Browser, port: u16, key: &SoftKey, name: &str)
         .await;
     assert_eq!(begin.status, 200, "{}", begin.body);
     let options = json_of(&begin);
-    assert_eq!(options["publicKey"]["rp"]["id"], APP_HOST);
-    let answer = key.register(&options, &format!("https://{APP_HOST}:{port}"));
+    assert_eq!(options["publicKey"]["rp"]["id"], host);
+    let answer = key.register(&options, &format!("https://{host}:{port}"));
     let done = b
         .post_json(
             &url(port, "/.palisade/portal/webauthn/finish"),
@@ -72,6 +90,13 @@ pub async fn register_key(b: &mut Browser, port: u16, key: &SoftKey, name: &str)
 
 /// Starts an authentication ceremony for `rd`; returns the anti-CSRF token and the options.
 pub async fn begin_auth(b: &mut Browser, port: u16, rd: &str) -> (String, Value) {
+    begin_auth_at(b, APP_HOST, port, rd).await
+}
+
+/// Starts an authentication ceremony for `rd` at `host`; returns the anti-CSRF token and the
+/// options.
+pub async fn begin_auth_at(b: &mut Browser, host: &str, port: u16, rd: &str) -> (String, Value) {
+    let url = |port, path| url_at(host, port, path);
     let p = b.get(&url(port, rd)).await;
     assert_eq!(p.status, 303, "{}", p.body);
     let prompt = b.get(&url(port, p.location.as_deref().expect("loc"))).await;
@@ -90,8 +115,14 @@ pub async fn begin_auth(b: &mut Browser, port: u16, rd: &str) -> (String, Value)
 
 /// Passes `key` for the application at `rd` (which must ask for it).
 pub async fn pass_key(b: &mut Browser, port: u16, key: &mut SoftKey, rd: &str) {
-    let (token, options) = begin_auth(b, port, rd).await;
-    let answer = key.assert(&options, APP_HOST, &format!("https://{APP_HOST}:{port}"));
+    pass_key_at(b, APP_HOST, port, key, rd).await
+}
+
+/// Passes `key` for the application at `host` and `rd` (which must ask for it).
+pub async fn pass_key_at(b: &mut Browser, host: &str, port: u16, key: &mut SoftKey, rd: &str) {
+    let url = |port, path| url_at(host, port, path);
+    let (token, options) = begin_auth_at(b, host, port, rd).await;
+    let answer = key.assert(&options, host, &format!("https://{host}:{port}"));
     let ok = b
         .post_json(
             &url(port, "/.palisade/mfa/webauthn/finish"),

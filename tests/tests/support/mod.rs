@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod devices;
 pub mod mfa;
 
 use std::collections::HashMap;
@@ -428,16 +429,29 @@ impl Browser {
         )
     }
 
+    /// A browser that also finds `hosts` at 127.0.0.1, on a managed device when `pem` (the
+    /// device's key and chain) is given.
+    pub fn for_hosts(ca: &str, pem: Option<&str>, hosts: &[&str]) -> Browser {
+        let identity =
+            pem.map(|p| reqwest::Identity::from_pem(p.as_bytes()).expect("device identity"));
+        Browser::build_for(ca, identity, hosts)
+    }
+
     fn build(ca: &str, identity: Option<reqwest::Identity>) -> Browser {
+        Browser::build_for(ca, identity, &[])
+    }
+
+    fn build_for(ca: &str, identity: Option<reqwest::Identity>, hosts: &[&str]) -> Browser {
         let mut b = reqwest::Client::builder();
         if let Some(id) = identity {
             b = b.identity(id);
         }
+        for host in [APP_HOST, FORGED_HOST].iter().chain(hosts) {
+            b = b.resolve(host, "127.0.0.1:0".parse().expect("addr"));
+        }
         let http = b
             .redirect(reqwest::redirect::Policy::none())
             .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("ca"))
-            .resolve(APP_HOST, "127.0.0.1:0".parse().expect("addr"))
-            .resolve(FORGED_HOST, "127.0.0.1:0".parse().expect("addr"))
             .timeout(Duration::from_secs(10))
             .build()
             .expect("client");
@@ -552,7 +566,18 @@ impl Browser {
 
 /// Starts a sign-in at the forging provider's application; returns (state, nonce).
 pub async fn start_forged(b: &mut Browser, port: u16) -> (String, String) {
-    let p = b.get(&format!("https://{FORGED_HOST}:{port}/")).await;
+    start_forged_at(b, FORGED_HOST, port, "/").await
+}
+
+/// Starts a sign-in at `host` and `path` of an application the forging provider signs in to;
+/// returns (state, nonce).
+pub async fn start_forged_at(
+    b: &mut Browser,
+    host: &str,
+    port: u16,
+    path: &str,
+) -> (String, String) {
+    let p = b.get(&format!("https://{host}:{port}{path}")).await;
     assert_eq!(p.status, 302, "{}", p.body);
     let u = url::Url::parse(&p.location.expect("location")).expect("url");
     let q: std::collections::HashMap<_, _> = u.query_pairs().into_owned().collect();
@@ -562,8 +587,19 @@ pub async fn start_forged(b: &mut Browser, port: u16) -> (String, String) {
 
 /// Returns from the forging provider to the edge with `state`.
 pub async fn finish_forged(b: &mut Browser, port: u16, state: &str, iss: &str) -> Page {
+    finish_forged_at(b, FORGED_HOST, port, state, iss).await
+}
+
+/// Returns from the forging provider to the edge at `host` with `state`.
+pub async fn finish_forged_at(
+    b: &mut Browser,
+    host: &str,
+    port: u16,
+    state: &str,
+    iss: &str,
+) -> Page {
     b.get(&format!(
-        "https://{FORGED_HOST}:{port}/.palisade/callback?code=c&state={state}&iss={}",
+        "https://{host}:{port}/.palisade/callback?code=c&state={state}&iss={}",
         url::form_urlencoded::byte_serialize(iss.as_bytes()).collect::<String>()
     ))
     .await
