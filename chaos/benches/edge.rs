@@ -9,25 +9,18 @@
 //! for a fixed time. The same load straight at the upstream (plain HTTP) is the baseline. The
 //! load generator runs on the same 2 cores as the edge; the figures are a report, not a test.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use common::{Bench, env_or, load, report, through_edge, tls_client};
+use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use palisade_chaos::cluster::{ClusterSpec, LocalCluster};
-use palisade_chaos::devidp::DevIdp;
+use palisade_chaos::cluster::LocalCluster;
 use serde_json::json;
 
-const HOST: &str = "bench.palisade.localhost";
+mod common;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+const HOST: &str = "bench.palisade.localhost";
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -35,32 +28,6 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(run());
-}
-
-async fn upstream() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                        b"ok\n",
-                    ))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 fn policy(issuer: &str, upstream: std::net::SocketAddr, apps: usize) -> String {
@@ -119,122 +86,13 @@ async fn sign_in(ca: &str, port: u16) -> String {
         .expect("sign-in")
 }
 
-struct Load {
-    requests: usize,
-    errors: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-async fn load<F, Fut>(connections: usize, seconds: u64, connect: F) -> Load
-where
-    F: Fn() -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<
-            Output = (
-                hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
-                hyper::Request<Empty<Bytes>>,
-            ),
-        > + Send,
-{
-    let warmup = Duration::from_secs(1);
-    let run = Duration::from_secs(seconds);
-    let start = Instant::now() + warmup;
-    let end = start + run;
-    let mut tasks = Vec::new();
-    for _ in 0..connections {
-        let connect = connect.clone();
-        tasks.push(tokio::spawn(async move {
-            let (mut sender, template) = connect().await;
-            let mut lat = Vec::new();
-            let mut errors = 0;
-            loop {
-                let now = Instant::now();
-                if now >= end {
-                    break;
-                }
-                let mut req = hyper::Request::new(Empty::new());
-                *req.uri_mut() = template.uri().clone();
-                *req.headers_mut() = template.headers().clone();
-                let ok = match sender.send_request(req).await {
-                    Ok(r) => {
-                        let good = r.status() == 200;
-                        let _ = r.into_body().collect().await;
-                        good
-                    }
-                    Err(_) => false,
-                };
-                if now >= start {
-                    if ok {
-                        lat.push(now.elapsed());
-                    } else {
-                        errors += 1;
-                    }
-                }
-                if !ok {
-                    let (s, _) = connect().await;
-                    sender = s;
-                }
-            }
-            (lat, errors)
-        }));
-    }
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await.expect("worker");
-        latencies.extend(l);
-        errors += e;
-    }
-    latencies.sort_unstable();
-    Load {
-        requests: latencies.len(),
-        errors,
-        elapsed: run,
-        latencies,
-    }
-}
-
-fn report(label: &str, l: &Load) {
-    let p = |q: f64| {
-        l.latencies
-            .get(((l.latencies.len().max(1) - 1) as f64 * q) as usize)
-            .copied()
-            .unwrap_or_default()
-            .as_secs_f64()
-            * 1e3
-    };
-    println!(
-        "{label:<52} {:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   errors {}",
-        l.requests as f64 / l.elapsed.as_secs_f64(),
-        p(0.5),
-        p(0.99),
-        p(1.0),
-        l.errors
-    );
-}
-
 async fn run() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let apps = env_or("PALISADE_BENCH_APPS", 10_000);
     let revocations = env_or("PALISADE_BENCH_REVOCATIONS", 100_000);
     let seconds = env_or("PALISADE_BENCH_SECONDS", 10) as u64;
     let connections = env_or("PALISADE_BENCH_CONNECTIONS", 32);
-    let dir = tempfile::tempdir().expect("tempdir");
-    // PALISADE_BENCH_DIR keeps the cluster's files (logs) for a look afterwards
-    let path = std::env::var("PALISADE_BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| dir.path().to_path_buf());
-    let mut spec = ClusterSpec::new(3, 1, env!("CARGO_BIN_EXE_palisade-chaos").into(), path);
-    spec.log_filter = "warn".into();
-    let cluster = LocalCluster::start(spec).await.expect("cluster");
-    let up = upstream().await;
-    let idp = DevIdp::start("127.0.0.1:0".parse().expect("addr"), "bench")
-        .await
-        .expect("idp");
-    cluster
-        .put_secret("dev-oidc", idp.client_secret.as_bytes())
-        .await
-        .expect("secret");
+    let bench = Bench::start().await;
+    let (cluster, up, idp) = (&bench.cluster, bench.upstream, &bench.idp);
     let t = Instant::now();
     let rev = cluster
         .apply_policy(&policy(&idp.issuer, up, apps), "bench")
@@ -245,7 +103,7 @@ async fn run() {
         t.elapsed()
     );
     let t = Instant::now();
-    revoke_many(&cluster, revocations).await;
+    revoke_many(cluster, revocations).await;
     println!("{revocations} revocations written in {:?}", t.elapsed());
     let commit = cluster.latest_revision().await.expect("status").max(rev);
     cluster
@@ -256,46 +114,8 @@ async fn run() {
     let port = cluster.edges[0].https().port();
     let cookie = sign_in(&ca, port).await;
 
-    let tls = {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-            roots.add(c.expect("ca")).expect("ca");
-        }
-        let mut cfg = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(cfg)
-    };
-    let through_edge = {
-        let cookie = cookie.clone();
-        move || {
-            let tls = tls.clone();
-            let cookie = cookie.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .expect("connect");
-                let _ = tcp.set_nodelay(true);
-                let s = tokio_rustls::TlsConnector::from(tls)
-                    .connect(HOST.try_into().expect("name"), tcp)
-                    .await
-                    .expect("tls");
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-                    .await
-                    .expect("handshake");
-                tokio::spawn(conn);
-                let req = hyper::Request::get("/")
-                    .header("host", format!("{HOST}:{port}"))
-                    .header("cookie", format!("__Host-palisade-session={cookie}"))
-                    .body(Empty::new())
-                    .expect("request");
-                (sender, req)
-            }
-        }
-    };
+    let tls = tls_client(&ca, None);
+    let through_edge = through_edge(tls, HOST, port, "/", cookie);
     let direct = move || async move {
         let tcp = tokio::net::TcpStream::connect(up).await.expect("connect");
         let _ = tcp.set_nodelay(true);
