@@ -4,7 +4,8 @@
 //! on the device is bound to it (its cookie copied elsewhere is refused); revoking the device
 //! refuses the next request on a keep-alive connection already open; a wiped device is
 //! refused, and a new enrollment of the same hardware works; a certificate from another CA is
-//! refused at the handshake; stale posture is refused with what the device lacks on the page.
+//! refused at the handshake; stale posture is refused with what the device lacks on the page;
+//! a device its owner revokes in the portal is refused at its next request.
 //! Devices are provisioned as an MDM would (`devices provision`) and enroll from that file.
 
 mod support;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::devices::{LINUX_1_0, enroll, report_posture, settle};
-use support::{APP_HOST, Browser, KeepAlive, Stack, policy, session_claims};
+use support::{APP_HOST, Browser, KeepAlive, Stack, csrf, policy, session_claims};
 
 const MANAGED: &str = "/managed/";
 
@@ -226,4 +227,44 @@ async fn the_device_is_on_every_decision() {
     let mut again = Browser::on_device(&s.ca, &pem3);
     again.login(port, "alice").await;
     assert_eq!(status(&mut again, port, MANAGED).await, 200, "re-enrolled");
+
+    // Revoked by its owner in the portal: refused at the next request, as a revoked device.
+    let (third, pem4) = enroll(
+        &s,
+        "alice@example.com",
+        "SER-TABLET",
+        "fleet",
+        &tmp.path().join("tablet"),
+        LINUX_1_0,
+    )
+    .await;
+    settle(&s).await;
+    let mut tablet = Browser::on_device(&s.ca, &pem4);
+    tablet.login(port, "alice").await;
+    assert_eq!(status(&mut tablet, port, MANAGED).await, 200);
+    let portal = tablet
+        .get(&format!("https://{APP_HOST}:{port}/.palisade/portal"))
+        .await;
+    assert!(portal.body.contains(&third), "{}", portal.body);
+    let r = tablet
+        .post_form(
+            &format!("https://{APP_HOST}:{port}/.palisade/portal/revoke"),
+            &[("csrf", &csrf(&portal.body)), ("device_id", &third)],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    settle(&s).await;
+    let refused = tablet
+        .get(&format!("https://{APP_HOST}:{port}{MANAGED}"))
+        .await;
+    assert_eq!(
+        refused.status, 403,
+        "revoked from the portal: {}",
+        refused.body
+    );
+    assert!(
+        refused.body.contains("this one was revoked"),
+        "{}",
+        refused.body
+    );
 }
