@@ -28,8 +28,11 @@ const MAX_TOKEN_BYTES: usize = 256;
 const NONCE_TTL_MS: i64 = 5 * 60 * 1000;
 /// How far ahead of this controller's clock another member may have issued a nonce.
 const NONCE_SKEW_MS: i64 = 5_000;
-/// How long a follower waits to catch up with the commit it knows before looking a token up.
+/// How long an enrollment keeps looking for a token it does not find: a device created through
+/// another member a moment ago reaches this one with the leader's next heartbeat or two.
 const CATCH_UP: Duration = Duration::from_secs(1);
+/// How often a lookup that missed looks again while catching up.
+const LOOK_AGAIN: Duration = Duration::from_millis(50);
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -44,12 +47,15 @@ impl EnrollmentService {
         Self { ctl, cert_ttl }
     }
 
-    /// Waits (briefly) until this member applied what it knows is committed, so a device
-    /// created through another member a moment ago is found here.
-    async fn caught_up(&self) {
+    /// Waits until this member applied what it knows is committed, then a little longer (at
+    /// most until `deadline`). A member learns the commit index from the leader's next message,
+    /// so what was committed through another member a moment ago can still be unknown here:
+    /// the caller looks again after each wait.
+    async fn caught_up(&self, deadline: tokio::time::Instant) {
         let commit = self.ctl.raft_status().commit_index;
         let mut applied = self.ctl.state.applied();
-        let _ = tokio::time::timeout(CATCH_UP, applied.wait_for(|r| *r >= commit)).await;
+        let _ = tokio::time::timeout_at(deadline, applied.wait_for(|r| *r >= commit)).await;
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + LOOK_AGAIN)).await;
     }
 
     /// Issues device `id` a certificate for `csr_der`.
@@ -173,19 +179,24 @@ impl DeviceEnrollment for EnrollmentService {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let mut found = self.ctl.state.read(|s| {
-            s.catalog
-                .device_by_token(&token_sha256)
-                .map(|d| d.id.clone())
-        });
-        if found.is_none() {
-            self.caught_up().await;
-            found = self.ctl.state.read(|s| {
+        let lookup = || {
+            self.ctl.state.read(|s| {
                 s.catalog
                     .device_by_token(&token_sha256)
                     .map(|d| d.id.clone())
-            });
-        }
+            })
+        };
+        // A device created a moment ago through another member may not be applied here yet:
+        // look again as this member catches up, for up to CATCH_UP (an unknown token waits
+        // that long, which also slows guessing).
+        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        let found = loop {
+            let found = lookup();
+            if found.is_some() || tokio::time::Instant::now() >= deadline {
+                break found;
+            }
+            self.caught_up(deadline).await;
+        };
         let Some(id) = found else {
             return Err(Status::unauthenticated(
                 "the enrollment token is unknown or already used",
