@@ -126,6 +126,11 @@ impl EdgeProc {
             .map(|a| a.https)
             .unwrap_or_else(|| std::net::SocketAddr::new(self.ip, self.https_port))
     }
+
+    /// The HTTP/3 (UDP) address, once started, unless the edge runs without HTTP/3.
+    pub fn h3(&self) -> Option<std::net::SocketAddr> {
+        self.addrs.as_ref().and_then(|a| a.h3)
+    }
 }
 
 /// A running local cluster.

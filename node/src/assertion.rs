@@ -49,6 +49,9 @@ pub struct AssertionClaims {
     /// request), if any.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub device: String,
+    /// The protocol the client used: `http/1.1`, `h2` or `h3`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub proto: String,
     /// The request id, also in the edge's log.
     pub jti: String,
     /// Issued at (unix seconds).
@@ -160,6 +163,7 @@ mod tests {
             amr: None,
             rule: "employees".into(),
             device: "dev-7".into(),
+            proto: "h3".into(),
             jti: "r1".into(),
             iat: 1_000,
             exp: 4_000_000_000,

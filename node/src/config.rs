@@ -62,6 +62,20 @@ pub struct Config {
     #[arg(long, env = "PALISADE_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     pub http_listen: String,
 
+    /// HTTP/3 (QUIC) listener, UDP: `https` binds the HTTPS listener's address and port, an
+    /// address binds that, `off` turns HTTP/3 off. `Alt-Svc` advertises it on the HTTPS port
+    /// users reach (`--public-https-port`) while it serves.
+    #[arg(long, env = "PALISADE_H3_LISTEN", default_value = "https")]
+    pub h3_listen: String,
+
+    /// HTTP/3: request streams a connection may have open at once.
+    #[arg(long, env = "PALISADE_H3_MAX_STREAMS", default_value_t = 100)]
+    pub h3_max_streams: u32,
+
+    /// HTTP/3: a connection silent this long is closed, milliseconds.
+    #[arg(long, env = "PALISADE_H3_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub h3_idle_timeout_ms: u64,
+
     /// The HTTPS port users reach (behind a load balancer it differs from the listener's);
     /// redirects from plain HTTP go there. Defaults to the listener's port.
     #[arg(long, env = "PALISADE_PUBLIC_HTTPS_PORT")]
@@ -175,6 +189,17 @@ impl Config {
         if self.http_listen != "off" && self.http_listen.parse::<SocketAddr>().is_err() {
             errs.push("--http-listen must be host:port or off".into());
         }
+        if !matches!(self.h3_listen.as_str(), "https" | "off")
+            && self.h3_listen.parse::<SocketAddr>().is_err()
+        {
+            errs.push("--h3-listen must be https, host:port or off".into());
+        }
+        if !(1..=10_000).contains(&self.h3_max_streams) {
+            errs.push("--h3-max-streams must be between 1 and 10000".into());
+        }
+        if !(1_000..=600_000).contains(&self.h3_idle_timeout_ms) {
+            errs.push("--h3-idle-timeout-ms must be between 1000 and 600000".into());
+        }
         for c in &self.certs {
             for p in [&c.cert, &c.key] {
                 if !p.is_file() {
@@ -233,6 +258,15 @@ impl Config {
     /// The plain-HTTP listener, unless disabled.
     pub fn http_listen(&self) -> Option<SocketAddr> {
         self.http_listen.parse().ok()
+    }
+
+    /// The HTTP/3 listener (UDP), given where HTTPS is bound; `None` when turned off.
+    pub fn h3_listen(&self, https: SocketAddr) -> Option<SocketAddr> {
+        match self.h3_listen.as_str() {
+            "off" => None,
+            "https" => Some(https),
+            a => a.parse().ok(),
+        }
     }
 
     /// The silence timeout.

@@ -212,6 +212,9 @@ pub struct Addresses {
     pub https: SocketAddr,
     /// Plain HTTP (redirects, health).
     pub http: Option<SocketAddr>,
+    /// HTTP/3 (UDP), unless turned off.
+    #[serde(default)]
+    pub h3: Option<SocketAddr>,
     /// Operational endpoints.
     pub ops: SocketAddr,
 }

@@ -1,4 +1,5 @@
-//! One Palisade edge: the sync client and replica, the HTTPS ingress, sign-in with OpenID
+//! One Palisade edge: the sync client and replica, the HTTPS ingress (HTTP/1.1, HTTP/2 and
+//! HTTP/3 over QUIC), sign-in with OpenID
 //! Connect, Palisade's own second factor (TOTP, WebAuthn) and the self-service portal,
 //! enforcement on every request, and the reverse proxy to upstreams. See
 //! `docs/ARCHITECTURE.md` and `docs/edge.md`.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod controllers;
 pub mod cookie;
 pub(crate) mod enforce;
+pub mod h3;
 pub mod http;
 pub mod ingress;
 pub mod limits;

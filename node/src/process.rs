@@ -1,8 +1,9 @@
 //! Running an edge process: what `palisade-node` does after parsing its flags (the sync client
-//! keeping the replica current, the HTTPS ingress enforcing policy on every request, the
-//! plain-HTTP redirector, the operational endpoints), as a library function so that harnesses
-//! can start real edge processes from their own binaries.
+//! keeping the replica current, the HTTPS and HTTP/3 ingress enforcing policy on every
+//! request, the plain-HTTP redirector, the operational endpoints), as a library function so
+//! that harnesses can start real edge processes from their own binaries.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 use crate::assertion::AssertionSigner;
 use crate::config::Config;
 use crate::controllers::ControllerClient;
+use crate::h3::{H3Health, H3Limits};
 use crate::http::Gateway;
 use crate::ingress::{self, Addresses, Limits};
 use crate::oidc::RelyingParty;
@@ -118,13 +120,49 @@ pub async fn run(cfg: Config) -> ExitCode {
         None => None,
     };
     let local = |l: &tokio::net::TcpListener| l.local_addr().map_err(|e| e.to_string());
-    let addresses = match (
+    let mut addresses = match (
         local(&https_listener),
         http_listener.as_ref().map(local).transpose(),
         local(&ops_listener),
     ) {
-        (Ok(https), Ok(http), Ok(ops)) => Addresses { https, http, ops },
+        (Ok(https), Ok(http), Ok(ops)) => Addresses {
+            https,
+            http,
+            ops,
+            h3: None,
+        },
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return fail(1, e),
+    };
+    let devices = palisade_link::device::DeviceClientVerifier::new();
+    let h3_limits = H3Limits {
+        max_streams: cfg.h3_max_streams,
+        idle_timeout: Duration::from_millis(cfg.h3_idle_timeout_ms),
+        max_header_bytes: cfg.max_header_bytes,
+        max_connections: cfg.max_connections,
+        ..H3Limits::default()
+    };
+    let h3_endpoint = match cfg.h3_listen(addresses.https) {
+        Some(addr) => {
+            let tls = crate::tls::server_config(resolver.clone(), devices.clone(), &[b"h3"]);
+            let bound = crate::h3::endpoint(addr, tls.clone(), h3_limits).or_else(|e| {
+                // The HTTPS port picked by the system can be taken on UDP: another port then,
+                // which Alt-Svc names.
+                if cfg.h3_listen == "https" && cfg.https_listen.port() == 0 {
+                    tracing::warn!(error = %e, "HTTP/3 on another UDP port than HTTPS");
+                    crate::h3::endpoint(SocketAddr::new(addr.ip(), 0), tls, h3_limits)
+                } else {
+                    Err(e)
+                }
+            });
+            match bound.and_then(|e| e.local_addr().map(|a| (e, a)).map_err(|e| e.to_string())) {
+                Ok((e, a)) => {
+                    addresses.h3 = Some(a);
+                    Some(e)
+                }
+                Err(e) => return fail(2, e),
+            }
+        }
+        None => None,
     };
 
     let replica = Arc::new(Replica::default());
@@ -151,6 +189,12 @@ pub async fn run(cfg: Config) -> ExitCode {
         replica.clone(),
         stop_rx.clone(),
     );
+    let public_port = cfg.public_https_port.unwrap_or(addresses.https.port());
+    let h3_port = cfg
+        .public_https_port
+        .or(addresses.h3.map(|a| a.port()))
+        .unwrap_or(public_port);
+    let h3_health = H3Health::default();
     let gateway = Arc::new(Gateway::new(
         cfg.edge_id.clone(),
         replica.clone(),
@@ -161,6 +205,9 @@ pub async fn run(cfg: Config) -> ExitCode {
         crate::http::GatewayOptions {
             rates: cfg.rates(),
             hsts_max_age_secs: cfg.hsts_max_age,
+            alt_svc: h3_endpoint
+                .as_ref()
+                .map(|_| (crate::h3::alt_svc(h3_port), h3_health.clone())),
         },
     ));
     let limits = Limits {
@@ -169,16 +216,24 @@ pub async fn run(cfg: Config) -> ExitCode {
         ..Limits::default()
     };
     let ops = tokio::spawn(crate::ops::serve(ops_listener, replica, metrics));
-    let devices = palisade_link::device::DeviceClientVerifier::new();
+    let h3 = h3_endpoint.map(|endpoint| {
+        tokio::spawn(crate::h3::serve(
+            endpoint,
+            devices.clone(),
+            gateway.clone(),
+            h3_limits,
+            h3_health,
+            stop_rx.clone(),
+        ))
+    });
     let https = tokio::spawn(ingress::serve_https(
         https_listener,
-        crate::tls::server_config(resolver.clone(), devices.clone()),
+        crate::tls::server_config(resolver.clone(), devices.clone(), &[b"h2", b"http/1.1"]),
         devices,
         gateway,
         limits,
         stop_rx.clone(),
     ));
-    let public_port = cfg.public_https_port.unwrap_or(addresses.https.port());
     let http = http_listener
         .map(|l| tokio::spawn(ingress::serve_http(l, public_port, limits, stop_rx.clone())));
     if let Some(path) = &cfg.addresses_file {
@@ -192,6 +247,7 @@ pub async fn run(cfg: Config) -> ExitCode {
         edge = %cfg.edge_id,
         https = %addresses.https,
         http = ?addresses.http,
+        h3 = ?addresses.h3,
         ops = %addresses.ops,
         certificates = ?resolver.names(),
         "edge started"
@@ -201,7 +257,7 @@ pub async fn run(cfg: Config) -> ExitCode {
     let _ = stop.send(true);
     let _ = sync.await;
     let _ = https.await;
-    if let Some(h) = http {
+    for h in [http, h3].into_iter().flatten() {
         let _ = h.await;
     }
     ops.abort();

@@ -3,7 +3,7 @@
 //! Each certificate is indexed by the DNS names in its subjectAltName extension (exact names and
 //! `*.` wildcards, which cover one label). A client hello is answered with the certificate whose
 //! names cover the server name it asked for; without SNI, or for a name no certificate covers, the
-//! first certificate given is the default. ALPN offers HTTP/2 and HTTP/1.1.
+//! first certificate given is the default. ALPN offers HTTP/2 and HTTP/1.1 on TCP, HTTP/3 on QUIC.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -149,13 +149,15 @@ pub fn resolver(files: &[CertFiles]) -> Result<SniResolver, String> {
     })
 }
 
-/// The rustls server configuration for the ingress. It asks for (never requires) a device
-/// certificate, checked against the device CA `devices` holds (the replica's): a browser on an
-/// unmanaged machine sends none and is served as before; a certificate from any other CA fails
-/// the handshake.
+/// The rustls server configuration for the ingress, offering `alpn` (`h2` and `http/1.1` on
+/// TCP, `h3` on QUIC). It asks for (never requires) a device certificate, checked against the
+/// device CA `devices` holds (the replica's): a browser on an unmanaged machine sends none and
+/// is served as before; a certificate from any other CA fails the handshake. It accepts no
+/// early data: 0-RTT stays off on QUIC (a replayed request could act twice).
 pub fn server_config(
     resolver: Arc<SniResolver>,
     devices: Arc<palisade_link::device::DeviceClientVerifier>,
+    alpn: &[&[u8]],
 ) -> Arc<rustls::ServerConfig> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -164,7 +166,8 @@ pub fn server_config(
     .expect("ring supports the default protocol versions")
     .with_client_cert_verifier(devices)
     .with_cert_resolver(resolver);
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg.max_early_data_size = 0;
     Arc::new(cfg)
 }
 

@@ -333,12 +333,14 @@ struct HostRoutes {
     /// Only when some prefix has an uppercase letter; otherwise `exact` serves folded lookups
     /// of a lowercased path.
     folded: Option<PathTrie>,
+    /// Every application under this host accepts HTTP/3.
+    h3: bool,
 }
 
 impl HostRoutes {
-    fn new(exact: PathTrie) -> HostRoutes {
+    fn new(exact: PathTrie, h3: bool) -> HostRoutes {
         let folded = exact.has_upper().then(|| exact.folded());
-        HostRoutes { exact, folded }
+        HostRoutes { exact, folded, h3 }
     }
 
     fn lookup(&self, path: &str, folded: bool) -> Option<usize> {
@@ -429,6 +431,31 @@ impl CompiledPolicy {
             }
         }
         Ok(Some(app))
+    }
+
+    /// Whether every application `host` serves, at any path, accepts HTTP/3: what an edge may
+    /// advertise with `Alt-Svc`, which names a whole origin (a browser that moved to HTTP/3 uses
+    /// it for every path of that host). False for a host the policy does not serve.
+    pub fn origin_accepts_h3(&self, host: &str) -> bool {
+        let host = host_only(host).to_ascii_lowercase();
+        let mut any = false;
+        if let Some(r) = self.exact_hosts.get(host.as_str()) {
+            if !r.h3 {
+                return false;
+            }
+            any = true;
+        }
+        let mut rest = host.as_str();
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if let Some(r) = self.wildcard_hosts.get(rest) {
+                if !r.h3 {
+                    return false;
+                }
+                any = true;
+            }
+        }
+        any
     }
 
     /// How request paths are read (`;` parameters).
@@ -609,6 +636,8 @@ fn compile_document(doc: &PolicyDocument, c: &mut Collector) -> CompiledPolicy {
     let mut app_index: HashMap<Arc<str>, usize> = HashMap::with_capacity(doc.apps.len());
     let mut exact_hosts: HashMap<Box<str>, PathTrie> = HashMap::new();
     let mut wildcard_hosts: HashMap<Box<str>, PathTrie> = HashMap::new();
+    // (wildcard, host) → every application there accepts HTTP/3
+    let mut h3_hosts: HashMap<(bool, Box<str>), bool> = HashMap::new();
 
     for (ai, app) in doc.apps.iter().enumerate() {
         let path = format!("apps[{ai}]");
@@ -652,6 +681,11 @@ fn compile_document(doc: &PolicyDocument, c: &mut Collector) -> CompiledPolicy {
                 );
                 continue;
             }
+            let app_h3 = app.protocols.contains(&Protocol::H3);
+            h3_hosts
+                .entry((lower.starts_with("*."), key.clone().into_boxed_str()))
+                .and_modify(|all| *all &= app_h3)
+                .or_insert(app_h3);
             let trie = table.entry(key.into_boxed_str()).or_default();
             for (pi, segs) in &prefixes {
                 if let Err(other) = trie.insert(segs, ai) {
@@ -685,11 +719,17 @@ fn compile_document(doc: &PolicyDocument, c: &mut Collector) -> CompiledPolicy {
         app_index,
         exact_hosts: exact_hosts
             .into_iter()
-            .map(|(h, t)| (h, HostRoutes::new(t)))
+            .map(|(h, t)| {
+                let h3 = h3_hosts.get(&(false, h.clone())).copied().unwrap_or(false);
+                (h, HostRoutes::new(t, h3))
+            })
             .collect(),
         wildcard_hosts: wildcard_hosts
             .into_iter()
-            .map(|(h, t)| (h, HostRoutes::new(t)))
+            .map(|(h, t)| {
+                let h3 = h3_hosts.get(&(true, h.clone())).copied().unwrap_or(false);
+                (h, HostRoutes::new(t, h3))
+            })
             .collect(),
         paths: doc.request_paths.clone(),
         providers: doc.identity_providers.clone(),

@@ -921,3 +921,38 @@ fn each_application_holds_the_session_to_its_own_lifetime() {
         );
     }
 }
+
+/// `Alt-Svc` names a whole origin: HTTP/3 is advertised for a host only when every
+/// application there, at any path, accepts it.
+#[test]
+fn an_origin_accepts_http3_only_when_every_application_there_does() {
+    let app = |id: &str, hosts: &[&str], prefix: &str, protocols: &[&str]| {
+        json!({"id": id, "hosts": hosts, "path_prefixes": [prefix], "protocols": protocols,
+               "upstreams": ["http://127.0.0.1:9000"], "mfa": {"required": false},
+               "rules": [{"name": "all", "decision": "allow", "include": [{"everyone": true}]}]})
+    };
+    let doc = json!({
+        "schema_version": 1,
+        "identity_providers": [{"id": "corp", "issuer": "https://login.example.com", "client_id": "edge", "client_secret_ref": "corp"}],
+        "apps": [
+            app("wiki", &["wiki.example.com"], "/", &["http", "h3"]),
+            app("mixed", &["mixed.example.com"], "/", &["http", "h3"]),
+            app("mixed-admin", &["mixed.example.com"], "/admin", &["http"]),
+            app("star", &["*.apps.example.com"], "/", &["h3", "http"]),
+            app("one", &["one.apps.example.com"], "/x", &["http"]),
+        ]
+    });
+    let (_, p) = CompiledPolicy::from_json(&doc.to_string()).expect("valid");
+    assert!(p.origin_accepts_h3("wiki.example.com"));
+    assert!(p.origin_accepts_h3("WIKI.example.com:8443"));
+    assert!(
+        !p.origin_accepts_h3("mixed.example.com"),
+        "/admin is HTTP only"
+    );
+    assert!(p.origin_accepts_h3("two.apps.example.com"));
+    assert!(
+        !p.origin_accepts_h3("one.apps.example.com"),
+        "an exact host under the wildcard takes /x"
+    );
+    assert!(!p.origin_accepts_h3("nowhere.example.com"));
+}

@@ -53,6 +53,11 @@ impl Gateway {
         } = *at;
         let mut identity = Vec::new();
         let mut refresh = None;
+        let proto = match req.version() {
+            http::Version::HTTP_3 => "h3",
+            http::Version::HTTP_2 => "h2",
+            _ => "http/1.1",
+        };
         if let Some(c) = caller {
             let claims = AssertionClaims {
                 iss: crate::assertion::ISSUER.into(),
@@ -69,6 +74,7 @@ impl Gateway {
                     .map(|m| m.method.as_str().to_string()),
                 rule: rule.to_string(),
                 device: c.session.did.clone(),
+                proto: proto.to_string(),
                 jti: rid.to_string(),
                 iat: now,
                 exp: now + crate::assertion::LIFETIME_SECS,
@@ -86,6 +92,7 @@ impl Gateway {
                 }
             }
             push_header(&mut identity, "x-palisade-user", &c.session.sub);
+            push_header(&mut identity, "x-palisade-protocol", proto);
             push_header(
                 &mut identity,
                 "x-palisade-identity-provider",

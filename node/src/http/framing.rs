@@ -32,6 +32,26 @@ pub fn framing_problem<B>(req: &Request<B>) -> Option<&'static str> {
     if h.get_all(header::HOST).iter().count() > 1 {
         return Some("the request carries more than one Host");
     }
+    // HTTP/2 and HTTP/3 carry the authority as a pseudo-header (and HTTP/1.1 in an
+    // absolute-form target): a Host that names another is two answers to one question.
+    if let (Some(a), Some(host)) = (req.uri().authority(), h.get(header::HOST)) {
+        let default = if req.uri().scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        };
+        let same = host
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<http::uri::Authority>().ok())
+            .is_some_and(|h| {
+                h.host().eq_ignore_ascii_case(a.host())
+                    && h.port_u16().unwrap_or(default) == a.port_u16().unwrap_or(default)
+            });
+        if !same {
+            return Some("the request's :authority and Host name different hosts");
+        }
+    }
     None
 }
 
@@ -191,5 +211,24 @@ mod tests {
         assert!(r(&[("content-length", "5"), ("content-length", "5")]).is_some());
         assert!(r(&[("content-length", "5, 5")]).is_some());
         assert!(r(&[("host", "a"), ("host", "b")]).is_some());
+    }
+
+    #[test]
+    fn an_authority_and_a_host_must_agree() {
+        let r = |uri: &str, host: Option<&str>| {
+            let mut b = Request::get(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            framing_problem(&b.body(()).unwrap())
+        };
+        assert!(r("https://a.test:8443/x", None).is_none());
+        assert!(r("https://a.test:8443/x", Some("a.test:8443")).is_none());
+        assert!(r("https://a.test:8443/x", Some("A.Test:8443")).is_none());
+        assert!(r("https://a.test:8443/x", Some("b.test:8443")).is_some());
+        assert!(r("https://a.test:8443/x", Some("a.test")).is_some());
+        assert!(r("/x", Some("b.test")).is_none());
+        assert!(r("https://a.test/x", Some("a.test:443")).is_none());
+        assert!(r("https://a.test/x", Some("a.test:8443")).is_some());
     }
 }

@@ -64,6 +64,7 @@ pub struct Gateway {
     pub(crate) used_states: UsedStates,
     pub(crate) limits: Limiters,
     hsts: Option<HeaderValue>,
+    alt_svc: Option<(HeaderValue, crate::h3::H3Health)>,
 }
 
 /// Request-path settings of an edge that are not policy.
@@ -73,6 +74,8 @@ pub struct GatewayOptions {
     pub rates: crate::limits::Rates,
     /// `Strict-Transport-Security` max-age in seconds; 0 sends none.
     pub hsts_max_age_secs: u64,
+    /// `Alt-Svc` advertising HTTP/3 on answers over TCP, while the UDP listener serves.
+    pub alt_svc: Option<(HeaderValue, crate::h3::H3Health)>,
 }
 
 impl Default for GatewayOptions {
@@ -80,6 +83,7 @@ impl Default for GatewayOptions {
         Self {
             rates: crate::limits::Rates::default(),
             hsts_max_age_secs: 365 * 86_400,
+            alt_svc: None,
         }
     }
 }
@@ -184,6 +188,7 @@ impl Gateway {
             ),
             limits: Limiters::new(options.rates),
             hsts,
+            alt_svc: options.alt_svc,
         }
     }
 
@@ -201,6 +206,7 @@ impl Gateway {
             .unwrap_or_else(|_| "-".into());
         let method = req.method().clone();
         let path_for_log = req.uri().path().to_string();
+        let host = authority(&req).map(|(_, host)| host);
         let started = std::time::Instant::now();
         let mut resp = self.route(req, conn, transport, &rid).await;
         if let Ok(v) = HeaderValue::from_str(&rid) {
@@ -209,6 +215,21 @@ impl Gateway {
         if let Some(h) = &self.hsts {
             resp.headers_mut()
                 .insert(header::STRICT_TRANSPORT_SECURITY, h.clone());
+        }
+        // RFC 7838: advertise HTTP/3 only while it answers, and only for an origin whose
+        // every application accepts it (a browser uses it for every path of the host)
+        if transport != Transport::H3
+            && let Some((v, health)) = &self.alt_svc
+            && health.serving()
+            && let Some(host) = &host
+            && self
+                .replica
+                .view()
+                .as_deref()
+                .and_then(View::compiled_policy)
+                .is_some_and(|p| p.origin_accepts_h3(host))
+        {
+            resp.headers_mut().insert(header::ALT_SVC, v.clone());
         }
         metrics::histogram!("palisade_edge_request_seconds")
             .record(started.elapsed().as_secs_f64());

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod devices;
+pub mod h3;
 pub mod mfa;
 
 use std::collections::HashMap;
