@@ -6,7 +6,8 @@
 //!
 //! What is QUIC's own: 0-RTT stays off (the TLS configuration allows no early data, so nothing
 //! can be replayed); connection-specific headers (`Connection`, `Keep-Alive`,
-//! `Transfer-Encoding`, `Upgrade`) never go out on a response, as RFC 9114 forbids them;
+//! `Transfer-Encoding`, `Upgrade`) never go out on a response, and a request carrying one is
+//! malformed (its stream is reset with `H3_MESSAGE_ERROR`), as RFC 9114 4.2 says;
 //! a request body must carry exactly the bytes its `content-length` says, or the request fails;
 //! a connection whose device is revoked or wiped is closed with [`DEVICE_ENDED`];
 //! a handshake from an unvalidated address gets a Retry first while many handshakes are in
@@ -20,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
@@ -265,7 +266,14 @@ type Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
 /// One request stream: through the edge service, the answer back.
 async fn request(req: Request<()>, stream: Stream, mut svc: EdgeService, peer: SocketAddr) {
-    let (mut send, recv) = stream.split();
+    let (mut send, mut recv) = stream.split();
+    if let Some(name) = connection_specific(req.headers()) {
+        // RFC 9114 4.2: malformed, a stream error of type H3_MESSAGE_ERROR
+        tracing::info!(client = %peer, header = name, "refused an HTTP/3 request with a connection-specific header");
+        recv.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
+        send.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
+        return;
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -316,16 +324,31 @@ async fn request(req: Request<()>, stream: Stream, mut svc: EdgeService, peer: S
 }
 
 /// Headers that describe an HTTP/1.1 connection: forbidden in HTTP/3 (RFC 9114 4.2).
+const CONNECTION_SPECIFIC: [&str; 5] = [
+    "connection",
+    "transfer-encoding",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+];
+
+/// Removes connection-specific headers from an answer going out on HTTP/3.
 fn strip_connection_headers(h: &mut HeaderMap) {
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
+    for name in CONNECTION_SPECIFIC {
         h.remove(name);
     }
+}
+
+/// The connection-specific header a request carries, if any (`te` other than `trailers`
+/// counts): such a request is malformed in HTTP/3.
+fn connection_specific(h: &HeaderMap) -> Option<&'static str> {
+    if let Some(name) = CONNECTION_SPECIFIC.iter().find(|n| h.contains_key(**n)) {
+        return Some(name);
+    }
+    h.get_all(header::TE)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        .then_some("te")
 }
 
 /// The device certificate the QUIC handshake verified, read once per connection.
@@ -429,6 +452,7 @@ pub fn alt_svc(port: u16) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderName;
 
     #[test]
     fn connection_headers_never_go_out_on_http3() {
@@ -446,6 +470,23 @@ mod tests {
         strip_connection_headers(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("content-type"));
+    }
+
+    #[test]
+    fn requests_with_connection_headers_are_malformed() {
+        let with = |k: &'static str, v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+            connection_specific(&h)
+        };
+        assert_eq!(with("connection", "close"), Some("connection"));
+        assert_eq!(
+            with("transfer-encoding", "chunked"),
+            Some("transfer-encoding")
+        );
+        assert_eq!(with("te", "gzip"), Some("te"));
+        assert_eq!(with("te", "trailers"), None);
+        assert_eq!(with("accept", "*/*"), None);
     }
 
     #[test]

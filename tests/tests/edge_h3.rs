@@ -3,7 +3,10 @@
 //! whose applications all accept it; the same request path
 //! as HTTP/1.1 (a public path, a sign-in challenge, the session cookie, the identity
 //! assertion naming `h3`); a revocation refuses the next stream on QUIC connections already
-//! open at both edges; a request whose body does not match its `content-length` is refused; a QUIC connection presenting a device certificate
+//! open at both edges and cuts a long download running on one; aioquic, an independent QUIC
+//! stack, gets the same answers, and its malformed requests (duplicate `:path`, `:authority`
+//! ≠ `Host`, no `:path`, an oversized header section, uppercase names, connection headers)
+//! are refused without stopping the edge; a request whose body does not match its `content-length` is refused; a QUIC connection presenting a device certificate
 //! is closed with Palisade's error code when the device is revoked; `--h3-listen off` turns it
 //! off and stops the advertisement.
 
@@ -14,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use support::devices::{LINUX_1_0, enroll, settle};
-use support::h3::H3;
+use support::h3::{H3, aioquic};
 use support::{APP_HOST, Stack, policy, session_claims};
 
 /// The stack's policy with HTTP/3 accepted by every application (`protocols` defaults to
@@ -125,6 +128,94 @@ async fn http3_serves_the_same_request_path_and_is_cut_on_revocation() {
         app.headers.get("connection").is_none() && app.headers.get("transfer-encoding").is_none()
     );
 
+    // An independent stack (aioquic) gets the same answers.
+    let h3_addr = s.cluster.edges[0].h3().expect("h3");
+    let answers = aioquic(
+        &s.ca,
+        h3_addr,
+        APP_HOST,
+        &json!([
+            {"path": "/.well-known/palisade/jwks.json"},
+            {"path": "/hello"},
+            {"path": "/hello", "cookie": cookie},
+        ]),
+    );
+    assert_eq!(answers[0]["status"], 200, "{answers:?}");
+    assert_eq!(answers[1]["status"], 302, "{answers:?}");
+    assert_eq!(answers[2]["status"], 200, "{answers:?}");
+    let seen: Value =
+        serde_json::from_str(answers[2]["body"].as_str().expect("body")).expect("upstream JSON");
+    assert_eq!(seen["identity"]["claims"]["proto"], "h3", "{seen}");
+
+    // Malformed requests, each on its own connection: a clear refusal (a 4xx or the stream
+    // reset), never an answer from the application, and the edge keeps serving.
+    let authority = format!("{APP_HOST}:{}", h3_addr.port());
+    let pseudo = |path: &str| {
+        json!([
+            [":method", "GET"],
+            [":scheme", "https"],
+            [":authority", authority],
+            [":path", path]
+        ])
+    };
+    let mut twice = pseudo("/hello");
+    twice
+        .as_array_mut()
+        .expect("pseudo")
+        .push(json!([":path", "/admin"]));
+    // h3 0.0.8 reads a repeated `:path` as its last value (RFC 9114 4.3 calls the request
+    // malformed): the edge then decides and forwards that same path, never one for the
+    // decision and another for the upstream.
+    let a = &aioquic(
+        &s.ca,
+        h3_addr,
+        APP_HOST,
+        &json!([{"pseudo": twice, "cookie": cookie}]),
+    )[0];
+    if a["status"] == 200 {
+        let seen: Value = serde_json::from_str(a["body"].as_str().expect("body")).expect("JSON");
+        assert_eq!(seen["uri"], "/admin", "{seen}");
+        assert_eq!(seen["identity"]["claims"]["rule"], "admins-only", "{seen}");
+    }
+    let malformed = [
+        (
+            ":authority and host differ",
+            json!({"path": "/hello", "cookie": cookie, "headers": [["host", "other.palisade.localhost"]]}),
+        ),
+        (
+            "no :path",
+            json!({"pseudo": [[":method", "GET"], [":scheme", "https"], [":authority", authority]]}),
+        ),
+        (
+            "a header section over the limit",
+            json!({"path": "/hello", "headers": [["x-big", "a".repeat(70_000)]]}),
+        ),
+        (
+            "an uppercase header name",
+            json!({"path": "/hello", "cookie": cookie, "headers": [["X-Upper", "1"]]}),
+        ),
+        (
+            "a connection header",
+            json!({"path": "/hello", "cookie": cookie, "headers": [["connection", "close"]]}),
+        ),
+    ];
+    for (what, req) in malformed {
+        let a = &aioquic(&s.ca, h3_addr, APP_HOST, &json!([req]))[0];
+        let refused = a.get("reset").is_some()
+            || a.get("error").is_some()
+            || a["status"]
+                .as_u64()
+                .is_some_and(|st| (400..500).contains(&st));
+        assert!(refused, "{what}: {a}");
+    }
+    let again = aioquic(
+        &s.ca,
+        h3_addr,
+        APP_HOST,
+        &json!([{"path": "/hello", "cookie": cookie}]),
+    );
+    assert_eq!(again[0]["status"], 200, "still serving: {again:?}");
+
     // Malformed: a body longer than its content-length. (h3 itself refuses a request whose
     // :authority and Host differ, on both sides.)
     let mut q_bad = h3_to(&s, 0).await;
@@ -152,6 +243,10 @@ async fn http3_serves_the_same_request_path_and_is_cut_on_revocation() {
         .as_str()
         .expect("sid")
         .to_string();
+    // ... and a long download already running on QUIC is cut.
+    let (status, mut events) = q1.open("/events", Some(&cookie)).await.expect("events");
+    assert_eq!(status, 200);
+    assert!(events.recv_data().await.expect("an event").is_some());
     let (code, out) = s.palisadectl(&["revoke", "session", &sid, "--reason", "test"]);
     assert_eq!(code, 0, "{out}");
     let rev = s.cluster.latest_revision().await.expect("revision");
@@ -159,6 +254,18 @@ async fn http3_serves_the_same_request_path_and_is_cut_on_revocation() {
         .wait_edges(rev, Duration::from_secs(20))
         .await
         .expect("edges apply");
+    let cut = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv_data().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return "ended cleanly",
+                Err(_) => return "cut",
+            }
+        }
+    })
+    .await
+    .expect("the stream ends once the session is revoked");
+    assert_eq!(cut, "cut", "a cut answer must not look complete");
     for (q, port) in [(&mut q1, p1), (&mut q2, p2)] {
         let r = q
             .get("/hello", Some(&cookie))

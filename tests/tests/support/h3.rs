@@ -24,6 +24,9 @@ impl Drop for H3 {
     }
 }
 
+/// A request stream, its answer being read.
+pub type Stream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
 /// What came back on one stream.
 #[derive(Debug)]
 pub struct Answer {
@@ -96,6 +99,27 @@ impl H3 {
         self.send(req.body(()).expect("request"), None).await
     }
 
+    /// GET `path` with the session `cookie` (if any) and return once the answer's head is in:
+    /// (status, the stream to read the body from).
+    pub async fn open(
+        &mut self,
+        path: &str,
+        cookie: Option<&str>,
+    ) -> Result<(u16, Stream), String> {
+        let mut req = Request::get(format!("https://{}{path}", self.authority));
+        if let Some(c) = cookie {
+            req = req.header("cookie", format!("__Host-palisade-session={c}"));
+        }
+        let mut stream = self
+            .send
+            .send_request(req.body(()).expect("request"))
+            .await
+            .map_err(|e| e.to_string())?;
+        stream.finish().await.map_err(|e| e.to_string())?;
+        let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
+        Ok((resp.status().as_u16(), stream))
+    }
+
     /// Sends `req` with `body`, reads the whole answer.
     pub async fn send(&mut self, req: Request<()>, body: Option<Bytes>) -> Result<Answer, String> {
         let mut stream = self
@@ -118,4 +142,42 @@ impl H3 {
             body: String::from_utf8_lossy(&body).into_owned(),
         })
     }
+}
+
+/// Runs `requests` (see `tests/peers/aioquic/fetch.py`) with aioquic, an independent QUIC and
+/// HTTP/3 stack, on one connection to `addr` for `host`; returns its answers.
+pub fn aioquic(
+    ca: &str,
+    addr: SocketAddr,
+    host: &str,
+    requests: &serde_json::Value,
+) -> Vec<serde_json::Value> {
+    let peer = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/aioquic");
+    let python = peer.join(".venv/bin/python");
+    assert!(
+        python.is_file(),
+        "aioquic is not installed: run `python3 -m venv .venv && .venv/bin/pip install -r requirements.txt` in {} (bash .ci/run does)",
+        peer.display()
+    );
+    let ca_file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(ca_file.path(), ca).expect("write the CA");
+    let out = std::process::Command::new(python)
+        .arg(peer.join("fetch.py"))
+        .args(["--addr", &addr.to_string(), "--host", host, "--ca"])
+        .arg(ca_file.path())
+        .arg(requests.to_string())
+        .output()
+        .expect("aioquic");
+    assert!(
+        out.status.success(),
+        "aioquic failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "aioquic printed {} / {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
