@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Bench, env_or, load, report, through_edge, tls_client};
+use common::{Bench, env_or, load, report, sign_in, through_edge, tls_client};
 use palisade_link::admin::AdminClient;
 use palisade_link::{Expect, LinkOptions, LinkTls};
 use palisade_proto::v1 as pb;
@@ -172,25 +172,6 @@ where
     (all.into_iter().map(|(_, t)| t).collect(), rate)
 }
 
-/// Signs in through the development provider, presenting `device` (key + chain PEM) when
-/// given; returns the session cookie value.
-async fn sign_in(ca: &str, port: u16, device: Option<&Enrolled>) -> String {
-    let mut b = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("ca"))
-        .resolve(HOST, "127.0.0.1:0".parse().expect("addr"));
-    if let Some(d) = device {
-        b = b.identity(
-            reqwest::Identity::from_pem(format!("{}{}", d.key, d.chain).as_bytes())
-                .expect("identity"),
-        );
-    }
-    let http = b.build().expect("client");
-    palisade_chaos::devidp::sign_in(&http, HOST, port, "alice")
-        .await
-        .expect("sign-in")
-}
-
 async fn run() {
     let devices = env_or("PALISADE_BENCH_DEVICES", 200).max(1);
     let concurrency = env_or("PALISADE_BENCH_CONCURRENCY", 16).max(1);
@@ -267,8 +248,8 @@ async fn run() {
         .expect("edge applies everything");
     let ca = cluster.pki_file("ingress-ca.pem").expect("ca");
     let port = cluster.edges[0].https().port();
-    let plain_cookie = sign_in(&ca, port, None).await;
-    let device_cookie = sign_in(&ca, port, Some(&warm)).await;
+    let plain_cookie = sign_in(&ca, HOST, port, None).await;
+    let device_cookie = sign_in(&ca, HOST, port, Some(format!("{}{}", warm.key, warm.chain))).await;
     let plain = through_edge(tls_client(&ca, None), HOST, port, "/", plain_cookie);
     let managed = through_edge(
         tls_client(&ca, Some((&warm.chain, &warm.key))),

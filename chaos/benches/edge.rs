@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Bench, env_or, load, report, through_edge, tls_client};
+use common::{Bench, env_or, load, report, sign_in, through_edge, tls_client};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use palisade_chaos::cluster::LocalCluster;
@@ -73,19 +73,6 @@ async fn revoke_many(c: &LocalCluster, n: usize) {
     }
 }
 
-/// Signs in through the development provider; returns the session cookie value.
-async fn sign_in(ca: &str, port: u16) -> String {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("ca"))
-        .resolve(HOST, "127.0.0.1:0".parse().expect("addr"))
-        .build()
-        .expect("client");
-    palisade_chaos::devidp::sign_in(&http, HOST, port, "alice")
-        .await
-        .expect("sign-in")
-}
-
 async fn run() {
     let apps = env_or("PALISADE_BENCH_APPS", 10_000);
     let revocations = env_or("PALISADE_BENCH_REVOCATIONS", 100_000);
@@ -112,7 +99,7 @@ async fn run() {
         .expect("edge applies everything");
     let ca = cluster.pki_file("ingress-ca.pem").expect("ca");
     let port = cluster.edges[0].https().port();
-    let cookie = sign_in(&ca, port).await;
+    let cookie = sign_in(&ca, HOST, port, None).await;
 
     let tls = tls_client(&ca, None);
     let through_edge = through_edge(tls, HOST, port, "/", cookie);

@@ -10,6 +10,7 @@ pub mod applied;
 pub mod cluster;
 pub mod devidp;
 pub mod faultproxy;
+pub mod h3client;
 pub mod host;
 pub mod netns;
 pub mod report;

@@ -31,6 +31,10 @@ pub struct Scenario {
     /// namespace, for partitions; root only).
     #[serde(default)]
     pub network: crate::cluster::Network,
+    /// How the runner probes the edges: `https` (default: HTTP/1.1 over TCP) or `h3` (HTTP/3
+    /// over QUIC, one connection per edge kept open and opened again after a failure).
+    #[serde(default)]
+    pub probe: ProbeProtocol,
     /// The load applied while faults happen.
     #[serde(default)]
     pub workload: Workload,
@@ -98,6 +102,17 @@ fn three() -> u64 {
 
 fn two() -> usize {
     2
+}
+
+/// The protocol the runner's probes speak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeProtocol {
+    /// HTTP/1.1 over TLS.
+    #[default]
+    Https,
+    /// HTTP/3 over QUIC.
+    H3,
 }
 
 /// The workload: revocations of real sessions (each one measured), and policy changes.

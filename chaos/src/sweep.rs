@@ -103,6 +103,7 @@ impl SweepSpec {
             controllers: self.controllers,
             edges,
             network: Default::default(),
+            probe: Default::default(),
             workload: crate::scenario::Workload {
                 revocations_per_s: self.revocations_per_s,
                 policy_changes_per_s: policy_rate,

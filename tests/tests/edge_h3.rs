@@ -15,9 +15,10 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
+use palisade_chaos::h3client::H3;
 use serde_json::{Value, json};
 use support::devices::{LINUX_1_0, enroll, settle};
-use support::h3::{H3, aioquic};
+use support::h3::aioquic;
 use support::{APP_HOST, Stack, policy, session_claims};
 
 /// The stack's policy with HTTP/3 accepted by every application (`protocols` defaults to

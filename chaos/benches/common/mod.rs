@@ -1,5 +1,9 @@
-//! What the edge benchmarks share: a keep-alive upstream, the load generator (N keep-alive
-//! connections sending requests back to back for a fixed time) and the report line.
+//! What the edge benchmarks share: the cluster with its identity provider, a keep-alive
+//! upstream, the sign-in, the load generator (N keep-alive connections sending requests back to
+//! back for a fixed time) and the report line.
+
+// Each benchmark compiles this module on its own and uses a part of it.
+#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -47,6 +51,22 @@ impl Bench {
             _dir: dir,
         }
     }
+}
+
+/// Signs alice in at `host` on the edge at 127.0.0.1:`port` through the development provider,
+/// presenting the device `identity` (key + chain PEM) when given; returns the session cookie.
+pub async fn sign_in(ca: &str, host: &'static str, port: u16, identity: Option<String>) -> String {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("ca"))
+        .resolve(host, "127.0.0.1:0".parse().expect("addr"));
+    if let Some(pem) = identity {
+        b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"));
+    }
+    let http = b.build().expect("client");
+    palisade_chaos::devidp::sign_in(&http, host, port, "alice")
+        .await
+        .expect("sign-in")
 }
 
 /// A number from the environment, or `default`.

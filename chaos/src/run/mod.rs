@@ -237,12 +237,14 @@ pub fn policy(
             "claims": {"email": "email", "groups": "groups", "name": "name"}}],
         "apps": [
             {"id": "probe", "hosts": [PROBE_HOST], "upstreams": [up], "mfa": {"required": false},
+             "protocols": ["http", "h3"],
              "session": {"lifetime": "2h", "idle_timeout": "1h"},
              "rules": [{"name": "staff", "decision": "allow", "include": [{"email_domain": "example.com"}]}]},
             {"id": "guarded", "hosts": [GUARDED_HOST], "upstreams": [up], "mfa": {"required": false},
              "staleness": {"mode": "fail_closed", "max_staleness": "2s"},
              "rules": [{"name": "public", "decision": "bypass", "include": [{"everyone": true}]}]},
             {"id": "marker", "hosts": [MARKER_HOST], "upstreams": [up], "mfa": {"required": false},
+             "protocols": ["http", "h3"],
              "rules": [{"name": format!("marker-{marker}"),
                         "decision": "deny",
                         "include": [{"everyone": true}]}]}

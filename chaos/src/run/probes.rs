@@ -1,4 +1,5 @@
-//! What the runner sees from outside: HTTPS probes of every edge with a real session, which
+//! What the runner sees from outside: probes of every edge (HTTPS, or HTTP/3 when the
+//! scenario says `"probe": "h3"`) with a real session, which
 //! tell when a revocation or a policy change is in force there, and record a violation when
 //! one is not within the bound or stops being in force.
 
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{ENFORCEMENT_BOUND, MARKER_HOST, PROBE_HOST};
 use crate::cluster::ops_get_at;
+use crate::h3client::H3;
 
 /// Everything the probers share.
 pub(super) struct Probe {
@@ -18,6 +20,48 @@ pub(super) struct Probe {
     pub(super) down: Vec<std::sync::atomic::AtomicBool>,
     pub(super) probes: std::sync::atomic::AtomicU64,
     pub(super) violations: Mutex<Vec<String>>,
+    /// Probing over HTTP/3: one QUIC connection per edge, in the edge order.
+    pub(super) h3: Option<Vec<H3Probe>>,
+}
+
+/// The HTTP/3 connection probes of one edge use, opened on first use and again after a
+/// failure (an edge killed and restarted keeps its address).
+pub(super) struct H3Probe {
+    pub(super) addr: std::net::SocketAddr,
+    pub(super) ca: String,
+    pub(super) conn: tokio::sync::Mutex<Option<H3>>,
+}
+
+impl H3Probe {
+    /// GET `/` at `host` with `cookie` and `accept`; (status, body), `None` without an answer.
+    async fn get(&self, host: &str, cookie: Option<&str>) -> Option<(u16, String)> {
+        let mut conn = self.conn.lock().await;
+        if conn.is_none() {
+            let c = tokio::time::timeout(
+                Duration::from_secs(2),
+                H3::connect(&self.ca, self.addr, host, None),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            *conn = Some(c);
+        }
+        let c = conn.as_mut()?;
+        let mut req = http::Request::get(format!("https://{host}:{}/", self.addr.port()))
+            .header("accept", "text/html");
+        if let Some(cookie) = cookie {
+            req = req.header("cookie", format!("__Host-palisade-session={cookie}"));
+        }
+        let req = req.body(()).ok()?;
+        match tokio::time::timeout(Duration::from_secs(2), c.send(req, None)).await {
+            Ok(Ok(a)) => Some((a.status, a.body)),
+            _ => {
+                // a connection that failed once is not trusted again
+                *conn = None;
+                None
+            }
+        }
+    }
 }
 
 impl Probe {
@@ -29,6 +73,9 @@ impl Probe {
     ) -> Option<u16> {
         self.probes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h3) = &self.h3 {
+            return h3[edge].get(host, cookie).await.map(|(status, _)| status);
+        }
         let (http, port) = &self.clients[edge];
         let mut r = http.get(format!("https://{host}:{port}/"));
         if let Some(c) = cookie {
@@ -49,6 +96,10 @@ impl Probe {
     pub(super) async fn marker(&self, edge: usize) -> Option<u64> {
         self.probes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h3) = &self.h3 {
+            let (_, body) = h3[edge].get(MARKER_HOST, None).await?;
+            return marker_number(&body);
+        }
         let (http, port) = &self.clients[edge];
         let resp = http
             .get(format!("https://{MARKER_HOST}:{port}/"))

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::probes::Probe;
+use super::probes::{H3Probe, Probe};
 use super::{GUARDED_HOST, MARKER_HOST, PROBE_HOST, policy};
 use crate::cluster::{ClusterSpec, LocalCluster};
 use crate::devidp::DevIdp;
-use crate::scenario::{Scenario, Schedule};
+use crate::scenario::{ProbeProtocol, Scenario, Schedule};
 use crate::upstream::Upstream;
 
 /// Everything a run drives and watches. Dropping it stops every process it started.
@@ -134,6 +134,22 @@ impl Bed {
             );
         }
         let canary = cookies.pop().context("canary")?;
+        let h3 = match sc.probe {
+            ProbeProtocol::Https => None,
+            ProbeProtocol::H3 => Some(
+                cluster
+                    .edges
+                    .iter()
+                    .map(|e| {
+                        Ok(H3Probe {
+                            addr: e.h3().context("the edge serves no HTTP/3")?,
+                            ca: ca.clone(),
+                            conn: tokio::sync::Mutex::new(None),
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+            ),
+        };
         let probe = Arc::new(Probe {
             down: clients
                 .iter()
@@ -142,6 +158,7 @@ impl Bed {
             clients,
             probes: Default::default(),
             violations: Mutex::new(Vec::new()),
+            h3,
         });
         let admin = Arc::new(cluster.admin()?);
         Ok(Bed {
