@@ -132,6 +132,42 @@ impl H3 {
         Ok((resp.status().as_u16(), stream))
     }
 
+    /// `n` GETs of `path` with the session `cookie` (if any), all sent at once on this
+    /// connection, each on its own stream; the status of each, or why it failed.
+    pub async fn flood(
+        &self,
+        n: usize,
+        path: &str,
+        cookie: Option<&str>,
+    ) -> Vec<Result<u16, String>> {
+        let mut tasks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut send = self.send.clone();
+            let mut req = Request::get(format!("https://{}{path}", self.authority));
+            if let Some(c) = cookie {
+                req = req.header("cookie", format!("__Host-palisade-session={c}"));
+            }
+            tasks.push(tokio::spawn(async move {
+                let req = req.body(()).map_err(|e| e.to_string())?;
+                let mut stream = send.send_request(req).await.map_err(|e| e.to_string())?;
+                stream.finish().await.map_err(|e| e.to_string())?;
+                let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
+                while stream
+                    .recv_data()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_some()
+                {}
+                Ok(resp.status().as_u16())
+            }));
+        }
+        let mut out = Vec::with_capacity(n);
+        for t in tasks {
+            out.push(t.await.map_err(|e| e.to_string()).and_then(|r| r));
+        }
+        out
+    }
+
     /// Sends `req` with `body`, reads the whole answer.
     pub async fn send(&mut self, req: Request<()>, body: Option<Bytes>) -> Result<Answer, String> {
         let mut stream = self

@@ -3,7 +3,8 @@
 //! whose applications all accept it; the same request path
 //! as HTTP/1.1 (a public path, a sign-in challenge, the session cookie, the identity
 //! assertion naming `h3`); a revocation refuses the next stream on QUIC connections already
-//! open at both edges and cuts a long download running on one; aioquic, an independent QUIC
+//! open at both edges and cuts a long download running on one; a flood of 400 streams on one
+//! connection is served within the stream limit while another connection is served too; aioquic, an independent QUIC
 //! stack, gets the same answers, and its malformed requests (duplicate `:path`, `:authority`
 //! ≠ `Host`, no `:path`, an oversized header section, uppercase names, connection headers)
 //! are refused without stopping the edge; a request whose body does not match its `content-length` is refused; a QUIC connection presenting a device certificate
@@ -19,25 +20,7 @@ use palisade_chaos::h3client::H3;
 use serde_json::{Value, json};
 use support::devices::{LINUX_1_0, enroll, settle};
 use support::h3::aioquic;
-use support::{APP_HOST, Stack, policy, session_claims};
-
-/// The stack's policy with HTTP/3 accepted by every application (`protocols` defaults to
-/// `http` only); applied, and waited for at both edges.
-async fn accept_h3(s: &Stack) {
-    let mut p = policy(&s.idp.issuer, &s.forging.issuer, s.upstream.addr);
-    for app in p["apps"].as_array_mut().expect("apps") {
-        app["protocols"] = json!(["http", "h3"]);
-    }
-    let rev = s
-        .cluster
-        .apply_policy(&p.to_string(), "h3")
-        .await
-        .expect("policy");
-    s.cluster
-        .wait_edges(rev, Duration::from_secs(20))
-        .await
-        .expect("edges apply");
-}
+use support::{APP_HOST, Stack, session_claims};
 
 /// GET `path` at edge 0 over TCP (no session); its `Alt-Svc`, if any.
 async fn alt_svc(s: &Stack, path: &str) -> Option<String> {
@@ -73,7 +56,7 @@ async fn http3_serves_the_same_request_path_and_is_cut_on_revocation() {
     let r = q0.get("/hello", None).await.expect("answer");
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("not served over H3"), "{}", r.body);
-    accept_h3(&s).await;
+    s.accept_h3().await;
     assert_eq!(
         alt_svc(&s, "/").await.as_deref(),
         Some(format!("h3=\":{h3_port}\"; ma=86400").as_str())
@@ -127,6 +110,32 @@ async fn http3_serves_the_same_request_path_and_is_cut_on_revocation() {
     assert_eq!(seen["headers"]["x-palisade-protocol"], "h3", "{seen}");
     assert!(
         app.headers.get("connection").is_none() && app.headers.get("transfer-encoding").is_none()
+    );
+
+    // A flood of streams on one connection: the edge serves at most --h3-max-streams (100)
+    // at a time, QUIC flow control holds the rest at the client, every one is answered, and
+    // another connection is served meanwhile.
+    let flooder = h3_to(&s, 0).await;
+    let cookie_for_flood = cookie.clone();
+    let flood = tokio::spawn(async move {
+        let out = flooder.flood(400, "/hello", Some(&cookie_for_flood)).await;
+        drop(flooder);
+        out
+    });
+    let mut other = h3_to(&s, 0).await;
+    let meanwhile =
+        tokio::time::timeout(Duration::from_secs(5), other.get("/hello", Some(&cookie)))
+            .await
+            .expect("another connection is served during the flood")
+            .expect("answer");
+    assert_eq!(meanwhile.status, 200);
+    let statuses = flood.await.expect("flood");
+    let served = statuses.iter().filter(|r| matches!(r, Ok(200))).count();
+    assert_eq!(
+        served,
+        400,
+        "every stream answered: {:?}",
+        statuses.iter().find(|r| !matches!(r, Ok(200)))
     );
 
     // An independent stack (aioquic) gets the same answers.
@@ -315,7 +324,7 @@ async fn http3_serves_the_same_request_path_and_is_cut_on_revocation() {
 async fn http3_can_be_turned_off() {
     let s = Stack::start_with(&["--h3-listen", "off"]).await;
     assert!(s.cluster.edges[0].h3().is_none());
-    accept_h3(&s).await;
+    s.accept_h3().await;
     let p = s
         .browser()
         .get(&format!("https://{APP_HOST}:{}/", s.edge_port(0)))

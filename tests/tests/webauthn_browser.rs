@@ -3,8 +3,10 @@
 //! controllers and the certified `oidc-provider`. Registers a security key (usb) and a platform
 //! authenticator (internal) in the portal, signs in with each and reaches the application,
 //! removes one and is refused where it was required. Screenshots of the portal and the MFA
-//! prompt go to `artifacts/webauthn/`. `bash .ci/run` installs Chromium, certutil and
-//! playwright-core.
+//! prompt go to `artifacts/webauthn/`. The same over HTTP/3: Chromium forced onto QUIC for the
+//! edge's origin signs in, registers and passes a key, and reaches the application, with the
+//! page and the upstream both on `h3` (`tests/peers/browser/quic.mjs`). `bash .ci/run`
+//! installs Chromium, certutil and playwright-core.
 
 mod support;
 
@@ -13,10 +15,9 @@ use std::process::Command;
 
 use support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn security_key_and_platform_authenticator_in_chromium() {
+/// The browser script `name` under `tests/peers/browser`, and Chromium, both installed.
+fn browser_script(name: &str) -> (std::path::PathBuf, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let script = root.join("tests/peers/browser/webauthn.mjs");
     assert!(
         root.join("tests/peers/browser/node_modules/playwright-core")
             .is_dir(),
@@ -27,6 +28,49 @@ async fn security_key_and_platform_authenticator_in_chromium() {
         Path::new(&chromium).exists(),
         "Chromium is not installed at {chromium}: apt-get install chromium libnss3-tools (bash .ci/run does)"
     );
+    (root.join("tests/peers/browser").join(name), chromium)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webauthn_over_http3_in_chromium() {
+    let (script, chromium) = browser_script("quic.mjs");
+    let s = Stack::start().await;
+    s.accept_h3().await;
+    assert_eq!(
+        s.cluster.edges[0].h3().map(|a| a.port()),
+        Some(s.edge_port(0)),
+        "HTTP/3 on the HTTPS port"
+    );
+    let out = tokio::task::spawn_blocking({
+        let app = format!("https://{APP_HOST}:{}", s.edge_port(0));
+        let ca = s.cluster.pki().join("ingress-ca.pem");
+        let leaf = s.cluster.pki().join("ingress.pem");
+        move || {
+            Command::new("node")
+                .arg(script)
+                .env("APP", app)
+                .env("CA", ca)
+                .env("LEAF", leaf)
+                .env("CHROMIUM", chromium)
+                .output()
+                .expect("node")
+        }
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == "ok"),
+        "browser run over HTTP/3 failed:\n{stdout}\n{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_key_and_platform_authenticator_in_chromium() {
+    let (script, chromium) = browser_script("webauthn.mjs");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let s = Stack::start().await;
     let out_dir = root.join("artifacts/webauthn");
     let out = tokio::task::spawn_blocking({

@@ -350,6 +350,24 @@ impl Stack {
         }
     }
 
+    /// Applies the stack's policy with HTTP/3 accepted by every application (`protocols`
+    /// defaults to `http` only) and waits for both edges.
+    pub async fn accept_h3(&self) {
+        let mut p = policy(&self.idp.issuer, &self.forging.issuer, self.upstream.addr);
+        for app in p["apps"].as_array_mut().expect("apps") {
+            app["protocols"] = json!(["http", "h3"]);
+        }
+        let rev = self
+            .cluster
+            .apply_policy(&p.to_string(), "h3")
+            .await
+            .expect("policy");
+        self.cluster
+            .wait_edges(rev, Duration::from_secs(20))
+            .await
+            .expect("edges apply");
+    }
+
     pub fn edge_port(&self, i: usize) -> u16 {
         self.cluster.edges[i].https().port()
     }
