@@ -15,8 +15,9 @@ use std::process::Command;
 
 use support::*;
 
-/// The browser script `name` under `tests/peers/browser`, and Chromium, both installed.
-fn browser_script(name: &str) -> (std::path::PathBuf, String) {
+/// Runs the browser script `name` (under `tests/peers/browser`) with Chromium against edge 0
+/// of `s`, with `env` besides `APP`, `CA` and `CHROMIUM`; fails the test unless it says `ok`.
+async fn run_browser(s: &Stack, name: &str, env: Vec<(&'static str, std::path::PathBuf)>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     assert!(
         root.join("tests/peers/browser/node_modules/playwright-core")
@@ -28,12 +29,26 @@ fn browser_script(name: &str) -> (std::path::PathBuf, String) {
         Path::new(&chromium).exists(),
         "Chromium is not installed at {chromium}: apt-get install chromium libnss3-tools (bash .ci/run does)"
     );
-    (root.join("tests/peers/browser").join(name), chromium)
+    let mut cmd = Command::new("node");
+    cmd.arg(root.join("tests/peers/browser").join(name))
+        .env("APP", format!("https://{APP_HOST}:{}", s.edge_port(0)))
+        .env("CA", s.cluster.pki().join("ingress-ca.pem"))
+        .env("CHROMIUM", chromium)
+        .envs(env);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("node"))
+        .await
+        .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == "ok"),
+        "{name} failed:\n{stdout}\n{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webauthn_over_http3_in_chromium() {
-    let (script, chromium) = browser_script("quic.mjs");
     let s = Stack::start().await;
     s.accept_h3().await;
     assert_eq!(
@@ -41,62 +56,15 @@ async fn webauthn_over_http3_in_chromium() {
         Some(s.edge_port(0)),
         "HTTP/3 on the HTTPS port"
     );
-    let out = tokio::task::spawn_blocking({
-        let app = format!("https://{APP_HOST}:{}", s.edge_port(0));
-        let ca = s.cluster.pki().join("ingress-ca.pem");
-        let leaf = s.cluster.pki().join("ingress.pem");
-        move || {
-            Command::new("node")
-                .arg(script)
-                .env("APP", app)
-                .env("CA", ca)
-                .env("LEAF", leaf)
-                .env("CHROMIUM", chromium)
-                .output()
-                .expect("node")
-        }
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}");
-    assert!(
-        out.status.success() && stdout.lines().any(|l| l == "ok"),
-        "browser run over HTTP/3 failed:\n{stdout}\n{stderr}"
-    );
+    let leaf = s.cluster.pki().join("ingress.pem");
+    run_browser(&s, "quic.mjs", vec![("LEAF", leaf)]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_key_and_platform_authenticator_in_chromium() {
-    let (script, chromium) = browser_script("webauthn.mjs");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let s = Stack::start().await;
-    let out_dir = root.join("artifacts/webauthn");
-    let out = tokio::task::spawn_blocking({
-        let app = format!("https://{APP_HOST}:{}", s.edge_port(0));
-        let ca = s.cluster.pki().join("ingress-ca.pem");
-        let out_dir = out_dir.clone();
-        move || {
-            Command::new("node")
-                .arg(script)
-                .env("APP", app)
-                .env("CA", ca)
-                .env("OUT", out_dir)
-                .env("CHROMIUM", chromium)
-                .output()
-                .expect("node")
-        }
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}");
-    assert!(
-        out.status.success() && stdout.lines().any(|l| l == "ok"),
-        "browser run failed:\n{stdout}\n{stderr}"
-    );
+    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts/webauthn");
+    run_browser(&s, "webauthn.mjs", vec![("OUT", out_dir.clone())]).await;
     for shot in ["portal.png", "mfa-prompt.png"] {
         assert!(out_dir.join(shot).is_file(), "{shot} saved");
     }
