@@ -206,7 +206,11 @@ impl Gateway {
             .unwrap_or_else(|_| "-".into());
         let method = req.method().clone();
         let path_for_log = req.uri().path().to_string();
-        let host = authority(&req).map(|(_, host)| host);
+        // The host is read again here only where HTTP/3 could be advertised (not per request
+        // otherwise: route() reads it for itself).
+        let host = (transport != Transport::H3 && self.alt_svc.is_some())
+            .then(|| authority(&req).map(|(_, host)| host))
+            .flatten();
         let started = std::time::Instant::now();
         let mut resp = self.route(req, conn, transport, &rid).await;
         if let Ok(v) = HeaderValue::from_str(&rid) {
@@ -218,8 +222,7 @@ impl Gateway {
         }
         // RFC 7838: advertise HTTP/3 only while it answers, and only for an origin whose
         // every application accepts it (a browser uses it for every path of the host)
-        if transport != Transport::H3
-            && let Some((v, health)) = &self.alt_svc
+        if let Some((v, health)) = &self.alt_svc
             && health.serving()
             && let Some(host) = &host
             && self
