@@ -43,6 +43,51 @@ pub struct Answer {
     pub body: String,
 }
 
+/// A QUIC connection offering ALPN `h3` to `addr` for `host` (SNI), trusting `ca`, presenting
+/// `client` (certificate chain PEM, key PEM) if given; with its endpoint, which must outlive
+/// it. For tests that write HTTP/3 frames by hand.
+pub async fn quic(
+    ca: &str,
+    addr: SocketAddr,
+    host: &str,
+    client: Option<(&str, &str)>,
+) -> Result<(quinn::Endpoint, quinn::Connection), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut tls = match client {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(chain.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| e.to_string())?,
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| e.to_string())?,
+            )
+            .map_err(|e| e.to_string())?,
+    };
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let local = match addr {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    let mut endpoint = quinn::Endpoint::client(local).map_err(|e| e.to_string())?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let conn = endpoint
+        .connect(addr, host)
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((endpoint, conn))
+}
+
 impl H3 {
     /// Connects to `addr` for `host` (SNI), trusting `ca`, presenting `client` (certificate
     /// chain PEM, key PEM) if given.
@@ -52,40 +97,7 @@ impl H3 {
         host: &str,
         client: Option<(&str, &str)>,
     ) -> Result<H3, String> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-            roots
-                .add(c.map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-        }
-        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-        let mut tls = match client {
-            None => builder.with_no_client_auth(),
-            Some((chain, key)) => builder
-                .with_client_auth_cert(
-                    CertificateDer::pem_slice_iter(chain.as_bytes())
-                        .collect::<Result<_, _>>()
-                        .map_err(|e| e.to_string())?,
-                    PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| e.to_string())?,
-                )
-                .map_err(|e| e.to_string())?,
-        };
-        tls.alpn_protocols = vec![b"h3".to_vec()];
-        let quic =
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
-        let local = match addr {
-            SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
-            SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
-        };
-        let mut endpoint = quinn::Endpoint::client(local).map_err(|e| e.to_string())?;
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-        let conn = endpoint
-            .connect(addr, host)
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
+        let (endpoint, conn) = quic(ca, addr, host, client).await?;
         let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
             .await
             .map_err(|e| e.to_string())?;

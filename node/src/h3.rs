@@ -8,6 +8,9 @@
 //! can be replayed); connection-specific headers (`Connection`, `Keep-Alive`,
 //! `Transfer-Encoding`, `Upgrade`) never go out on a response, and a request carrying one is
 //! malformed (its stream is reset with `H3_MESSAGE_ERROR`), as RFC 9114 4.2 says;
+//! a request whose pseudo-header fields break RFC 9114 4.3 (one repeated, one after a regular
+//! field, `:status`, an uppercase name) is refused before h3 reads it ([`head`], [`checked`]),
+//! since h3 would take the last of a repeated `:path`;
 //! a request body must carry exactly the bytes its `content-length` says, or the request fails;
 //! a connection whose device is revoked or wiped is closed with [`DEVICE_ENDED`];
 //! a handshake from an unvalidated address gets a Retry first while many handshakes are in
@@ -37,6 +40,11 @@ use crate::http::service::EdgeService;
 use crate::proxy::BoxError;
 use crate::sync::Replica;
 
+mod checked;
+pub mod head;
+
+use checked::{Checked, Checking};
+
 /// Limits on HTTP/3 connections.
 #[derive(Debug, Clone, Copy)]
 pub struct H3Limits {
@@ -53,6 +61,16 @@ pub struct H3Limits {
     pub retry_above: usize,
     /// Most connections open at once; more are refused.
     pub max_connections: usize,
+}
+
+impl H3Limits {
+    /// The most bytes of a request stream's head (its first HEADERS frame, encoded, and any
+    /// unknown frames before it) held before h3 reads it. A QPACK field line never encodes in
+    /// more than four times the size it counts for once decoded (name, value and 32 bytes),
+    /// so a longer head could not decode within `max_header_bytes` anyway.
+    pub fn head_bytes(&self) -> usize {
+        self.max_header_bytes.saturating_mul(4).saturating_add(4096)
+    }
 }
 
 impl Default for H3Limits {
@@ -231,7 +249,7 @@ async fn connection(conn: quinn::Connection, gateway: Arc<Gateway>, limits: H3Li
     let mut builder = h3::server::builder();
     builder.max_field_section_size(limits.max_header_bytes as u64);
     let mut h3 = match builder
-        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+        .build::<_, Bytes>(Checking::new(conn, limits.head_bytes()))
         .await
     {
         Ok(h3) => h3,
@@ -262,7 +280,7 @@ async fn connection(conn: quinn::Connection, gateway: Arc<Gateway>, limits: H3Li
     }
 }
 
-type Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+type Stream = h3::server::RequestStream<Checked<h3_quinn::BidiStream<Bytes>>, Bytes>;
 
 /// One request stream: through the edge service, the answer back.
 async fn request(req: Request<()>, stream: Stream, mut svc: EdgeService, peer: SocketAddr) {
@@ -370,7 +388,7 @@ fn presented_device(conn: &quinn::Connection, peer: SocketAddr) -> Option<Arc<Pr
 /// A request body read from an HTTP/3 stream: its DATA frames, then its trailers. A body that
 /// carries more or fewer bytes than its `content-length` fails (RFC 9114 4.1.2: malformed).
 struct RequestBody {
-    stream: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
+    stream: h3::server::RequestStream<Checked<h3_quinn::RecvStream>, Bytes>,
     declared: Option<u64>,
     seen: u64,
     data_done: bool,
