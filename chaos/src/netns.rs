@@ -65,6 +65,8 @@ pub struct Host {
     pub ns: String,
     /// The veth end on the bridge (in the harness's namespace).
     pub veth: String,
+    /// The host's own interface (the veth end inside its namespace).
+    pub iface: String,
     /// Its address.
     pub ip: Ipv4Addr,
 }
@@ -138,7 +140,12 @@ impl Lab {
             "via",
             &self.gateway().to_string(),
         ])?;
-        let h = Host { ns, veth, ip: addr };
+        let h = Host {
+            ns,
+            veth,
+            iface: peer,
+            ip: addr,
+        };
         self.hosts.insert(name.to_string(), h.clone());
         Ok(h)
     }
