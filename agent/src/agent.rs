@@ -7,9 +7,13 @@
 //! resolve. A configuration that cannot be read gets the strictest block (loopback and DHCP).
 //! A device outside the rollout (mandatory authentication off) has its block removed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use palisade_link::managed::ManagedConfig;
+use palisade_proto::v1 as pb;
+
+use crate::device::{self, Step};
 use crate::firewall::{self, Allowances, Firewall, Inspection};
 use crate::status;
 
@@ -70,19 +74,65 @@ pub fn round(
     Ok((Round::Installed { before }, problems))
 }
 
-/// Runs rounds every `every` until the process is stopped. The block stays in the kernel when
-/// it is.
-pub fn run(path: &Path, firewall: &dyn Firewall, every: Duration) -> ! {
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The managed configuration file.
+    pub config: PathBuf,
+    /// The state directory (the device's key and certificate, what the controllers said).
+    pub state_dir: PathBuf,
+    /// Between rounds.
+    pub every: Duration,
+    /// Between posture reports.
+    pub posture_every: Duration,
+}
+
+/// What the device reports about itself now: the agent's version, the OS, and whether the
+/// block is in the kernel (read from it). `mandatory_auth` is on only while the block is
+/// actually in place.
+pub fn posture(config: &ManagedConfig, block: &Inspection) -> pb::DevicePosture {
+    pb::DevicePosture {
+        os: pb::OsFamily::Linux as i32,
+        os_version: status::os_version(),
+        client_version: env!("CARGO_PKG_VERSION").to_string(),
+        mandatory_auth: config.mandatory_auth.enabled && block.intact(),
+        firewall_enabled: block.intact(),
+        ..Default::default()
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs rounds until the process is stopped: the block, then the device's identity (enroll,
+/// renew, posture). The block stays in the kernel when the agent stops.
+pub fn run(settings: &Settings, firewall: &dyn Firewall) -> ! {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            tracing::error!(error = %e, "no async runtime: the device cannot enroll");
+            None
+        }
+    };
     let mut first = true;
     let mut last_problems = Vec::new();
     loop {
-        match round(path, firewall, !first) {
-            Ok((r, problems)) => {
+        let mut problems = Vec::new();
+        match round(&settings.config, firewall, !first) {
+            Ok((r, p)) => {
+                problems = p;
                 match &r {
                     Round::Held => {}
                     Round::Installed { .. } if first => {
                         tracing::info!(
-                            "block installed: only loopback, the grace set and the edges go out"
+                            "block installed: only loopback, the grace set, the controllers and the edges go out"
                         )
                     }
                     Round::Installed { before } => {
@@ -96,21 +146,43 @@ pub fn run(path: &Path, firewall: &dyn Firewall, every: Duration) -> ! {
                     ),
                     Round::NotEnforced { .. } => {}
                 }
-                if problems != last_problems {
-                    for p in &problems {
-                        tracing::error!(problem = %p, "managed configuration");
-                    }
-                    last_problems = problems;
-                }
-                if first {
-                    first = false;
-                    // resolve the edges' names now that the block is in place
-                    continue;
-                }
             }
             // the firewall failed: nothing to do but say so and try again
-            Err(e) => tracing::error!(error = %e, "the block could not be checked or installed"),
+            Err(e) => problems.push(format!("the block could not be checked or installed: {e}")),
         }
-        std::thread::sleep(every);
+        if let (Some(rt), Ok(config)) = (&rt, status::load(&settings.config)) {
+            let (allow, _) = Allowances::of(&config, false);
+            let block = firewall.inspect(&allow).unwrap_or(Inspection::Absent);
+            let step = rt.block_on(device::step(
+                &settings.state_dir,
+                &config,
+                posture(&config, &block),
+                settings.posture_every.as_secs() as i64,
+                now_secs(),
+            ));
+            match step {
+                Step::Enrolled(id) => tracing::info!(device = %id, "enrolled"),
+                Step::Renewed => tracing::info!("device certificate renewed"),
+                Step::Reported => tracing::debug!("posture reported"),
+                Step::Idle => {}
+                Step::GivenUp(why) => tracing::warn!(
+                    reason = %why,
+                    "the controllers no longer accept this device's certificate (wiped or revoked): it needs a new enrollment token"
+                ),
+                Step::Failed(p) => problems.push(p),
+            }
+        }
+        if problems != last_problems {
+            for p in &problems {
+                tracing::error!(problem = %p, "device");
+            }
+            last_problems = problems;
+        }
+        if first {
+            first = false;
+            // resolve the names now that the block is in place
+            continue;
+        }
+        std::thread::sleep(settings.every);
     }
 }

@@ -30,6 +30,11 @@ enum Command {
         /// Seconds between rounds.
         #[arg(long, env = "PALISADE_AGENT_RECHECK_SECS", default_value_t = 5)]
         recheck_secs: u64,
+        /// Seconds between posture reports.
+        #[arg(long, env = "PALISADE_AGENT_POSTURE_SECS", default_value_t = 300)]
+        posture_secs: u64,
+        #[command(flatten)]
+        state: StateArg,
     },
     /// Installs the block once and exits: 0 when the configuration was read, 2 when it could
     /// not be (every problem printed; the strictest block is installed then).
@@ -42,10 +47,24 @@ enum Command {
     Status {
         #[command(flatten)]
         config: ConfigArg,
+        #[command(flatten)]
+        state: StateArg,
         /// JSON, for an MDM's health check.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct StateArg {
+    /// The agent's state directory: the device's key (mode 0600) and certificate, and what the
+    /// controllers said.
+    #[arg(
+        long,
+        env = "PALISADE_AGENT_STATE_DIR",
+        default_value = "/var/lib/palisade-agent"
+    )]
+    state_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -69,15 +88,22 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let firewall = Nftables::default();
     match cli.command {
         Command::Run {
             config,
             recheck_secs,
+            posture_secs,
+            state,
         } => agent::run(
-            &config.config,
+            &agent::Settings {
+                config: config.config,
+                state_dir: state.state_dir,
+                every: Duration::from_secs(recheck_secs.max(1)),
+                posture_every: Duration::from_secs(posture_secs.max(1)),
+            },
             &firewall,
-            Duration::from_secs(recheck_secs.max(1)),
         ),
         Command::Block { config } => match agent::round(&config.config, &firewall, false) {
             Ok((round, problems)) => {
@@ -104,8 +130,12 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Status { config, json } => {
-            let s = status::read(&config.config, &firewall);
+        Command::Status {
+            config,
+            state,
+            json,
+        } => {
+            let s = status::read(&config.config, &state.state_dir, &firewall);
             if json {
                 println!(
                     "{}",

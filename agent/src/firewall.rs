@@ -22,6 +22,8 @@ pub struct Allowances {
     pub dhcp: bool,
     /// DNS resolvers (port 53, UDP and TCP).
     pub dns: Vec<IpAddr>,
+    /// Controllers' device listeners (TCP): enrollment, renewal, posture.
+    pub controllers: Vec<SocketAddr>,
     /// Edges: UDP to their port (QUIC: the tunnel, HTTP/3) and TCP (HTTPS: the sign-in page).
     pub edges: Vec<SocketAddr>,
 }
@@ -36,35 +38,44 @@ impl Allowances {
         }
     }
 
-    /// The allowances of a managed configuration. Edges given as addresses are taken as they
-    /// are; edges given by name are resolved only with `resolve` (through the resolvers the
-    /// block allows, so the first block never waits for DNS). An edge that does not resolve is
-    /// left out and named in the second value, to be tried again later.
+    /// The allowances of a managed configuration. Addresses are taken as they are; names are
+    /// resolved only with `resolve` (through the resolvers the block allows, so the first block
+    /// never waits for DNS). A name that does not resolve is left out and named in the second
+    /// value, to be tried again later.
     pub fn of(config: &ManagedConfig, resolve: bool) -> (Allowances, Vec<String>) {
         let mut unresolved = Vec::new();
-        let mut edges = Vec::new();
-        for e in &config.edges {
-            let found: Vec<SocketAddr> = match e.parse::<SocketAddr>() {
-                Ok(a) => vec![a],
-                Err(_) if resolve => e.to_socket_addrs().map(|a| a.collect()).unwrap_or_default(),
-                Err(_) => Vec::new(),
-            };
-            if found.is_empty() {
-                unresolved.push(e.clone());
-            }
-            for a in found {
-                if !edges.contains(&a) {
-                    edges.push(a);
-                }
-            }
-        }
+        let edges = addresses(&config.edges, resolve, &mut unresolved);
+        let controllers = addresses(&config.controllers, resolve, &mut unresolved);
         let allow = Allowances {
             dhcp: config.mandatory_auth.grace.dhcp,
             dns: config.grace_resolvers(),
+            controllers,
             edges,
         };
         (allow, unresolved)
     }
+}
+
+/// `host:port` entries as socket addresses; names resolved only with `resolve`; what does
+/// not resolve is pushed onto `unresolved`.
+fn addresses(entries: &[String], resolve: bool, unresolved: &mut Vec<String>) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for e in entries {
+        let found: Vec<SocketAddr> = match e.parse::<SocketAddr>() {
+            Ok(a) => vec![a],
+            Err(_) if resolve => e.to_socket_addrs().map(|a| a.collect()).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        if found.is_empty() {
+            unresolved.push(e.clone());
+        }
+        for a in found {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    out
 }
 
 /// The block as the kernel holds it now.

@@ -15,5 +15,6 @@
 
 pub mod agent;
 pub mod cli;
+pub mod device;
 pub mod firewall;
 pub mod status;

@@ -40,6 +40,28 @@ pub struct Posture {
     pub os_version: String,
 }
 
+/// The device's enrollment, from the state directory.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Enrollment {
+    /// Enrolled: the certificate in the state directory.
+    Enrolled {
+        /// The device id the certificate names.
+        device_id: String,
+        /// SHA-256 of the certificate.
+        fingerprint: String,
+        /// When the certificate expires (RFC 3339).
+        certificate_expires_at: String,
+        /// When posture was last reported (RFC 3339).
+        posture_reported_at: Option<String>,
+    },
+    /// Not enrolled (yet): why, if the controllers refused it.
+    NotEnrolled {
+        /// The controllers' last refusal: a wiped or revoked device, a used or expired token.
+        refusal: Option<String>,
+    },
+}
+
 /// The whole status.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -47,6 +69,8 @@ pub struct Status {
     pub state: State,
     /// The device id from the managed configuration.
     pub device_id: Option<String>,
+    /// The device's enrollment.
+    pub enrollment: Enrollment,
     /// The block as the kernel holds it.
     pub block: Inspection,
     /// What the block lets out.
@@ -66,8 +90,43 @@ pub fn load(path: &Path) -> Result<ManagedConfig, Vec<String>> {
     ManagedConfig::from_json(&text).map_err(|e| e.0)
 }
 
-/// The status now: the configuration at `path` read, the kernel asked.
-pub fn read(path: &Path, firewall: &dyn Firewall) -> Status {
+fn rfc3339(secs: i64) -> String {
+    jiff::Timestamp::from_second(secs)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// The enrollment as the state directory `dir` holds it.
+pub fn enrollment(dir: &Path) -> (Enrollment, Option<String>) {
+    let record = crate::device::Record::load(dir);
+    match crate::device::Identity::load(dir) {
+        Ok(Some(id)) => (
+            Enrollment::Enrolled {
+                device_id: id.device_id.clone(),
+                fingerprint: id.fingerprint.clone(),
+                certificate_expires_at: rfc3339(id.not_after),
+                posture_reported_at: record.posture_reported_at.map(rfc3339),
+            },
+            None,
+        ),
+        Ok(None) => (
+            Enrollment::NotEnrolled {
+                refusal: record.refusal,
+            },
+            None,
+        ),
+        Err(e) => (
+            Enrollment::NotEnrolled {
+                refusal: record.refusal,
+            },
+            Some(e),
+        ),
+    }
+}
+
+/// The status now: the configuration at `path` read, the state directory `state_dir` read,
+/// the kernel asked.
+pub fn read(path: &Path, state_dir: &Path, firewall: &dyn Firewall) -> Status {
     let (config, mut problems) = match load(path) {
         Ok(c) => (Some(c), Vec::new()),
         Err(p) => (None, p),
@@ -91,6 +150,18 @@ pub fn read(path: &Path, firewall: &dyn Firewall) -> Status {
         .unwrap_or_else(|e| Inspection::Altered {
             difference: format!("the firewall could not be read: {e}"),
         });
+    let (enrollment, unreadable) = enrollment(state_dir);
+    problems.extend(unreadable);
+    match crate::device::Record::load(state_dir).problem {
+        Some(p) => problems.push(p),
+        None => {
+            if let Enrollment::NotEnrolled { refusal: Some(r) } = &enrollment {
+                problems.push(format!(
+                    "the controllers refused this device ({r}): it needs a new enrollment token"
+                ));
+            }
+        }
+    }
     let state = match (&block, mandatory) {
         (Inspection::Lifted { .. }, true) => State::Connected,
         (Inspection::Blocking { .. }, true) => State::Blocked,
@@ -100,6 +171,7 @@ pub fn read(path: &Path, firewall: &dyn Firewall) -> Status {
     Status {
         state,
         device_id: config.as_ref().map(|c| c.device_id.clone()),
+        enrollment,
         posture: Posture {
             client_version: env!("CARGO_PKG_VERSION"),
             mandatory_active: mandatory,
@@ -114,7 +186,7 @@ pub fn read(path: &Path, firewall: &dyn Firewall) -> Status {
 }
 
 /// `PRETTY_NAME` from os-release, and the kernel release.
-fn os_version() -> String {
+pub fn os_version() -> String {
     let name = std::fs::read_to_string("/etc/os-release")
         .ok()
         .and_then(|t| {
@@ -140,6 +212,20 @@ impl std::fmt::Display for Status {
         writeln!(f, "state:    {state}")?;
         if let Some(id) = &self.device_id {
             writeln!(f, "device:   {id}")?;
+        }
+        match &self.enrollment {
+            Enrollment::Enrolled {
+                certificate_expires_at,
+                posture_reported_at,
+                ..
+            } => {
+                writeln!(
+                    f,
+                    "enrolled: certificate until {certificate_expires_at}, posture reported {}",
+                    posture_reported_at.as_deref().unwrap_or("never")
+                )?;
+            }
+            Enrollment::NotEnrolled { .. } => writeln!(f, "enrolled: no")?,
         }
         match &self.block {
             Inspection::Absent => writeln!(f, "block:    absent")?,

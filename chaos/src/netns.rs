@@ -82,14 +82,19 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Creates the bridge (`10.a.b.1/24`, a and b from this process id) after removing labs
-    /// whose owner process is gone.
+    /// Creates the bridge (`10.a.b.1/24`, a and b from this process id and the lab's number in
+    /// it) after removing labs whose owner process is gone. A process may hold several labs at
+    /// once (tests running side by side): each has its own tag and subnet.
     pub fn create() -> anyhow::Result<Lab> {
+        static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         available().map_err(|e| anyhow::anyhow!(e))?;
         cleanup_orphans();
         let pid = std::process::id();
-        let tag = format!("{:x}", pid % 0xfffff);
-        let net = [10, 200 + ((pid >> 8) % 50) as u8, (pid % 250) as u8];
+        let seq = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 16;
+        // 4 hex digits of the pid and one of the lab's number: link names stay within 15 bytes
+        let tag = format!("{:04x}{seq:x}", pid % 0x10000);
+        let key = pid.wrapping_mul(16).wrapping_add(seq);
+        let net = [10, 200 + ((key >> 8) % 50) as u8, (key % 250) as u8];
         let bridge = format!("{PREFIX}{tag}x");
         ip(&["link", "add", &bridge, "type", "bridge"])?;
         let lab = Lab {
@@ -251,11 +256,19 @@ fn cleanup_orphans() {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
         .unwrap_or_default();
-    let alive = |tag: &str| {
-        u32::from_str_radix(tag, 16).is_ok_and(|pid| {
-            // the tag is the pid modulo 0xfffff; a live process with that pid keeps it
-            std::path::Path::new(&format!("/proc/{pid}")).exists()
+    // the tag is the pid modulo 0x10000 (4 hex digits) and the lab's number (1): a live
+    // process whose pid matches keeps it
+    let live: std::collections::HashSet<u32> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .map(|pid| pid % 0x10000)
+                .collect()
         })
+        .unwrap_or_default();
+    let alive = |tag: &str| {
+        tag.get(..4)
+            .and_then(|t| u32::from_str_radix(t, 16).ok())
+            .is_some_and(|p| tag.len() == 5 && live.contains(&p))
     };
     for line in nss.lines() {
         let name = line.split_whitespace().next().unwrap_or("");

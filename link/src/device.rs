@@ -35,6 +35,13 @@ pub fn fingerprint(der: &[u8]) -> String {
         .collect()
 }
 
+/// A certificate's validity (DER): not before, not after, in Unix seconds.
+pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
 /// A device certificate as presented: the device it names and its fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PresentedDevice {

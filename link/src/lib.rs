@@ -18,6 +18,8 @@
 
 pub mod admin;
 pub mod device;
+#[cfg(feature = "device-client")]
+pub mod device_client;
 pub mod idempotency;
 pub mod identity;
 pub mod managed;

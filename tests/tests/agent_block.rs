@@ -7,6 +7,13 @@
 //! with SIGKILL, the device stays blocked; restarted, it stays blocked. A block deleted from
 //! outside is put back. A device outside the rollout is not blocked; a configuration that
 //! cannot be read gets every problem reported and the strictest block.
+//!
+//! With a real cluster in namespaces, the blocked agent enrolls through the controller's device
+//! listener with the token `palisadectl devices provision` wrote, reports its posture (the
+//! block read from the kernel), gives its certificate up when the device is wiped, and enrolls
+//! again from a newly provisioned configuration.
+
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
@@ -14,8 +21,10 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use palisade_chaos::cluster::{ClusterSpec, LocalCluster, Network};
 use palisade_chaos::netns::Lab;
 use serde_json::{Value, json};
+use support::palisadectl;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_palisade-agent-e2e");
 
@@ -65,6 +74,7 @@ fn http_ok(lab: &Lab, name: &str, url: &str) -> bool {
 }
 
 fn status(lab: &Lab, config: &Path) -> Value {
+    let state = config.with_file_name("state");
     let out = exec(
         lab,
         "device",
@@ -74,6 +84,8 @@ fn status(lab: &Lab, config: &Path) -> Value {
             "--json",
             "--config",
             config.to_str().expect("a UTF-8 path"),
+            "--state-dir",
+            state.to_str().expect("a UTF-8 path"),
         ],
     );
     assert!(out.status.success(), "{out:?}");
@@ -82,13 +94,27 @@ fn status(lab: &Lab, config: &Path) -> Value {
 
 /// Waits (up to 10 s) until the device's status says `state` with the block whole.
 fn wait_state(lab: &Lab, config: &Path, state: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    wait_status(lab, config, Duration::from_secs(10), |s| {
+        s["state"] == state
+    })
+}
+
+/// Waits (up to `within`) until the device's status satisfies `done`.
+fn wait_status(lab: &Lab, config: &Path, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + within;
     loop {
         let s = status(lab, config);
-        if s["state"] == state {
+        if done(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "never {state}: {s}");
+        if Instant::now() >= deadline {
+            let log =
+                std::fs::read_to_string(config.with_file_name("agent.log")).unwrap_or_default();
+            let files: Vec<_> = std::fs::read_dir(config.with_file_name("state"))
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            panic!("not reached within {within:?}: {s}\nstate: {files:?}\nagent log:\n{log}");
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -96,10 +122,25 @@ fn wait_state(lab: &Lab, config: &Path, state: &str) -> Value {
 fn agent(lab: &Lab, config: &Path) -> Child {
     lab.command("device", Path::new(AGENT))
         .expect("host")
-        .args(["run", "--recheck-secs", "1", "--config"])
+        .args([
+            "run",
+            "--recheck-secs",
+            "1",
+            "--posture-secs",
+            "2",
+            "--config",
+        ])
         .arg(config)
+        .arg("--state-dir")
+        .arg(config.with_file_name("state"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(config.with_file_name("agent.log"))
+                .expect("agent log"),
+        )
         .spawn()
         .expect("agent")
 }
@@ -335,5 +376,124 @@ fn the_block_holds_from_the_start_through_a_kill_and_a_restart() {
         http_ok(&lab, "device", &app),
         "not blocked outside the rollout"
     );
+    drop(procs);
+}
+
+/// `palisadectl devices provision` for the device listener of `cluster`'s controller and its
+/// edge: the managed configuration at `out`, and the new device's id.
+fn provision(cluster: &LocalCluster, serial: &str, out: &Path) -> String {
+    let controller = cluster.controllers.values().next().expect("a controller");
+    let edge = cluster.edges[0].https().to_string();
+    let (code, said) = palisadectl(
+        cluster,
+        &[
+            "devices",
+            "provision",
+            "--owner",
+            "alice@example.com",
+            "--serial",
+            serial,
+            "--controller",
+            &controller.device_addr(),
+            "--edge",
+            &edge,
+            "--out",
+            out.to_str().expect("a UTF-8 path"),
+        ],
+    );
+    assert_eq!(code, 0, "{said}");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out).expect("config")).expect("JSON");
+    config["device_id"].as_str().expect("device id").to_string()
+}
+
+fn device(cluster: &LocalCluster, id: &str) -> Value {
+    let (code, out) = palisadectl(cluster, &["devices", "list"]);
+    assert_eq!(code, 0, "{out}");
+    out.as_array()
+        .and_then(|a| a.iter().find(|d| d["id"] == id).cloned())
+        .unwrap_or_else(|| panic!("no device {id}: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_agent_enrolls_reports_and_gives_up_a_wiped_identity() {
+    if let Err(e) = palisade_chaos::netns::available() {
+        panic!("this test needs network namespaces: {e} (bash .ci/run runs it as root)");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = ClusterSpec::new(
+        1,
+        1,
+        env!("CARGO_BIN_EXE_palisade-e2e-host").into(),
+        dir.path().join("cluster"),
+    );
+    spec.network = Network::Namespaces;
+    let mut cluster = LocalCluster::start(spec).await.expect("cluster");
+    let lab = cluster.lab.as_mut().expect("namespaces");
+    lab.add_host("device", 50).expect("device");
+    let mut procs = Procs(Vec::new());
+
+    let device_dir = dir.path().join("device");
+    std::fs::create_dir(&device_dir).expect("dir");
+    let config = device_dir.join("managed.json");
+    let id = provision(&cluster, "SER-AGENT-1", &config);
+    let lab = cluster.lab.as_ref().expect("namespaces");
+    procs.0.push(agent(lab, &config));
+
+    // Blocked, and enrolled through the block (the controller's device listener is allowed).
+    let s = wait_status(lab, &config, Duration::from_secs(30), |s| {
+        s["enrollment"]["state"] == "enrolled"
+    });
+    assert_eq!(s["state"], "blocked", "{s}");
+    assert_eq!(s["enrollment"]["device_id"], id.as_str(), "{s}");
+    let key = config.with_file_name("state").join("device.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key).expect("key").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the key is the agent's only");
+    let d = device(&cluster, &id);
+    assert_eq!(d["state"], "enrolled", "{d}");
+
+    // Posture: reported with the block read from the kernel.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let d = loop {
+        let d = device(&cluster, &id);
+        if d["posture"]["mandatory_auth"] == true {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "no posture with the block: {d}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(d["posture"]["firewall"], true, "{d}");
+    assert_eq!(
+        d["posture"]["client_version"],
+        env!("CARGO_PKG_VERSION"),
+        "{d}"
+    );
+
+    // Wiped: the agent gives its certificate up at its next posture report, stays blocked,
+    // and says it needs a new token (the old one is used).
+    let (code, out) = palisadectl(&cluster, &["devices", "wipe", &id, "--reason", "lost"]);
+    assert_eq!(code, 0, "{out}");
+    let s = wait_status(lab, &config, Duration::from_secs(20), |s| {
+        s["enrollment"]["state"] == "not_enrolled"
+            && s["problems"].as_array().is_some_and(|p| {
+                p.iter().any(|p| {
+                    p.as_str()
+                        .is_some_and(|p| p.contains("new enrollment token"))
+                })
+            })
+    });
+    assert_eq!(s["state"], "blocked", "{s}");
+    assert!(!key.exists(), "the wiped key is gone");
+
+    // Provisioned again (a new device record, a new token): it enrolls as the new device.
+    let id2 = provision(&cluster, "SER-AGENT-1", &config);
+    assert_ne!(id, id2);
+    let s = wait_status(lab, &config, Duration::from_secs(30), |s| {
+        s["enrollment"]["device_id"] == id2.as_str()
+    });
+    assert_eq!(s["state"], "blocked", "{s}");
+    assert_eq!(device(&cluster, &id2)["state"], "enrolled");
     drop(procs);
 }

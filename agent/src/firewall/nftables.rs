@@ -122,6 +122,13 @@ fn rules(allow: &Allowances, tunnel: Option<&str>) -> Vec<Rule> {
             );
         }
     }
+    for c in &allow.controllers {
+        rule(
+            "output",
+            format!("controller {c}"),
+            vec![daddr(c.ip()), port("tcp", "dport", c.port()), accept()],
+        );
+    }
     for edge in &allow.edges {
         for (proto, what) in [("udp", "quic"), ("tcp", "https")] {
             rule(

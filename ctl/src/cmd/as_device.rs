@@ -4,11 +4,10 @@
 //! leaves the machine; only a certificate signing request is sent.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use palisade_link::device_client::{self, DeviceCallError};
 use palisade_link::managed::ManagedConfig;
-use palisade_link::{Expect, LinkOptions, LinkTls};
 use palisade_proto::v1 as pb;
 use serde_json::json;
 
@@ -115,12 +114,17 @@ impl PostureArgs {
 
 /// A new P-256 key and a CSR for it (PEM key, DER request).
 fn key_and_csr() -> Result<(String, Vec<u8>), Failure> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| local(format!("generating a key: {e}")))?;
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .and_then(|p| p.serialize_request(&key))
-        .map_err(|e| local(format!("making a certificate request: {e}")))?;
-    Ok((key.serialize_pem(), csr.der().to_vec()))
+    device_client::key_and_csr().map_err(failure)
+}
+
+/// A device-listener failure as the command's: refusals keep their gRPC code's exit code,
+/// an unreachable cluster is 6.
+fn failure(e: DeviceCallError) -> Failure {
+    match e {
+        DeviceCallError::Refused(s) => from_status(s),
+        DeviceCallError::Unreachable(m) => Failure::new(6, m),
+        DeviceCallError::Local(m) => local(m),
+    }
 }
 
 /// Writes the key (owner-only) and the chain into `dir`.
@@ -144,42 +148,13 @@ fn enrolled(verb: &str, r: pb::EnrollResponse, dir: &Path) -> Report {
     )
 }
 
-/// Enrolls through the first of `endpoints` that answers: a refusal (a used token, a bad
-/// request) is final, an unreachable controller is not.
-async fn enroll(
-    ca: &str,
-    endpoints: &[String],
-    req: pb::EnrollRequest,
-    opts: &LinkOptions,
-) -> Result<pb::EnrollResponse, Failure> {
-    let tls = LinkTls::anonymous(ca).map_err(|e| local(format!("the controllers' CA: {e}")))?;
-    let mut unreachable = Vec::new();
-    for endpoint in endpoints {
-        match tls.connect(endpoint, Expect::AnyController, opts).await {
-            Ok(ch) => {
-                return pb::device_enrollment_client::DeviceEnrollmentClient::new(ch)
-                    .enroll(req)
-                    .await
-                    .map(tonic::Response::into_inner)
-                    .map_err(from_status);
-            }
-            Err(e) => unreachable.push(format!("{endpoint}: {e}")),
-        }
-    }
-    Err(Failure::new(6, unreachable.join("; ")))
-}
-
 pub(crate) async fn run(ca: Option<&Path>, cmd: AsDeviceCmd) -> Result<Report, Failure> {
     let ca = || {
         read_file(ca.ok_or_else(|| {
             local("--ca (or PALISADE_CA): the CA that signs the controllers is required")
         })?)
     };
-    let opts = LinkOptions {
-        connect_timeout: Duration::from_secs(5),
-        call_timeout: Some(Duration::from_secs(30)),
-        ..LinkOptions::default()
-    };
+    let opts = device_client::options();
     match cmd {
         AsDeviceCmd::Enroll {
             endpoint,
@@ -213,7 +188,9 @@ pub(crate) async fn run(ca: Option<&Path>, cmd: AsDeviceCmd) -> Result<Report, F
                 csr_der,
                 posture: Some(posture),
             };
-            let r = enroll(&ca, &endpoints, req, &opts).await?;
+            let r = device_client::enroll(&ca, &endpoints, req, &opts)
+                .await
+                .map_err(failure)?;
             store(&dir, &key_pem, &r.certificate_chain_pem)?;
             Ok(enrolled("enrolled", r, &dir))
         }
@@ -225,27 +202,10 @@ pub(crate) async fn run(ca: Option<&Path>, cmd: AsDeviceCmd) -> Result<Report, F
             let posture = posture.to_pb()?;
             let cert = read_file(&dir.join(CERT_FILE))?;
             let key = read_file(&dir.join(KEY_FILE))?;
-            let tls = LinkTls::new(&cert, &key, &ca()?).map_err(|e| local(format!("--ca: {e}")))?;
-            let ch = tls
-                .connect(&endpoint, Expect::AnyController, &opts)
+            let tls = device_client::device_tls(&cert, &key, &ca()?).map_err(failure)?;
+            let revision = device_client::report_posture(&tls, &[endpoint], posture, &opts)
                 .await
-                .map_err(|e| Failure::new(6, format!("{endpoint}: {e}")))?;
-            let mut client = pb::device_enrollment_client::DeviceEnrollmentClient::new(ch);
-            let nonce = client
-                .posture_nonce(pb::PostureNonceRequest {})
-                .await
-                .map_err(from_status)?
-                .into_inner()
-                .nonce;
-            let r = client
-                .report_posture(pb::ReportPostureRequest {
-                    posture: Some(posture),
-                    nonce,
-                })
-                .await
-                .map_err(from_status)?
-                .into_inner();
-            let revision = r.write.map(|w| w.revision).unwrap_or(0);
+                .map_err(failure)?;
             Ok(Report::new(
                 format!("posture reported (revision {revision})\n"),
                 json!({"revision": revision}),
@@ -255,16 +215,10 @@ pub(crate) async fn run(ca: Option<&Path>, cmd: AsDeviceCmd) -> Result<Report, F
             let cert = read_file(&dir.join(CERT_FILE))?;
             let key = read_file(&dir.join(KEY_FILE))?;
             let (key_pem, csr_der) = key_and_csr()?;
-            let tls = LinkTls::new(&cert, &key, &ca()?).map_err(|e| local(format!("--ca: {e}")))?;
-            let ch = tls
-                .connect(&endpoint, Expect::AnyController, &opts)
+            let tls = device_client::device_tls(&cert, &key, &ca()?).map_err(failure)?;
+            let r = device_client::renew(&tls, &[endpoint], csr_der, &opts)
                 .await
-                .map_err(|e| Failure::new(6, format!("{endpoint}: {e}")))?;
-            let r = pb::device_enrollment_client::DeviceEnrollmentClient::new(ch)
-                .renew(pb::RenewRequest { csr_der })
-                .await
-                .map_err(from_status)?
-                .into_inner();
+                .map_err(failure)?;
             store(&dir, &key_pem, &r.certificate_chain_pem)?;
             Ok(enrolled("renewed", r, &dir))
         }

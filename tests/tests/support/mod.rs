@@ -378,24 +378,30 @@ impl Stack {
 
     /// Runs the real palisadectl with the admin identity; returns (exit code, stdout JSON).
     pub fn palisadectl(&self, args: &[&str]) -> (i32, Value) {
-        let pki = self.cluster.pki();
-        let out = Command::new(env!("CARGO_BIN_EXE_palisadectl-e2e"))
-            .args(["-o", "json", "--server"])
-            .arg(self.cluster.controller_addrs().join(","))
-            .arg("--cert")
-            .arg(pki.join("admin-admin.pem"))
-            .arg("--key")
-            .arg(pki.join("admin-admin.key"))
-            .arg("--ca")
-            .arg(pki.join("ca.pem"))
-            .args(args)
-            .output()
-            .expect("palisadectl");
-        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-            json!({"stdout": String::from_utf8_lossy(&out.stdout), "stderr": String::from_utf8_lossy(&out.stderr)})
-        });
-        (out.status.code().unwrap_or(-1), v)
+        palisadectl(&self.cluster, args)
     }
+}
+
+/// Runs the real `palisadectl` against `cluster` as its admin, JSON output: the exit code and
+/// what it printed.
+pub fn palisadectl(cluster: &LocalCluster, args: &[&str]) -> (i32, Value) {
+    let pki = cluster.pki();
+    let out = Command::new(env!("CARGO_BIN_EXE_palisadectl-e2e"))
+        .args(["-o", "json", "--server"])
+        .arg(cluster.controller_addrs().join(","))
+        .arg("--cert")
+        .arg(pki.join("admin-admin.pem"))
+        .arg("--key")
+        .arg(pki.join("admin-admin.key"))
+        .arg("--ca")
+        .arg(pki.join("ca.pem"))
+        .args(args)
+        .output()
+        .expect("palisadectl");
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        json!({"stdout": String::from_utf8_lossy(&out.stdout), "stderr": String::from_utf8_lossy(&out.stderr)})
+    });
+    (out.status.code().unwrap_or(-1), v)
 }
 
 /// A scripted browser: no automatic redirects, cookies kept per side (edges, identity provider).

@@ -4,6 +4,7 @@ fn allow() -> Allowances {
     Allowances {
         dhcp: true,
         dns: vec!["10.0.0.53".parse().unwrap(), "fd00::53".parse().unwrap()],
+        controllers: vec!["10.0.0.7:7401".parse().unwrap()],
         edges: vec!["10.0.0.9:8443".parse().unwrap()],
     }
 }
@@ -88,6 +89,7 @@ fn rules_allow_only_loopback_the_grace_set_and_the_edges() {
             "output dns 10.0.0.53 tcp",
             "output dns fd00::53 udp",
             "output dns fd00::53 tcp",
+            "output controller 10.0.0.7:7401",
             "output edge 10.0.0.9:8443 quic",
             "output edge 10.0.0.9:8443 https",
             "output everything else",
@@ -96,7 +98,7 @@ fn rules_allow_only_loopback_the_grace_set_and_the_edges() {
     );
     let v6 = &rules(&allow(), None)[6];
     assert_eq!(v6.expr[0]["match"]["left"]["payload"]["protocol"], "ip6");
-    let edge = &rules(&allow(), None)[8];
+    let edge = &rules(&allow(), None)[9];
     assert_eq!(edge.expr[1]["match"]["left"]["payload"]["protocol"], "udp");
     assert_eq!(edge.expr[1]["match"]["right"], 8443);
     // no DHCP in the grace set: no DHCP rule
@@ -154,7 +156,7 @@ fn the_kernel_listing_is_compared_rule_by_rule() {
 
     // a rule changed but its comment kept
     let mut changed = installed.clone();
-    changed[8].expr[0] = daddr("10.0.0.10".parse().unwrap());
+    changed[9].expr[0] = daddr("10.0.0.10".parse().unwrap());
     assert!(matches!(
         inspect(&kernel(&changed, &CHAINS_DROP, 0)),
         Inspection::Altered { .. }
