@@ -73,6 +73,21 @@ fn http_ok(lab: &Lab, name: &str, url: &str) -> bool {
     .success()
 }
 
+/// Looks `app.corp.test` up from the device, asking `server`.
+fn lookup(lab: &Lab, server: Ipv4Addr) -> Output {
+    exec(
+        lab,
+        "device",
+        &[
+            "busybox",
+            "nslookup",
+            "-type=a",
+            "app.corp.test",
+            &server.to_string(),
+        ],
+    )
+}
+
 fn status(lab: &Lab, config: &Path) -> Value {
     let state = config.with_file_name("state");
     let out = exec(
@@ -259,17 +274,7 @@ fn the_block_holds_from_the_start_through_a_kill_and_a_restart() {
         ],
     );
     assert!(lease.status.success(), "no DHCP lease: {lease:?}");
-    let dns = exec(
-        &lab,
-        "device",
-        &[
-            "busybox",
-            "nslookup",
-            "-type=a",
-            "app.corp.test",
-            &corp.ip.to_string(),
-        ],
-    );
+    let dns = lookup(&lab, corp.ip);
     assert!(
         dns.status.success() && String::from_utf8_lossy(&dns.stdout).contains(&corp.ip.to_string()),
         "DNS: {dns:?}"
@@ -341,17 +346,7 @@ fn the_block_holds_from_the_start_through_a_kill_and_a_restart() {
         !http_ok(&lab, "device", &edge_url),
         "no edge in the strictest block"
     );
-    let dns = exec(
-        &lab,
-        "device",
-        &[
-            "busybox",
-            "nslookup",
-            "-type=a",
-            "app.corp.test",
-            &corp.ip.to_string(),
-        ],
-    );
+    let dns = lookup(&lab, corp.ip);
     assert!(!dns.status.success(), "no DNS in the strictest block");
 
     // 7 (staged rollout, by configuration): a device outside it is not blocked.
