@@ -140,6 +140,21 @@ pub fn device(d: &cat::DeviceRecord) -> pb::Device {
     }
 }
 
+/// A tunnel session on the wire.
+pub fn tunnel_session(t: &cat::TunnelSessionRecord) -> pb::TunnelSession {
+    pb::TunnelSession {
+        id: t.id.clone(),
+        device_id: t.device_id.clone(),
+        subject: t.user.subject.clone(),
+        identity_provider: t.user.provider.clone(),
+        session_id: t.session_id.clone(),
+        edge_id: t.edge_id.clone(),
+        opened_at: Some(ts(t.opened_at_ms)),
+        expires_at: Some(ts(t.expires_at_ms)),
+        revision: t.revision,
+    }
+}
+
 /// A posture on the wire (every field; unreported ones stay false or empty).
 pub fn posture(p: &cat::Posture) -> pb::DevicePosture {
     pb::DevicePosture {

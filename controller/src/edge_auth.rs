@@ -334,10 +334,6 @@ fn write_key(idem: &Option<IdempotencyKey>, name: &str) -> Option<IdempotencyKey
     idem.as_ref().map(|k| k.derive(name))
 }
 
-fn later(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not available yet"))
-}
-
 fn locked(until_ms: i64) -> Option<prost_types::Timestamp> {
     (until_ms > 0).then(|| ts(until_ms.min(253_402_300_799_000)))
 }
@@ -965,16 +961,85 @@ impl pb::edge_auth_server::EdgeAuth for EdgeAuthService {
 
     async fn open_tunnel_session(
         &self,
-        _: Request<pb::OpenTunnelSessionRequest>,
+        req: Request<pb::OpenTunnelSessionRequest>,
     ) -> Result<Response<pb::OpenTunnelSessionResponse>, Status> {
-        Err(later("the device tunnel"))
+        let edge = require_edge(&req)?;
+        let idem = IdempotencyKey::from_request(&req)?;
+        let r = req.into_inner();
+        let (actor, user) = user_actor(&edge, r.user.as_ref())?;
+        if !r.edge_id.is_empty() && r.edge_id != edge {
+            return Err(Status::invalid_argument(
+                "edge_id must name the calling edge (or be empty)",
+            ));
+        }
+        if r.device_id.trim().is_empty() || r.device_id.len() > 128 {
+            return Err(Status::invalid_argument("device_id is required"));
+        }
+        let expires_at_ms = r
+            .expires_at
+            .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000)
+            .ok_or_else(|| {
+                Status::invalid_argument("expires_at (the SSO session's expiry) is required")
+            })?;
+        let written = self
+            .ctl
+            .write_keyed(
+                actor,
+                write_key(&idem, "tunnel"),
+                Command::OpenTunnelSession {
+                    device_id: r.device_id,
+                    user: user_key(&user),
+                    user_email: user.email.clone(),
+                    session_id: user.session_id.clone(),
+                    edge_id: edge.clone(),
+                    expires_at_ms,
+                },
+            )
+            .await?;
+        let Outcome::TunnelSession(id) = &written.outcome else {
+            return Err(Status::internal("unexpected outcome"));
+        };
+        let session = self.ctl.state.read(|s| {
+            s.catalog
+                .tunnel_sessions
+                .get(id)
+                .map(convert::tunnel_session)
+        });
+        tracing::info!(tunnel = %id, edge = %edge, revision = written.revision, "tunnel session opened");
+        Ok(Response::new(pb::OpenTunnelSessionResponse {
+            session,
+            write: Some(written.to_pb()),
+        }))
     }
 
     async fn close_tunnel_session(
         &self,
-        _: Request<pb::CloseTunnelSessionRequest>,
+        req: Request<pb::CloseTunnelSessionRequest>,
     ) -> Result<Response<pb::CloseTunnelSessionResponse>, Status> {
-        Err(later("the device tunnel"))
+        let edge = require_edge(&req)?;
+        let idem = IdempotencyKey::from_request(&req)?;
+        let r = req.into_inner();
+        if r.id.trim().is_empty() || r.id.len() > 128 {
+            return Err(Status::invalid_argument("id is required"));
+        }
+        let reason = match r.reason.trim() {
+            "" => "closed".to_string(),
+            reason => reason.chars().take(200).collect(),
+        };
+        let written = self
+            .ctl
+            .write_keyed(
+                Actor {
+                    subject: edge.clone(),
+                    kind: "edge".into(),
+                },
+                write_key(&idem, "tunnel-close"),
+                Command::CloseTunnelSession { id: r.id, reason },
+            )
+            .await?;
+        Ok(Response::new(pb::CloseTunnelSessionResponse {
+            write: Some(written.to_pb()),
+        }))
     }
 }
 

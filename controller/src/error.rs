@@ -89,6 +89,8 @@ pub fn refusal(e: CommandError) -> Status {
         | CommandError::ChallengeUsed => Status::failed_precondition(e.to_string()),
         CommandError::LockedOut { .. } => Status::resource_exhausted(e.to_string()),
         CommandError::NotFound { .. } => Status::not_found(e.to_string()),
+        // the same answer a controller gives before the write, whichever saw the change first
+        CommandError::CertificateNotCurrent => Status::unauthenticated(e.to_string()),
         CommandError::Invalid(_) => Status::invalid_argument(e.to_string()),
     }
 }

@@ -172,6 +172,11 @@ pub fn snapshot_entries(key: &DataKey, s: &Applied) -> Vec<pb::CatalogEntry> {
     );
     out.extend(c.devices.values().map(|d| E::Device(convert::device(d))));
     out.extend(
+        c.tunnel_sessions
+            .values()
+            .map(|t| E::TunnelSession(convert::tunnel_session(t))),
+    );
+    out.extend(
         c.factors
             .values()
             .filter(|f| f.usable())
@@ -218,6 +223,8 @@ pub fn delta(key: &DataKey, d: &DeltaEntry) -> pb::CatalogDelta {
                 Resolved::RevocationAdded(r) => C::RevocationAdded(convert::revocation(r)),
                 Resolved::RevocationRemoved(id) => C::RevocationExpired(id.clone()),
                 Resolved::Device(dev) => C::DeviceUpserted(convert::device(dev)),
+                Resolved::TunnelSession(t) => C::TunnelSessionUpserted(convert::tunnel_session(t)),
+                Resolved::TunnelSessionRemoved(id) => C::TunnelSessionRemoved(id.clone()),
                 Resolved::Factor(f) if f.usable() => C::FactorUpserted(convert::factor(f)),
                 // Pending, or revoked: edges must not hold it (one they never had is ignored).
                 Resolved::Factor(f) => C::FactorRemoved(f.id.clone()),

@@ -476,3 +476,152 @@ async fn devices_enroll_renew_and_lose_their_certificate_when_wiped() {
         "the superseded record's certificate renews nothing"
     );
 }
+
+fn alice(sid: &str) -> pb::UserRef {
+    pb::UserRef {
+        identity_provider: "corp".into(),
+        subject: "alice-sub".into(),
+        session_id: sid.into(),
+        email: "alice@example.com".into(),
+        ..Default::default()
+    }
+}
+
+fn open(user: pb::UserRef, device: &str) -> pb::OpenTunnelSessionRequest {
+    let expires = std::time::SystemTime::now() + Duration::from_secs(3600);
+    pb::OpenTunnelSessionRequest {
+        user: Some(user),
+        device_id: device.into(),
+        edge_id: String::new(),
+        expires_at: Some(expires.into()),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Tunnel sessions through `EdgeAuth`, against real controller processes and a real edge
+/// replica: opened only for an enrolled device's owner, they reach the edge and count there
+/// until a revocation of the SSO session ends them; a close removes them everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tunnel_sessions_reach_edges_and_end_on_revocation() {
+    let c = Cluster::start(3, 0, Options::default()).await;
+    let leader = c.wait_leader(T).await;
+    let endpoint = c.members[&leader].device_addr();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("laptop");
+    let dir_s = dir.display().to_string();
+    let (id, token) = create(&c, "SER-T", None).await;
+    eventually("an enrollment", T, || async {
+        let code = as_device(
+            &c,
+            &[
+                "enroll",
+                "--endpoint",
+                &endpoint,
+                "--token",
+                &token,
+                "--dir",
+                &dir_s,
+            ],
+        )
+        .await;
+        (code == ExitCode::SUCCESS).then_some(())
+    })
+    .await;
+    let (replica, _stop) = support::replica(&c, "e2");
+    let mut ea = support::edge_auth(&c, "e1").await;
+
+    // Someone else's device, an unknown device, no expiry, another edge's name: refused.
+    let mallory = pb::UserRef {
+        subject: "mallory".into(),
+        email: "mallory@example.com".into(),
+        ..alice("sid-m")
+    };
+    let refused = ea.open_tunnel_session(open(mallory, &id)).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let refused = ea
+        .open_tunnel_session(open(alice("sid-1"), "dev-999"))
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    let mut no_expiry = open(alice("sid-1"), &id);
+    no_expiry.expires_at = None;
+    let refused = ea.open_tunnel_session(no_expiry).await;
+    assert_eq!(
+        refused.expect_err("no expiry").code(),
+        Code::InvalidArgument
+    );
+    let mut other_edge = open(alice("sid-1"), &id);
+    other_edge.edge_id = "e3".into();
+    let refused = ea.open_tunnel_session(other_edge).await;
+    assert_eq!(
+        refused.expect_err("another edge").code(),
+        Code::InvalidArgument
+    );
+
+    // The owner: opened, held by the calling edge, and live at another edge.
+    let t = ea
+        .open_tunnel_session(open(alice("sid-1"), &id))
+        .await
+        .expect("opened")
+        .into_inner()
+        .session
+        .expect("session");
+    assert_eq!(
+        (t.device_id.as_str(), t.edge_id.as_str()),
+        (id.as_str(), "e1")
+    );
+    assert_eq!(t.identity_provider, "corp");
+    let tid = t.id.clone();
+    eventually("the tunnel session at the edge", T, || async {
+        replica
+            .view()
+            .filter(|v| v.live_tunnel(&tid, now_ms()).is_ok())
+            .map(|_| ())
+    })
+    .await;
+
+    // Its SSO session revoked: it no longer counts at the edge.
+    Cluster::revoke(&c.client(), "sid-1").await.expect("revoke");
+    eventually("the tunnel session ended by the revocation", T, || async {
+        replica
+            .view()
+            .filter(|v| {
+                v.live_tunnel(&tid, now_ms())
+                    == Err(palisade_edge_core::view::TunnelRefusal::Revoked)
+            })
+            .map(|_| ())
+    })
+    .await;
+
+    // A new sign-in opens another; closing it removes it at the edge.
+    let t2 = ea
+        .open_tunnel_session(open(alice("sid-2"), &id))
+        .await
+        .expect("opened")
+        .into_inner()
+        .session
+        .expect("session");
+    ea.close_tunnel_session(pb::CloseTunnelSessionRequest {
+        id: t2.id.clone(),
+        reason: "the device disconnected".into(),
+    })
+    .await
+    .expect("closed");
+    eventually("the tunnel session gone at the edge", T, || async {
+        replica
+            .view()
+            .filter(|v| {
+                v.live_tunnel(&t2.id, now_ms())
+                    == Err(palisade_edge_core::view::TunnelRefusal::Unknown)
+                    && v.live_tunnel(&tid, now_ms())
+                        == Err(palisade_edge_core::view::TunnelRefusal::Unknown)
+            })
+            .map(|_| ())
+    })
+    .await;
+}

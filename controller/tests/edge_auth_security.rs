@@ -13,16 +13,14 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_node::sync::{Replica, SyncConfig};
 use palisade_policy::document::MfaMethod;
 use palisade_policy::token::{MfaClaims, TokenKind};
 use palisade_proto::v1 as pb;
 use pb::edge_auth_client::EdgeAuthClient;
-use support::{Cluster, Options, eventually};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use support::{Cluster, Options, edge_auth, eventually, replica};
+use tonic::transport::Channel;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -84,48 +82,6 @@ async fn put_secret(c: &Cluster, name: &str, value: &[u8]) {
 }
 
 /// `EdgeAuth` as edge `id`, at the first member.
-async fn edge_auth(c: &Cluster, id: &str) -> EdgeAuthClient<Channel> {
-    let read = |f: &str| std::fs::read_to_string(c.pki().join(f)).expect("pki");
-    let tls = ClientTlsConfig::new()
-        .identity(Identity::from_pem(
-            read(&format!("edge-{id}.pem")),
-            read(&format!("edge-{id}.key")),
-        ))
-        .ca_certificate(Certificate::from_pem(read("ca.pem")))
-        .domain_name("localhost");
-    let ch = Endpoint::from_shared(format!("https://{}", c.addrs()[0]))
-        .expect("endpoint")
-        .tls_config(tls)
-        .expect("tls")
-        .connect()
-        .await
-        .expect("connect");
-    EdgeAuthClient::new(ch)
-}
-
-/// A real edge replica (the edge's own sync client) as edge `id`.
-fn replica(c: &Cluster, id: &str) -> (Arc<Replica>, tokio::sync::watch::Sender<bool>) {
-    let read = |f: &str| std::fs::read_to_string(c.pki().join(f)).expect("pki");
-    let r = Arc::new(Replica::default());
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    palisade_node::sync::spawn(
-        SyncConfig {
-            edge_id: id.into(),
-            labels: Default::default(),
-            controllers: c.addrs(),
-            cert_pem: read(&format!("edge-{id}.pem")),
-            key_pem: read(&format!("edge-{id}.key")),
-            ca_pem: read("ca.pem"),
-            server_name: "localhost".into(),
-            silence_timeout: Duration::from_secs(2),
-            randomize_start: false,
-        },
-        r.clone(),
-        rx,
-    );
-    (r, tx)
-}
-
 fn user(subject: &str, sid: &str) -> pb::UserRef {
     pb::UserRef {
         identity_provider: "corp".into(),

@@ -16,7 +16,10 @@ use std::sync::Arc;
 
 use imbl::{HashMap, HashSet};
 use palisade_policy::CompiledPolicy;
-use palisade_policy::catalog::{Counters, DeviceRecord, FactorRecord, RevocationTarget, UserKey};
+use palisade_policy::catalog::{
+    Counters, DeviceRecord, DeviceState, FactorRecord, RevocationTarget, TunnelSessionRecord,
+    UserKey,
+};
 use palisade_policy::token::{KeyRing, SigningKey};
 
 /// Why a snapshot or delta was refused.
@@ -106,6 +109,10 @@ pub enum Change {
     CountersUpdated(UserKey, Counters),
     /// The device CA (certificate, PEM).
     DeviceCaSet(String),
+    /// A tunnel session was opened.
+    TunnelSessionUpserted(TunnelSessionRecord),
+    /// A tunnel session was closed, replaced or expired.
+    TunnelSessionRemoved(String),
 }
 
 /// A delta: the changes of the revisions after `prev_revision` up to `revision`.
@@ -288,6 +295,21 @@ pub struct View {
     counters: HashMap<UserKey, Counters>,
     /// The device CA certificate (PEM), once the cluster has one.
     pub device_ca: Option<String>,
+    /// Tunnel sessions by id.
+    pub tunnel_sessions: HashMap<String, TunnelSessionRecord>,
+}
+
+/// Why a tunnel session does not let a device through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelRefusal {
+    /// No such tunnel session (never opened, closed, replaced or collected).
+    Unknown,
+    /// Past its expiry.
+    Expired,
+    /// Revoked: the tunnel session, its SSO session, its user or its device.
+    Revoked,
+    /// Its device is no longer enrolled (wiped, revoked).
+    DeviceGone,
 }
 
 impl fmt::Debug for View {
@@ -300,6 +322,7 @@ impl fmt::Debug for View {
             .field("factors", &self.factors.len())
             .field("signing_keys", &self.signing_keys.len())
             .field("secrets", &self.secrets.len())
+            .field("tunnel_sessions", &self.tunnel_sessions.len())
             .finish_non_exhaustive()
     }
 }
@@ -395,9 +418,45 @@ impl View {
                     self.counters.insert(user, c);
                 }
                 Change::DeviceCaSet(pem) => self.device_ca = Some(pem),
+                Change::TunnelSessionUpserted(t) => {
+                    self.tunnel_sessions.insert(t.id.clone(), t);
+                }
+                Change::TunnelSessionRemoved(id) => {
+                    self.tunnel_sessions.remove(&id);
+                }
             }
         }
         Ok(keys_changed)
+    }
+
+    /// The tunnel session `id` if it lets its device through at `now_ms`: it exists, has not
+    /// expired, and neither it, its SSO session, its user (after it was opened) nor its device
+    /// is revoked, and its device is still enrolled.
+    pub fn live_tunnel(
+        &self,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<&TunnelSessionRecord, TunnelRefusal> {
+        let t = self.tunnel_sessions.get(id).ok_or(TunnelRefusal::Unknown)?;
+        if t.expires_at_ms <= now_ms {
+            return Err(TunnelRefusal::Expired);
+        }
+        if self.revocations.tunnel_revoked(id)
+            || self.revocations.device_revoked(&t.device_id)
+            || self.revocations.session_revoked(
+                &t.session_id,
+                &t.user.provider,
+                &t.user.subject,
+                t.opened_at_ms / 1000,
+                t.revision,
+            )
+        {
+            return Err(TunnelRefusal::Revoked);
+        }
+        match self.devices.get(&t.device_id) {
+            Some(d) if d.state == DeviceState::Enrolled => Ok(t),
+            _ => Err(TunnelRefusal::DeviceGone),
+        }
     }
 
     /// A user's usable factors (active, not revoked), oldest first.
@@ -651,5 +710,83 @@ mod tests {
         assert_eq!(v.secret("idp"), Some(&b"hunter2-very-secret"[..]));
         let shown = format!("{v:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn a_tunnel_session_counts_while_nothing_ends_it() {
+        use crate::fixtures::{NOW, device, user};
+        let now_ms = NOW * 1000;
+        let tunnel = TunnelSessionRecord {
+            id: "tun-8".into(),
+            device_id: "dev-1".into(),
+            user: user("alice"),
+            session_id: "sid-1".into(),
+            edge_id: "edge-1".into(),
+            opened_at_ms: now_ms - 60_000,
+            expires_at_ms: now_ms + 60_000,
+            revision: 8,
+        };
+        let v = View::from_snapshot(
+            9,
+            [
+                Change::DeviceUpserted(device()),
+                Change::TunnelSessionUpserted(tunnel.clone()),
+            ],
+        )
+        .expect("snapshot");
+        assert_eq!(v.live_tunnel("tun-8", now_ms), Ok(&tunnel));
+        assert_eq!(v.live_tunnel("tun-9", now_ms), Err(TunnelRefusal::Unknown));
+        assert_eq!(
+            v.live_tunnel("tun-8", now_ms + 60_000),
+            Err(TunnelRefusal::Expired)
+        );
+        let revoked = |target| {
+            v.apply(delta(
+                10,
+                9,
+                vec![Change::RevocationAdded {
+                    id: "rev-10".into(),
+                    revision: 10,
+                    target,
+                }],
+            ))
+            .expect("delta")
+        };
+        for target in [
+            RevocationTarget::TunnelSession("tun-8".into()),
+            RevocationTarget::Session("sid-1".into()),
+            RevocationTarget::Device("dev-1".into()),
+            RevocationTarget::User {
+                user: user("alice"),
+                issued_before: 0,
+            },
+        ] {
+            let after = revoked(target.clone());
+            assert_eq!(
+                after.live_tunnel("tun-8", now_ms),
+                Err(TunnelRefusal::Revoked),
+                "{target:?}"
+            );
+        }
+        let mut wiped = device();
+        wiped.state = DeviceState::Wiped;
+        let after = v
+            .apply(delta(10, 9, vec![Change::DeviceUpserted(wiped)]))
+            .expect("delta");
+        assert_eq!(
+            after.live_tunnel("tun-8", now_ms),
+            Err(TunnelRefusal::DeviceGone)
+        );
+        let closed = v
+            .apply(delta(
+                10,
+                9,
+                vec![Change::TunnelSessionRemoved("tun-8".into())],
+            ))
+            .expect("delta");
+        assert_eq!(
+            closed.live_tunnel("tun-8", now_ms),
+            Err(TunnelRefusal::Unknown)
+        );
     }
 }

@@ -20,7 +20,9 @@ use crate::document::MfaMethod;
 use crate::violation::Violations;
 
 mod device;
+mod tunnel;
 pub use device::*;
+pub use tunnel::TunnelSessionRecord;
 
 /// Ciphertext of a secret. `Debug` shows only its length.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -512,6 +514,30 @@ pub enum Command {
         /// The events.
         events: Vec<AuthEvent>,
     },
+    /// Open a tunnel session for an enrolled device, its owner signed in: it replaces any
+    /// earlier one of the device.
+    OpenTunnelSession {
+        /// The device.
+        device_id: String,
+        /// The user who signed in.
+        user: UserKey,
+        /// The user's email, when the identity provider gave one (a device's owner may be
+        /// recorded by email).
+        user_email: String,
+        /// The SSO session that authorised it.
+        session_id: String,
+        /// The edge opening it.
+        edge_id: String,
+        /// When it ends (unix ms): at the SSO session's expiry at the latest.
+        expires_at_ms: i64,
+    },
+    /// Close a tunnel session (the device disconnected, or its edge ended it).
+    CloseTunnelSession {
+        /// The tunnel session.
+        id: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A sign-in or MFA attempt as an edge saw it.
@@ -580,6 +606,8 @@ pub enum Outcome {
     Key(String),
     /// Number of objects collected.
     Collected(usize),
+    /// A tunnel session id.
+    TunnelSession(String),
     /// An attempt was reserved: its ticket (the revision) and the counters after it.
     Attempt {
         /// Pass this back with the success that settles the attempt.
@@ -626,6 +654,10 @@ pub enum CommandError {
     /// A WebAuthn challenge answered (or failed) before.
     #[error("this challenge was already answered")]
     ChallengeUsed,
+    /// A device certificate presented as the device's current one is not (any more): the
+    /// device was wiped, revoked or renewed meanwhile.
+    #[error("the presented certificate is not this device's current certificate")]
+    CertificateNotCurrent,
     /// A transition that is not allowed.
     #[error("{0}")]
     Invalid(String),
@@ -665,6 +697,10 @@ pub enum Change {
     SecretWithdrawn(String),
     /// The device CA created.
     DeviceCa,
+    /// Tunnel session opened (id).
+    TunnelSession(String),
+    /// Tunnel session closed, replaced or expired (id).
+    TunnelSessionRemoved(String),
 }
 
 /// A change with the object as it is right after the change, for edge deltas.
@@ -694,6 +730,10 @@ pub enum Resolved {
     SecretWithdrawn(String),
     /// The device CA certificate (PEM; its key never leaves the controllers).
     DeviceCa(String),
+    /// A tunnel session as it is now.
+    TunnelSession(TunnelSessionRecord),
+    /// A tunnel session removed (id).
+    TunnelSessionRemoved(String),
 }
 
 /// The catalog.
@@ -755,6 +795,9 @@ pub struct Catalog {
     /// The CA that issues device certificates (created by the first leader).
     #[serde(default)]
     pub device_ca: Option<DeviceCa>,
+    /// Live tunnel sessions by id.
+    #[serde(default)]
+    pub tunnel_sessions: BTreeMap<String, TunnelSessionRecord>,
 }
 
 fn not_found(kind: &str, id: impl ToString) -> CommandError {
@@ -832,6 +875,11 @@ impl Catalog {
                     Some(ca) => Resolved::DeviceCa(ca.certificate_pem.clone()),
                     None => Resolved::RevocationRemoved(String::new()),
                 },
+                Change::TunnelSession(id) => match self.tunnel_sessions.get(id) {
+                    Some(t) => Resolved::TunnelSession(t.clone()),
+                    None => Resolved::TunnelSessionRemoved(id.clone()),
+                },
+                Change::TunnelSessionRemoved(id) => Resolved::TunnelSessionRemoved(id.clone()),
             })
             .filter(|r| !matches!(r, Resolved::RevocationRemoved(id) if id.is_empty()))
             .collect()
@@ -1162,8 +1210,9 @@ impl Catalog {
                 self.mfa_passes
                     .retain(|_, p| p.at_ms.saturating_add(RECENT_MFA_MS) > at);
                 let forgotten = forgotten + (passes - self.mfa_passes.len());
+                let ended = self.collect_tunnel_sessions(at, changes);
                 Ok(Outcome::Collected(
-                    expired.len() + retired.len() + abandoned.len() + forgotten,
+                    expired.len() + retired.len() + abandoned.len() + forgotten + ended,
                 ))
             }
             Command::CreateDevice { .. }
@@ -1174,6 +1223,9 @@ impl Catalog {
             | Command::RenewDeviceCertificate { .. }
             | Command::ReportPosture { .. } => {
                 self.apply_device(revision, at, &env.command, changes)
+            }
+            Command::OpenTunnelSession { .. } | Command::CloseTunnelSession { .. } => {
+                self.apply_tunnel(revision, at, &env.command, changes)
             }
             Command::AddFactor {
                 user,
@@ -1627,7 +1679,11 @@ fn describe(c: &Command, r: &Result<Outcome, CommandError>) -> (&'static str, St
     let produced = match r {
         Ok(Outcome::Policy(v)) => format!("policy v{v}"),
         Ok(
-            Outcome::Revocation(id) | Outcome::Device(id) | Outcome::Factor(id) | Outcome::Key(id),
+            Outcome::Revocation(id)
+            | Outcome::Device(id)
+            | Outcome::Factor(id)
+            | Outcome::Key(id)
+            | Outcome::TunnelSession(id),
         ) => id.clone(),
         _ => String::new(),
     };
@@ -1673,6 +1729,13 @@ fn describe(c: &Command, r: &Result<Outcome, CommandError>) -> (&'static str, St
         Command::IssueEnrollmentCode { user: u, .. } => ("factor.enrollment_code", user(u)),
         Command::PutSecret { name, .. } => ("secret.put", name.clone()),
         Command::RecordAuthEvents { events } => ("auth.events", format!("{} events", events.len())),
+        Command::OpenTunnelSession {
+            device_id, user: u, ..
+        } => (
+            "tunnel.open",
+            format!("{produced} device {device_id} user {}", user(u)),
+        ),
+        Command::CloseTunnelSession { id, reason } => ("tunnel.close", format!("{id}: {reason}")),
     }
 }
 

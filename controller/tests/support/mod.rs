@@ -518,3 +518,55 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// An `EdgeAuth` client as edge `id` (its certificate from the cluster's PKI).
+pub async fn edge_auth(
+    c: &Cluster,
+    id: &str,
+) -> pb::edge_auth_client::EdgeAuthClient<tonic::transport::Channel> {
+    let read = |f: &str| std::fs::read_to_string(c.pki().join(f)).expect("pki");
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            read(&format!("edge-{id}.pem")),
+            read(&format!("edge-{id}.key")),
+        ))
+        .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")))
+        .domain_name("localhost");
+    let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", c.addrs()[0]))
+        .expect("endpoint")
+        .tls_config(tls)
+        .expect("tls")
+        .connect()
+        .await
+        .expect("connect");
+    pb::edge_auth_client::EdgeAuthClient::new(ch)
+}
+
+/// A real edge replica (the edge's own sync client) as edge `id`.
+pub fn replica(
+    c: &Cluster,
+    id: &str,
+) -> (
+    std::sync::Arc<palisade_node::sync::Replica>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    let read = |f: &str| std::fs::read_to_string(c.pki().join(f)).expect("pki");
+    let r = std::sync::Arc::new(palisade_node::sync::Replica::default());
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    palisade_node::sync::spawn(
+        palisade_node::sync::SyncConfig {
+            edge_id: id.into(),
+            labels: Default::default(),
+            controllers: c.addrs(),
+            cert_pem: read(&format!("edge-{id}.pem")),
+            key_pem: read(&format!("edge-{id}.key")),
+            ca_pem: read("ca.pem"),
+            server_name: "localhost".into(),
+            silence_timeout: Duration::from_secs(2),
+            randomize_start: false,
+        },
+        r.clone(),
+        rx,
+    );
+    (r, tx)
+}

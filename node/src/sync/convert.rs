@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use palisade_edge_core::view::{Change, Delta, ReplicaError, View};
 use palisade_policy::catalog::{
     Counters, DeviceCertificate, DeviceRecord, DeviceState, FactorKind, FactorRecord, Posture,
-    RevocationTarget, UserKey,
+    RevocationTarget, TunnelSessionRecord, UserKey,
 };
 use palisade_policy::token::SigningKey;
 use palisade_proto::v1 as pb;
@@ -60,6 +60,34 @@ pub fn revocation(r: &pb::Revocation) -> Result<Change, ReplicaError> {
 }
 
 /// A device record (its public part: no enrollment token hash reaches an edge).
+/// A tunnel session from the wire: every field it is checked by is required.
+pub fn tunnel_session(t: &pb::TunnelSession) -> Result<TunnelSessionRecord, ReplicaError> {
+    if t.id.is_empty() || t.device_id.is_empty() || t.session_id.is_empty() {
+        return Err(invalid(
+            "tunnel session",
+            &t.id,
+            "id, device and session are required",
+        ));
+    }
+    let expires_at_ms = ms(t.expires_at.as_ref());
+    if expires_at_ms == 0 {
+        return Err(invalid("tunnel session", &t.id, "no expiry"));
+    }
+    Ok(TunnelSessionRecord {
+        id: t.id.clone(),
+        device_id: t.device_id.clone(),
+        user: UserKey {
+            provider: t.identity_provider.clone(),
+            subject: t.subject.clone(),
+        },
+        session_id: t.session_id.clone(),
+        edge_id: t.edge_id.clone(),
+        opened_at_ms: ms(t.opened_at.as_ref()),
+        expires_at_ms,
+        revision: t.revision,
+    })
+}
+
 pub fn device(d: &pb::Device) -> Result<DeviceRecord, ReplicaError> {
     let state = match pb::DeviceState::try_from(d.state) {
         Ok(pb::DeviceState::Pending) => DeviceState::Pending,
@@ -206,7 +234,7 @@ pub fn entry(e: pb::CatalogEntry) -> Result<Option<Change>, ReplicaError> {
             },
             E::Counters(c) => counters(&c),
             E::DeviceCa(ca) => Change::DeviceCaSet(ca.certificate_pem),
-            E::TunnelSession(_) => return Ok(None),
+            E::TunnelSession(t) => Change::TunnelSessionUpserted(tunnel_session(&t)?),
         },
     ))
 }
@@ -239,7 +267,8 @@ pub fn change(c: &pb::CatalogChange) -> Result<Option<Change>, ReplicaError> {
             C::SecretRemoved(name) => Change::SecretRemoved(name.clone()),
             C::CountersUpdated(c) => counters(c),
             C::DeviceCaSet(ca) => Change::DeviceCaSet(ca.certificate_pem.clone()),
-            C::TunnelSessionUpserted(_) | C::TunnelSessionRemoved(_) => return Ok(None),
+            C::TunnelSessionUpserted(t) => Change::TunnelSessionUpserted(tunnel_session(t)?),
+            C::TunnelSessionRemoved(id) => Change::TunnelSessionRemoved(id.clone()),
         },
     ))
 }

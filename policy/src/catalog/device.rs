@@ -360,9 +360,7 @@ impl Catalog {
                     .get_mut(id)
                     .ok_or_else(|| not_found("device", id))?;
                 if !d.holds(presented_sha256, at) {
-                    return Err(CommandError::Invalid(
-                        "the presented certificate is not this device's current certificate".into(),
-                    ));
+                    return Err(CommandError::CertificateNotCurrent);
                 }
                 d.certificate = Some(certificate.clone());
                 d.revision = revision;

@@ -1026,3 +1026,160 @@ fn a_keyed_write_is_applied_once_and_its_retries_get_its_answer() {
     assert!(!c.keyed_writes.values().any(|w| w.revision == 5));
     assert_eq!(c.keyed_writes.len(), c.keyed_order.len());
 }
+
+/// An enrolled device `dev-1` of alice@example.com (revisions 1 and 2).
+fn enrolled_device() -> Catalog {
+    let mut c = Catalog::default();
+    let token = "a".repeat(64);
+    assert!(
+        c.apply(1, &env(0, create_device("C02X", &token, 100)))
+            .0
+            .is_ok()
+    );
+    let (r, _) = c.apply(2, &env(10, enroll("dev-1", &token, cert('1', 100_000))));
+    assert!(r.is_ok(), "{r:?}");
+    c
+}
+
+fn open_tunnel(device: &str, user: UserKey, email: &str, expires_at_ms: i64) -> Command {
+    Command::OpenTunnelSession {
+        device_id: device.into(),
+        user,
+        user_email: email.into(),
+        session_id: "sid-1".into(),
+        edge_id: "edge-1".into(),
+        expires_at_ms,
+    }
+}
+
+#[test]
+fn tunnel_sessions_open_replace_close_and_expire() {
+    let mut c = enrolled_device();
+    // The owner (by email) opens one.
+    let (r, changes) = c.apply(
+        3,
+        &env(20, open_tunnel("dev-1", alice(), "alice@example.com", 500)),
+    );
+    assert_eq!(r, Ok(Outcome::TunnelSession("tun-3".into())));
+    assert_eq!(changes, vec![Change::TunnelSession("tun-3".into())]);
+    let t = &c.tunnel_sessions["tun-3"];
+    assert_eq!(
+        (
+            t.device_id.as_str(),
+            t.opened_at_ms,
+            t.expires_at_ms,
+            t.revision
+        ),
+        ("dev-1", 20, 500, 3)
+    );
+    assert_eq!(
+        c.resolve(&changes),
+        vec![Resolved::TunnelSession(t.clone())]
+    );
+
+    // A new sign-in replaces it.
+    let (r, changes) = c.apply(
+        4,
+        &env(30, open_tunnel("dev-1", alice(), "alice@example.com", 600)),
+    );
+    assert_eq!(r, Ok(Outcome::TunnelSession("tun-4".into())));
+    assert_eq!(
+        changes,
+        vec![
+            Change::TunnelSessionRemoved("tun-3".into()),
+            Change::TunnelSession("tun-4".into())
+        ]
+    );
+    assert_eq!(c.tunnel_sessions.len(), 1);
+
+    // Closed: gone; closing again is refused.
+    let close = |id: &str| Command::CloseTunnelSession {
+        id: id.into(),
+        reason: "disconnected".into(),
+    };
+    let (r, changes) = c.apply(5, &env(40, close("tun-4")));
+    assert_eq!(r, Ok(Outcome::TunnelSession("tun-4".into())));
+    assert_eq!(changes, vec![Change::TunnelSessionRemoved("tun-4".into())]);
+    assert!(matches!(
+        c.apply(6, &env(40, close("tun-4"))).0,
+        Err(CommandError::NotFound { .. })
+    ));
+
+    // Expired ones are collected.
+    assert!(
+        c.apply(
+            7,
+            &env(50, open_tunnel("dev-1", alice(), "alice@example.com", 600)),
+        )
+        .0
+        .is_ok()
+    );
+    let (_, changes) = c.apply(8, &env(600, Command::CollectGarbage));
+    assert!(changes.contains(&Change::TunnelSessionRemoved("tun-7".into())));
+    assert!(c.tunnel_sessions.is_empty());
+}
+
+#[test]
+fn a_tunnel_session_needs_the_owner_an_enrolled_device_and_nothing_revoked() {
+    let mut c = enrolled_device();
+    let mallory = UserKey {
+        provider: "corp".into(),
+        subject: "mallory".into(),
+    };
+    let refused = |c: &mut Catalog, cmd| {
+        let (r, changes) = c.apply(9, &env(20, cmd));
+        assert!(r.is_err(), "{r:?}");
+        assert!(changes.is_empty());
+    };
+    refused(
+        &mut c,
+        open_tunnel("dev-1", mallory, "mallory@example.com", 500),
+    );
+    refused(
+        &mut c,
+        open_tunnel("dev-9", alice(), "alice@example.com", 500),
+    );
+    refused(
+        &mut c,
+        open_tunnel("dev-1", alice(), "alice@example.com", 20),
+    );
+    assert!(
+        c.apply(
+            10,
+            &env(
+                20,
+                Command::Revoke {
+                    target: RevocationTarget::Session("sid-1".into()),
+                    reason: "stolen".into(),
+                    expires_at_ms: 0,
+                },
+            ),
+        )
+        .0
+        .is_ok()
+    );
+    refused(
+        &mut c,
+        open_tunnel("dev-1", alice(), "alice@example.com", 500),
+    );
+    let mut c = enrolled_device();
+    assert!(
+        c.apply(
+            10,
+            &env(
+                20,
+                Command::SetDeviceState {
+                    id: "dev-1".into(),
+                    state: DeviceState::Wiped,
+                },
+            ),
+        )
+        .0
+        .is_ok()
+    );
+    refused(
+        &mut c,
+        open_tunnel("dev-1", alice(), "alice@example.com", 500),
+    );
+    assert!(c.tunnel_sessions.is_empty());
+}
