@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use palisade_link::managed::ManagedConfig;
+use palisade_link::managed::{FailMode, ManagedConfig};
 use palisade_proto::v1 as pb;
 
 use crate::device::{self, Step};
@@ -32,6 +32,23 @@ pub enum Round {
         /// Whether a block was removed.
         removed: bool,
     },
+    /// No edge answers and the fail mode is `open`: no block until one answers again
+    /// (removed if there was one).
+    FailedOpen {
+        /// Whether a block was removed.
+        removed: bool,
+    },
+}
+
+/// How long an edge has to accept a TCP connection before it counts as not answering.
+pub const EDGE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether any of `edges` accepts a TCP connection (its HTTPS port) within `timeout`: what
+/// fail mode `open` asks before it lifts the block.
+pub fn edges_answer(edges: &[std::net::SocketAddr], timeout: Duration) -> bool {
+    edges
+        .iter()
+        .any(|e| std::net::TcpStream::connect_timeout(e, timeout).is_ok())
 }
 
 /// One round: the configuration at `path` read, the kernel compared, the block put in place.
@@ -53,14 +70,32 @@ pub fn round(
         }
         Ok(config) => {
             let (allow, unresolved) = Allowances::of(&config, resolve);
-            let problems = if resolve {
+            let mut problems: Vec<String> = if resolve {
                 unresolved
-                    .into_iter()
-                    .map(|e| format!("edge {e} does not resolve"))
+                    .iter()
+                    .map(|e| format!("{e} does not resolve"))
                     .collect()
             } else {
                 Vec::new()
             };
+            // Fail mode open: no block while no edge answers. Decided only once every edge
+            // name had its chance to resolve, so a device never lifts its block at boot
+            // merely because DNS was not asked yet.
+            if config.mandatory_auth.fail_mode == FailMode::Open
+                && (resolve || unresolved.is_empty())
+                && !edges_answer(&allow.edges, EDGE_PROBE_TIMEOUT)
+            {
+                let before = firewall.inspect(&allow)?;
+                let removed = before != Inspection::Absent;
+                if removed {
+                    firewall.remove()?;
+                }
+                problems.push(
+                    "no edge answers, and the fail mode is open: not blocking until one does"
+                        .into(),
+                );
+                return Ok((Round::FailedOpen { removed }, problems));
+            }
             (allow, problems)
         }
         Err(problems) => (Allowances::strictest(), problems),
@@ -145,6 +180,10 @@ pub fn run(settings: &Settings, firewall: &dyn Firewall) -> ! {
                         "mandatory authentication is off for this device: not blocking"
                     ),
                     Round::NotEnforced { .. } => {}
+                    Round::FailedOpen { removed: true } => tracing::warn!(
+                        "no edge answers and the fail mode is open: block lifted until one does"
+                    ),
+                    Round::FailedOpen { removed: false } => {}
                 }
             }
             // the firewall failed: nothing to do but say so and try again

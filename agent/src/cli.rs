@@ -108,6 +108,13 @@ pub fn main() -> ExitCode {
         Command::Block { config } => match agent::round(&config.config, &firewall, false) {
             Ok((round, problems)) => {
                 match round {
+                    // not a problem of the configuration: what it asks for
+                    Round::FailedOpen { .. } => {
+                        println!(
+                            "no edge answers and the fail mode is open: not blocking until one does"
+                        );
+                        return ExitCode::SUCCESS;
+                    }
                     Round::NotEnforced { .. } => {
                         println!("mandatory authentication is off for this device: not blocking")
                     }

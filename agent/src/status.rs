@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use palisade_link::managed::ManagedConfig;
+use palisade_link::managed::{FailMode, ManagedConfig};
 use serde::Serialize;
 
 use crate::firewall::{Allowances, Firewall, Inspection};
@@ -25,6 +25,9 @@ pub enum State {
     /// Mandatory authentication is off for this device (outside the rollout): it reports, but
     /// does not block.
     NotEnforced,
+    /// Mandatory authentication is on, but no edge answers and the configuration's fail mode
+    /// is `open`: no block until an edge answers again.
+    FailedOpen,
 }
 
 /// What the device reports about itself.
@@ -139,7 +142,7 @@ pub fn read(path: &Path, state_dir: &Path, firewall: &dyn Firewall) -> Status {
             problems.extend(
                 unresolved
                     .into_iter()
-                    .map(|e| format!("edge {e} does not resolve")),
+                    .map(|e| format!("{e} does not resolve")),
             );
             allow
         }
@@ -162,9 +165,21 @@ pub fn read(path: &Path, state_dir: &Path, firewall: &dyn Firewall) -> Status {
             }
         }
     }
+    let fail_open = config
+        .as_ref()
+        .is_some_and(|c| c.mandatory_auth.fail_mode == FailMode::Open);
     let state = match (&block, mandatory) {
         (Inspection::Lifted { .. }, true) => State::Connected,
         (Inspection::Blocking { .. }, true) => State::Blocked,
+        (Inspection::Absent, true)
+            if fail_open
+                && !crate::agent::edges_answer(
+                    &allowances.edges,
+                    crate::agent::EDGE_PROBE_TIMEOUT,
+                ) =>
+        {
+            State::FailedOpen
+        }
         (_, true) => State::Unprotected,
         (_, false) => State::NotEnforced,
     };
@@ -208,6 +223,9 @@ impl std::fmt::Display for Status {
             State::Connected => "connected through the tunnel",
             State::Unprotected => "UNPROTECTED: the block is not in place as installed",
             State::NotEnforced => "not enforced: mandatory authentication is off for this device",
+            State::FailedOpen => {
+                "failed open: no edge answers, so the block is lifted until one does"
+            }
         };
         writeln!(f, "state:    {state}")?;
         if let Some(id) = &self.device_id {

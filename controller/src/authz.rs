@@ -64,6 +64,7 @@ pub const TABLE: &[(&str, Need)] = &[
     ("/palisade.v1.DeviceService/EnrollDevice", OPERATOR),
     ("/palisade.v1.DeviceService/GetDevice", VIEWER),
     ("/palisade.v1.DeviceService/ListDevices", VIEWER),
+    ("/palisade.v1.DeviceService/ListTunnelSessions", VIEWER),
     ("/palisade.v1.DeviceService/MarkDeviceWiped", OPERATOR),
     ("/palisade.v1.DeviceService/RevokeDevice", OPERATOR),
     ("/palisade.v1.DeviceService/RecordPosture", OPERATOR),

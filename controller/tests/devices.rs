@@ -585,6 +585,25 @@ async fn tunnel_sessions_reach_edges_and_end_on_revocation() {
     })
     .await;
 
+    // Operators see it (role viewer).
+    let listed = c
+        .client()
+        .call(|ch| {
+            let device_id = id.clone();
+            async move {
+                pb::device_service_client::DeviceServiceClient::new(ch)
+                    .list_tunnel_sessions(pb::ListTunnelSessionsRequest {
+                        device_id,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed.sessions, vec![t.clone()]);
+
     // Its SSO session revoked: it no longer counts at the edge.
     Cluster::revoke(&c.client(), "sid-1").await.expect("revoke");
     eventually("the tunnel session ended by the revocation", T, || async {

@@ -371,6 +371,49 @@ fn the_block_holds_from_the_start_through_a_kill_and_a_restart() {
         http_ok(&lab, "device", &app),
         "not blocked outside the rollout"
     );
+
+    // Fail mode open: blocked while an edge answers; lifted while none does (an edge address
+    // where nothing listens); blocked again once one answers.
+    let mut open = managed(&ca.cert.pem(), &edge_addr.to_string(), corp.ip, true);
+    open["mandatory_auth"]["fail_mode"] = json!("open");
+    let block_with = |config_json: &Value| {
+        std::fs::write(&config, config_json.to_string()).expect("config");
+        exec(
+            &lab,
+            "device",
+            &[
+                AGENT,
+                "block",
+                "--config",
+                config.to_str().expect("a UTF-8 path"),
+            ],
+        )
+    };
+    let out = block_with(&open);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(status(&lab, &config)["state"], "blocked");
+    assert!(!http_ok(&lab, "device", &app), "an edge answers: blocked");
+    let mut no_edge = open.clone();
+    no_edge["edges"] = json!([format!("{}:1", lab.gateway())]);
+    let out = block_with(&no_edge);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("no edge answers"),
+        "{out:?}"
+    );
+    let s = status(&lab, &config);
+    assert_eq!(s["state"], "failed_open", "{s}");
+    assert_eq!(s["posture"]["mandatory_active"], true, "{s}");
+    assert_eq!(s["posture"]["block_present"], false, "{s}");
+    assert!(
+        http_ok(&lab, "device", &app),
+        "no edge answers: not blocked"
+    );
+    let out = block_with(&open);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !http_ok(&lab, "device", &app),
+        "an edge answers again: blocked"
+    );
     drop(procs);
 }
 

@@ -95,6 +95,28 @@ impl pb::device_service_server::DeviceService for Admin {
         }))
     }
 
+    async fn list_tunnel_sessions(
+        &self,
+        req: Request<pb::ListTunnelSessionsRequest>,
+    ) -> Result<Response<pb::ListTunnelSessionsResponse>, Status> {
+        let r = req.into_inner();
+        let read = self.ctl.read_info(r.consistency).await?;
+        let all: Vec<pb::TunnelSession> = self.ctl.state.read(|s| {
+            s.catalog
+                .tunnel_sessions
+                .values()
+                .filter(|t| r.device_id.is_empty() || t.device_id == r.device_id)
+                .map(convert::tunnel_session)
+                .collect()
+        });
+        let (sessions, page) = paginate(all, r.page)?;
+        Ok(Response::new(pb::ListTunnelSessionsResponse {
+            sessions,
+            page: Some(page),
+            read: Some(read),
+        }))
+    }
+
     async fn mark_device_wiped(
         &self,
         req: Request<pb::DeviceActionRequest>,

@@ -27,6 +27,12 @@ pub(crate) enum DeviceCmd {
         #[arg(long, value_name = "AGE")]
         stale_posture: Option<String>,
     },
+    /// List tunnel sessions (end one with `palisadectl revoke tunnel-session ID`).
+    Tunnels {
+        /// Only this device's.
+        #[arg(long, default_value = "")]
+        device: String,
+    },
     /// Show one device.
     Get {
         #[arg(allow_hyphen_values = true)]
@@ -253,6 +259,41 @@ pub(crate) async fn run(
                     ("NAME", "name"),
                     ("CLIENT", "client_version"),
                     ("POSTURE AGE", "posture_age"),
+                ],
+                rows,
+            )
+        }
+        DeviceCmd::Tunnels { device } => {
+            let r = call!(
+                c,
+                device_service_client::DeviceServiceClient,
+                list_tunnel_sessions,
+                pb::ListTunnelSessionsRequest {
+                    device_id: device,
+                    page: first_page(1000),
+                    consistency: 0
+                }
+            );
+            let rows = r
+                .sessions
+                .iter()
+                .map(|t| {
+                    json!({
+                        "id": t.id, "device": t.device_id,
+                        "user": format!("{}/{}", t.identity_provider, t.subject),
+                        "session": t.session_id, "edge": t.edge_id,
+                        "opened_at": ts(&t.opened_at), "expires_at": ts(&t.expires_at),
+                    })
+                })
+                .collect();
+            Report::table(
+                &[
+                    ("ID", "id"),
+                    ("DEVICE", "device"),
+                    ("USER", "user"),
+                    ("EDGE", "edge"),
+                    ("OPENED", "opened_at"),
+                    ("EXPIRES", "expires_at"),
                 ],
                 rows,
             )
