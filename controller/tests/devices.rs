@@ -89,6 +89,26 @@ async fn as_device(c: &Cluster, args: &[&str]) -> ExitCode {
         .expect("join")
 }
 
+/// `as-device enroll` through `endpoint` into `dir`, with `extra` arguments, until it succeeds
+/// (the first leader creates the device CA within a second).
+async fn enroll_eventually(c: &Cluster, endpoint: &str, token: &str, dir: &str, extra: &[&str]) {
+    eventually("the device CA, and an enrollment", T, || async {
+        let mut args = vec![
+            "enroll",
+            "--endpoint",
+            endpoint,
+            "--token",
+            token,
+            "--dir",
+            dir,
+        ];
+        args.extend_from_slice(extra);
+        let code = as_device(c, &args).await;
+        (code == ExitCode::SUCCESS).then_some(())
+    })
+    .await;
+}
+
 /// The fingerprint of the leaf in `dir/device.pem`.
 fn leaf_fingerprint(dir: &Path) -> String {
     use rustls::pki_types::CertificateDer;
@@ -165,28 +185,20 @@ async fn devices_enroll_renew_and_lose_their_certificate_when_wiped() {
 
     // Enroll through a follower (the first leader creates the device CA within a second).
     let (id, token) = create(&c, "SER-1", None).await;
-    eventually("the device CA, and an enrollment", T, || async {
-        let code = as_device(
-            &c,
-            &[
-                "enroll",
-                "--endpoint",
-                &endpoint,
-                "--token",
-                &token,
-                "--dir",
-                &dir_s,
-                "--os",
-                "linux",
-                "--client-version",
-                "1.2.0",
-                "--disk-encrypted",
-                "--firewall",
-            ],
-        )
-        .await;
-        (code == ExitCode::SUCCESS).then_some(())
-    })
+    enroll_eventually(
+        &c,
+        &endpoint,
+        &token,
+        &dir_s,
+        &[
+            "--os",
+            "linux",
+            "--client-version",
+            "1.2.0",
+            "--disk-encrypted",
+            "--firewall",
+        ],
+    )
     .await;
     let d = get(&c, &id).await;
     assert_eq!(d.state, pb::DeviceState::Enrolled as i32);
@@ -516,23 +528,7 @@ async fn tunnel_sessions_reach_edges_and_end_on_revocation() {
     let dir = tmp.path().join("laptop");
     let dir_s = dir.display().to_string();
     let (id, token) = create(&c, "SER-T", None).await;
-    eventually("an enrollment", T, || async {
-        let code = as_device(
-            &c,
-            &[
-                "enroll",
-                "--endpoint",
-                &endpoint,
-                "--token",
-                &token,
-                "--dir",
-                &dir_s,
-            ],
-        )
-        .await;
-        (code == ExitCode::SUCCESS).then_some(())
-    })
-    .await;
+    enroll_eventually(&c, &endpoint, &token, &dir_s, &[]).await;
     let (replica, _stop) = support::replica(&c, "e2");
     let mut ea = support::edge_auth(&c, "e1").await;
 

@@ -73,6 +73,21 @@ fn http_ok(lab: &Lab, name: &str, url: &str) -> bool {
     .success()
 }
 
+/// Writes `managed_json` as the device's configuration and runs `palisade-agent block` with it.
+fn block_with(lab: &Lab, config: &Path, managed_json: &Value) -> Output {
+    std::fs::write(config, managed_json.to_string()).expect("config");
+    exec(
+        lab,
+        "device",
+        &[
+            AGENT,
+            "block",
+            "--config",
+            config.to_str().expect("a UTF-8 path"),
+        ],
+    )
+}
+
 /// Looks `app.corp.test` up from the device, asking `server`.
 fn lookup(lab: &Lab, server: Ipv4Addr) -> Output {
     exec(
@@ -325,17 +340,7 @@ fn the_block_holds_from_the_start_through_a_kill_and_a_restart() {
     let mut bad = managed(&ca.cert.pem(), "no-port", corp.ip, true);
     bad["device_id"] = json!("laptop");
     bad["mandatory_auth"]["grace"]["dns"] = json!(["not-an-ip"]);
-    std::fs::write(&config, bad.to_string()).expect("config");
-    let out = exec(
-        &lab,
-        "device",
-        &[
-            AGENT,
-            "block",
-            "--config",
-            config.to_str().expect("a UTF-8 path"),
-        ],
-    );
+    let out = block_with(&lab, &config, &bad);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let said = String::from_utf8_lossy(&out.stderr);
     for field in ["device_id", "edges", "mandatory_auth.grace.dns"] {
@@ -350,21 +355,8 @@ fn the_block_holds_from_the_start_through_a_kill_and_a_restart() {
     assert!(!dns.status.success(), "no DNS in the strictest block");
 
     // 7 (staged rollout, by configuration): a device outside it is not blocked.
-    std::fs::write(
-        &config,
-        managed(&ca.cert.pem(), &edge_addr.to_string(), corp.ip, false).to_string(),
-    )
-    .expect("config");
-    let out = exec(
-        &lab,
-        "device",
-        &[
-            AGENT,
-            "block",
-            "--config",
-            config.to_str().expect("a UTF-8 path"),
-        ],
-    );
+    let off = managed(&ca.cert.pem(), &edge_addr.to_string(), corp.ip, false);
+    let out = block_with(&lab, &config, &off);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(status(&lab, &config)["state"], "not_enforced");
     assert!(
@@ -376,26 +368,13 @@ fn the_block_holds_from_the_start_through_a_kill_and_a_restart() {
     // where nothing listens); blocked again once one answers.
     let mut open = managed(&ca.cert.pem(), &edge_addr.to_string(), corp.ip, true);
     open["mandatory_auth"]["fail_mode"] = json!("open");
-    let block_with = |config_json: &Value| {
-        std::fs::write(&config, config_json.to_string()).expect("config");
-        exec(
-            &lab,
-            "device",
-            &[
-                AGENT,
-                "block",
-                "--config",
-                config.to_str().expect("a UTF-8 path"),
-            ],
-        )
-    };
-    let out = block_with(&open);
+    let out = block_with(&lab, &config, &open);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(status(&lab, &config)["state"], "blocked");
     assert!(!http_ok(&lab, "device", &app), "an edge answers: blocked");
     let mut no_edge = open.clone();
     no_edge["edges"] = json!([format!("{}:1", lab.gateway())]);
-    let out = block_with(&no_edge);
+    let out = block_with(&lab, &config, &no_edge);
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("no edge answers"),
         "{out:?}"
@@ -408,7 +387,7 @@ fn the_block_holds_from_the_start_through_a_kill_and_a_restart() {
         http_ok(&lab, "device", &app),
         "no edge answers: not blocked"
     );
-    let out = block_with(&open);
+    let out = block_with(&lab, &config, &open);
     assert!(out.status.success(), "{out:?}");
     assert!(
         !http_ok(&lab, "device", &app),
