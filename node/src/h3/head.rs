@@ -1,8 +1,8 @@
 //! The head of an HTTP/3 request stream, read before h3 decodes it, for the rules of RFC 9114
 //! 4.3 that h3 0.0.8 does not keep: it takes a repeated `:path` as its last value, and a
-//! `:status`, a pseudo-header after a regular field or an uppercase field name without
-//! complaint. Such a request is malformed, and the edge refuses it rather than deciding on one
-//! reading of it.
+//! `:status` in a request without complaint. Such a request is malformed, and the edge refuses
+//! it rather than deciding on one reading of it. The same check refuses a pseudo-header after
+//! a regular field and an uppercase field name, which h3 refuses too: one place says why.
 //!
 //! This is a pure function of the bytes received so far: no stream, no state. It decodes just
 //! enough of the frames (RFC 9114 7.1) and of QPACK (RFC 9204 4.5) to know each field's name:
