@@ -265,7 +265,8 @@ fn the_block_holds_from_the_start_through_a_kill_and_a_restart() {
     .expect("config");
 
     // 1. Agent started: DHCP and DNS work, the edge is reachable, the application is not.
-    let mut a = agent(&lab, &config);
+    // held by `procs` from the start, so that a failing test still ends it
+    procs.0.push(agent(&lab, &config));
     let s = wait_state(&lab, &config, "blocked");
     assert_eq!(s["posture"]["block_present"], true, "{s}");
     assert_eq!(s["posture"]["mandatory_active"], true, "{s}");
@@ -303,6 +304,7 @@ fn the_block_holds_from_the_start_through_a_kill_and_a_restart() {
     );
 
     // 2. Killed with SIGKILL: still blocked. Restarted: still blocked.
+    let mut a = procs.0.pop().expect("the agent");
     a.kill().expect("kill -9");
     a.wait().expect("reaped");
     assert_eq!(status(&lab, &config)["state"], "blocked");
